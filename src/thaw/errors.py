@@ -1,0 +1,146 @@
+"""The errors thaw raises.
+
+Every error says what failed and what to do about it, and carries the facts a user
+needs (the operation, the pid or artifact, CRIU's own message and log tail, the CUDA
+error name). Foreign errors are mapped to the most specific type here with
+``raise ... from exc``::
+
+    ThawError
+    ├── ConfigError            bad input or configuration (field, message)
+    ├── HostError              the host cannot do this (no CRIU >= 4, not root, no GPU, ...)
+    ├── WorkerError            the worker did not do its part
+    │   └── QuiesceTimeout     it never reached its quiesce point / never answered
+    ├── CheckpointError        taking a snapshot failed (the worker was rolled back)
+    ├── RestoreError           restoring failed (the artifact is unchanged)
+    │   └── CanaryMismatch     the restored worker did not reproduce its recorded outputs
+    ├── IntegrityError         an artifact's files do not match its manifest
+    ├── ArtifactNotFound       no artifact of that name
+    ├── BusyError              another operation holds this worker
+    ├── CriuError              a CRIU request failed (cr_errmsg + log tail)
+    └── CudaError              a CUDA driver call failed (call, pid, error name)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ThawError(Exception):
+    """Base of every error thaw raises on purpose."""
+
+    #: short machine-readable reason, used as the ``reason`` label of failure metrics
+    reason: str = "error"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ConfigError(ThawError):
+    """A setting or an argument is wrong; ``field`` names it."""
+
+    reason = "config"
+
+    def __init__(self, field: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{field}: {message}", hint=hint)
+        self.field = field
+
+
+class HostError(ThawError):
+    """The host lacks something thaw needs (CRIU >= 4, root, a GPU, a kernel feature)."""
+
+    reason = "host"
+
+
+class WorkerError(ThawError):
+    """The worker did not do its part (it died, or a hook of its failed)."""
+
+    reason = "worker"
+
+
+class QuiesceTimeout(WorkerError):
+    """The worker did not reach its quiesce point, or did not answer, in time."""
+
+    reason = "quiesce_timeout"
+
+
+class CheckpointError(ThawError):
+    """Taking a snapshot failed. The worker was rolled back to running; nothing was published."""
+
+    reason = "checkpoint"
+
+
+class RestoreError(ThawError):
+    """Restoring an artifact failed. The artifact is unchanged and no restored process is left."""
+
+    reason = "restore"
+
+
+class CanaryMismatch(RestoreError):
+    """The restored worker's answers differ from those recorded at snapshot time."""
+
+    reason = "canary_mismatch"
+
+    def __init__(self, message: str, *, expected: object, got: object) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.got = got
+
+
+class IntegrityError(ThawError):
+    """An artifact's files do not match the digests and sizes of its manifest."""
+
+    reason = "integrity"
+
+    def __init__(self, message: str, *, path: Path | str | None = None) -> None:
+        super().__init__(message, hint="the artifact is damaged: take a new snapshot or fetch it again")
+        self.path = path
+
+
+class ArtifactNotFound(ThawError):
+    """No artifact of that name in the store."""
+
+    reason = "not_found"
+
+
+class BusyError(ThawError):
+    """Another operation is already running on this worker or artifact."""
+
+    reason = "busy"
+
+
+class CriuError(ThawError):
+    """A CRIU request failed; carries CRIU's own message and the tail of its log."""
+
+    reason = "criu"
+
+    def __init__(self, operation: str, message: str, *, errno: int = 0, log_tail: str = "") -> None:
+        text = f"criu {operation} failed: {message}"
+        if log_tail:
+            text += "\n--- criu log (tail) ---\n" + log_tail
+        super().__init__(text)
+        self.operation = operation
+        self.criu_message = message
+        self.errno = errno
+        self.log_tail = log_tail
+
+
+class CudaError(ThawError):
+    """A CUDA driver call failed; names the call, the pid it was made for and the CUDA error."""
+
+    reason = "cuda"
+
+    def __init__(self, call: str, code: int, name: str, *, pid: int | None = None, detail: str = "") -> None:
+        who = f" for pid {pid}" if pid is not None else ""
+        text = f"{call}{who} failed: {name} ({code})"
+        if detail:
+            text += f": {detail}"
+        super().__init__(text)
+        self.call = call
+        self.code = code
+        self.name = name
+        self.pid = pid

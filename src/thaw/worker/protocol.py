@@ -1,0 +1,164 @@
+"""The control-directory protocol between a parked worker and thaw.
+
+A worker never keeps a file descriptor to thaw open (CRIU would have to dump it, and a
+restored copy on another node could not reconnect it). Instead both sides exchange
+small JSON files in the worker's *control directory*, each written atomically
+(write a temporary file, then ``rename``)::
+
+    <control dir>/
+        ready.json      worker → thaw  it reached its quiesce point (ReadyMarker)
+        command.json    thaw → worker  what to do next (Command)
+        reply.json      worker → thaw  the outcome of the command with the same id (Reply)
+        worker.log      the worker's stdout and stderr
+
+The worker finds its control directory through ``$THAW_RUN_DIR/ns/<pid-namespace inode>``,
+a symlink thaw creates for each sandbox. Restored copies are identical in memory, but
+each lives in a new pid namespace, so each finds its own directory.
+
+This module is shared by the worker SDK and the pipeline; it imports only the
+standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+#: bumped when the files' meaning changes incompatibly
+PROTOCOL_VERSION = 1
+
+READY = "ready.json"
+COMMAND = "command.json"
+REPLY = "reply.json"
+WORKER_LOG = "worker.log"
+
+#: environment variable naming the run directory (holds ``ns/<inode>`` links)
+ENV_RUN_DIR = "THAW_RUN_DIR"
+
+
+class Action(str, Enum):
+    """What thaw asks a parked worker to do."""
+
+    FREEZE = "freeze"  # run freeze hooks: a snapshot is about to be taken; stay parked
+    ABORT = "abort"  # the snapshot failed or was cancelled: undo the freeze (thaw hooks); stay parked
+    RELEASE = "release"  # go on serving: undo the freeze if any, then return RELEASED
+    THAW = "thaw"  # you were restored: run thaw hooks (and the canary); see Command.verify
+    GO = "go"  # after a verified THAW: return THAWED
+    STOP = "stop"  # return STOPPED (the worker should exit)
+
+
+@dataclass(frozen=True)
+class ReadyMarker:
+    """Written by the worker when it parks at its quiesce point."""
+
+    name: str
+    pid: int  # the worker's pid inside its own pid namespace
+    pidns: int  # inode of its pid namespace: names the sandbox
+    canary: Any = None  # the canary's outputs recorded at quiesce time, if the worker has one
+    hooks: list[str] = field(default_factory=list)
+    protocol: int = PROTOCOL_VERSION
+    at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Command:
+    """Written by thaw; the worker acts on each new ``id`` once."""
+
+    id: str
+    action: Action
+    info: dict[str, Any] = field(default_factory=dict)
+    verify: bool = False  # THAW: report the canary and wait for GO before returning
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Written by the worker after acting on the command with the same id."""
+
+    id: str
+    ok: bool
+    error: str = ""
+    data: dict[str, Any] = field(default_factory=dict)  # what the hooks reported
+    canary: Any = None  # THAW with verify: the canary's outputs after restore
+    at: float = 0.0
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON so that readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, default=_jsonable)
+        os.rename(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON in ``path``, or None if there is no such file (yet)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def encode(obj: ReadyMarker | Command | Reply) -> dict[str, Any]:
+    return asdict(obj)
+
+
+def decode_ready(raw: dict[str, Any]) -> ReadyMarker:
+    return ReadyMarker(**_known(ReadyMarker, raw))
+
+
+def decode_command(raw: dict[str, Any]) -> Command:
+    fields = _known(Command, raw)
+    fields["action"] = Action(fields["action"])
+    return Command(**fields)
+
+
+def decode_reply(raw: dict[str, Any]) -> Reply:
+    return Reply(**_known(Reply, raw))
+
+
+def pidns_inode(pid: int | str = "self") -> int:
+    """Inode of the pid namespace of ``pid`` (as seen through this process's /proc)."""
+    return os.stat(f"/proc/{pid}/ns/pid").st_ino
+
+
+def ns_link(run_dir: Path, pidns: int) -> Path:
+    """Where the symlink from a sandbox's pid namespace to its control directory lives."""
+    return Path(run_dir) / "ns" / str(pidns)
+
+
+def now() -> float:
+    return time.time()
+
+
+def _known(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    # ignore fields a newer peer added, so that minor additions stay compatible
+    names = cls.__dataclass_fields__.keys()
+    return {k: v for k, v in raw.items() if k in names}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,222 @@
+"""``quiesce()``: park a warmed worker until thaw decides what happens next.
+
+Call it after warm-up and *before* opening listening sockets or registering with a
+control plane, so that nothing live is checkpointed::
+
+    import thaw.worker
+
+    model = load_and_warm_up()
+    outcome = thaw.worker.quiesce(name="llm", canary=lambda: model.greedy(PROMPTS))
+    if outcome.stopped:
+        sys.exit(0)
+    serve(model)            # original (released) or restored (thawed) copy alike
+
+While parked the worker holds no file descriptor to thaw: it polls its control
+directory (protocol.py). It returns in one of three ways: THAWED (this process was
+restored from a snapshot; ``outcome.info`` has the restore id, node and timings),
+RELEASED (a snapshot was taken with --leave-running, or thaw released it, or it does
+not run under thaw at all) or STOPPED.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from thaw.worker import hooks, protocol
+from thaw.worker.protocol import Action, Command
+
+POLL_S = 0.005  # a parked worker re-reads its control directory this often (cheap: one stat, one open)
+
+
+class Kind(str, Enum):
+    THAWED = "thawed"
+    RELEASED = "released"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How ``quiesce()`` returned."""
+
+    kind: Kind
+    #: THAWED: restore id, artifact, node, timings ...; RELEASED: why
+    info: dict[str, Any] = field(default_factory=dict)
+    #: False when the worker does not run under thaw (quiesce returned at once)
+    managed: bool = True
+
+    @property
+    def thawed(self) -> bool:
+        return self.kind is Kind.THAWED
+
+    @property
+    def released(self) -> bool:
+        return self.kind is Kind.RELEASED
+
+    @property
+    def stopped(self) -> bool:
+        return self.kind is Kind.STOPPED
+
+
+def managed() -> bool:
+    """True when this process runs in a thaw sandbox (``thaw run``)."""
+    return bool(os.environ.get(protocol.ENV_RUN_DIR))
+
+
+def control_dir() -> Path | None:
+    """This sandbox's control directory (a host path visible inside the sandbox), or None outside thaw.
+
+    Workers put their unix sockets here (e.g. ``control_dir() / "http.sock"``): each
+    restored copy gets a directory of its own, reachable from the host at the same path.
+    Call it after ``quiesce()`` returns: a restored copy's directory differs from the original's.
+    """
+    run_dir = os.environ.get(protocol.ENV_RUN_DIR)
+    if not run_dir:
+        return None
+    try:
+        return Path(os.readlink(protocol.ns_link(Path(run_dir), protocol.pidns_inode())))
+    except FileNotFoundError:
+        return None
+
+
+def quiesce(
+    name: str | None = None,
+    *,
+    canary: Callable[[], Any] | None = None,
+    timeout: float | None = None,
+) -> Outcome:
+    """Announce readiness, park, and return once thaw says how to go on.
+
+    ``canary`` computes a small, deterministic, JSON-serialisable result (e.g. greedy
+    token ids for fixed prompts). It runs once here, and its result is stored with the
+    snapshot; after a restore it runs again and thaw compares the two before the copy
+    takes traffic. ``timeout`` (seconds) bounds the wait; on expiry the worker is
+    released. Outside thaw this returns RELEASED at once (``managed=False``).
+    """
+    run_dir = os.environ.get(protocol.ENV_RUN_DIR)
+    if not run_dir:
+        return Outcome(Kind.RELEASED, {"reason": "not running under thaw"}, managed=False)
+    return _Parked(Path(run_dir), name or _default_name(), canary).wait(timeout)
+
+
+class _Parked:
+    """The state of a parked worker: which commands it has handled and whether it is frozen."""
+
+    def __init__(self, run_dir: Path, name: str, canary: Callable[[], Any] | None) -> None:
+        self.run_dir = run_dir
+        self.name = name
+        self.canary = canary
+        self.handled: set[str] = set()
+        self.frozen = False
+        self.pending_thaw: dict[str, Any] | None = None
+        ctl = self.control_dir(wait=True)
+        # commands already present belong to an earlier life of this sandbox: never act on them
+        old = protocol.read_json(ctl / protocol.COMMAND)
+        if old:
+            self.handled.add(old.get("id", ""))
+        recorded = canary() if canary else None
+        marker = protocol.ReadyMarker(
+            name=name,
+            pid=os.getpid(),
+            pidns=protocol.pidns_inode(),
+            canary=recorded,
+            hooks=hooks.registered()["freeze"],
+            at=protocol.now(),
+        )
+        protocol.write_json_atomic(ctl / protocol.READY, protocol.encode(marker))
+
+    def control_dir(self, *, wait: bool = False) -> Path:
+        """This sandbox's control directory; a restored copy finds a new one under its new pid namespace."""
+        link = protocol.ns_link(self.run_dir, protocol.pidns_inode())
+        while True:
+            try:
+                return Path(os.readlink(link))
+            except FileNotFoundError:
+                if not wait:
+                    raise
+                time.sleep(POLL_S)
+
+    def wait(self, timeout: float | None) -> Outcome:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is None or time.monotonic() < deadline:
+            cmd = self._next_command()
+            if cmd is None:
+                time.sleep(POLL_S)
+                continue
+            outcome = self._act(cmd)
+            if outcome is not None:
+                return outcome
+        if self.frozen:
+            hooks.run_thaw(hooks.HookContext(reason="release"))
+        return Outcome(Kind.RELEASED, {"reason": f"quiesce timed out after {timeout}s"})
+
+    def _next_command(self) -> Command | None:
+        try:
+            ctl = self.control_dir()
+        except FileNotFoundError:
+            return None  # restored, and thaw has not linked the new sandbox yet
+        raw = protocol.read_json(ctl / protocol.COMMAND)
+        if not raw or raw.get("id") in self.handled:
+            return None
+        self.handled.add(raw["id"])
+        return protocol.decode_command(raw)
+
+    def _act(self, cmd: Command) -> Outcome | None:
+        data: dict[str, Any] = {}
+        canary_out: Any = None
+        try:
+            match cmd.action:
+                case Action.FREEZE:
+                    if not self.frozen:
+                        data = hooks.run_freeze(hooks.HookContext("snapshot", cmd.info))
+                        self.frozen = True
+                case Action.ABORT:
+                    data = self._unfreeze("abort", cmd.info)
+                case Action.RELEASE:
+                    data = self._unfreeze("release", cmd.info)
+                    self._reply(cmd, True, data=data)
+                    return Outcome(Kind.RELEASED, {"reason": "released by thaw", **cmd.info})
+                case Action.THAW:
+                    data = self._unfreeze("thaw", cmd.info)
+                    if cmd.verify:
+                        canary_out = self.canary() if self.canary else None
+                        self.pending_thaw = cmd.info
+                    else:
+                        self._reply(cmd, True, data=data)
+                        return Outcome(Kind.THAWED, cmd.info)
+                case Action.GO:
+                    self._reply(cmd, True)
+                    return Outcome(Kind.THAWED, {**(self.pending_thaw or {}), **cmd.info})
+                case Action.STOP:
+                    self._reply(cmd, True)
+                    return Outcome(Kind.STOPPED, cmd.info)
+        except hooks.HookFailed as exc:
+            self._reply(cmd, False, error=str(exc) + "\n" + traceback.format_exc(limit=5))
+            return None
+        except Exception as exc:  # the worker must survive anything thaw asks of it
+            self._reply(cmd, False, error=f"{type(exc).__name__}: {exc}\n" + traceback.format_exc(limit=5))
+            return None
+        self._reply(cmd, True, data=data, canary=canary_out)
+        return None
+
+    def _unfreeze(self, reason: str, info: dict[str, Any]) -> dict[str, Any]:
+        if not self.frozen:
+            return {}
+        report = hooks.run_thaw(hooks.HookContext(reason, info))
+        self.frozen = False
+        return report
+
+    def _reply(self, cmd: Command, ok: bool, *, error: str = "", data: dict[str, Any] | None = None,
+               canary: Any = None) -> None:
+        reply = protocol.Reply(id=cmd.id, ok=ok, error=error, data=data or {}, canary=canary, at=protocol.now())
+        protocol.write_json_atomic(self.control_dir() / protocol.REPLY, protocol.encode(reply))
+
+
+def _default_name() -> str:
+    return os.environ.get("THAW_WORKER_NAME") or Path(os.sys.argv[0] or "worker").stem
