@@ -1,0 +1,31 @@
+"""Artifacts and where they live.
+
+An artifact is a directory: CRIU images under ``images/`` and a versioned
+``manifest.json`` listing every file with its size and digest. Stores publish
+artifacts atomically and hand out verified local copies for restore.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from thaw.errors import ConfigError
+from thaw.store.base import Fetched, Staged, Store
+from thaw.store.directory import DirectoryStore
+from thaw.store.manifest import Manifest, check_name
+
+__all__ = ["DirectoryStore", "Fetched", "Manifest", "Staged", "Store", "check_name", "open_store"]
+
+
+def open_store(url: str | Path) -> Store:
+    """A store from a URL: a path or ``dir:///path`` (local or shared directory), ``s3://bucket/prefix``."""
+    text = str(url)
+    if text.startswith("s3://"):
+        from thaw.store.s3 import S3Store  # boto3 is imported only when S3 is used
+
+        return S3Store.from_url(text)
+    if text.startswith("dir://"):
+        text = text[len("dir://"):]
+    if "://" in text:
+        raise ConfigError("store", f"unknown store URL {url!r}", hint="use a directory path, dir:///path or s3://bucket/prefix")
+    return DirectoryStore(text)

@@ -1,0 +1,108 @@
+"""The storage interface every artifact store implements.
+
+A store holds published artifacts by name. Publishing is all-or-nothing: readers see
+a complete, manifest-bearing artifact or nothing (a local or shared directory renames
+a staged directory into place; object storage uploads the manifest last). Stores
+never modify a published artifact; ``delete`` is the only way one goes away.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from thaw.store.manifest import Manifest, check_name
+
+
+@dataclass
+class Staged:
+    """A new artifact being written: fill ``dir``, then the store publishes it (see Store.stage)."""
+
+    name: str
+    artifact_id: str
+    dir: Path
+    published: Manifest | None = None
+    #: throughput and timing figures the store measured while publishing
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Fetched:
+    """A verified local copy of an artifact, ready for CRIU to read."""
+
+    manifest: Manifest
+    dir: Path
+    #: True when ``dir`` is the store's own directory (nothing to clean up)
+    in_place: bool
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def cleanup(self) -> None:
+        if not self.in_place:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Store(ABC):
+    """Where artifacts live. Implementations: DirectoryStore (local or shared RWX), S3Store."""
+
+    #: how to name this store in messages and manifests (e.g. dir:///var/lib/thaw/artifacts)
+    url: str
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[Staged]:
+        """Give a directory to write a new artifact into; publish it when the block ends without error.
+
+        The caller writes its files into ``staged.dir`` and sets ``staged.published`` to
+        the manifest (without ``files``: the store fills them in) before leaving the block.
+        On any error, or if no manifest was set, nothing becomes visible.
+        """
+        check_name(name)
+        staged = Staged(name=name, artifact_id=uuid.uuid4().hex, dir=self._staging_dir())
+        try:
+            yield staged
+            if staged.published is None:
+                raise RuntimeError("stage() block ended without a manifest: nothing published")
+            staged.published = self._publish(staged)
+        finally:
+            shutil.rmtree(staged.dir, ignore_errors=True)
+
+    @abstractmethod
+    def _staging_dir(self) -> Path:
+        """A fresh, empty directory for a new artifact (on the same filesystem where that makes publish a rename)."""
+
+    @abstractmethod
+    def _publish(self, staged: Staged) -> Manifest:
+        """Make ``staged`` visible under its name atomically; raise BusyError if the name is taken."""
+
+    @abstractmethod
+    def list(self) -> list[Manifest]:
+        """Manifests of every published artifact, newest first."""
+
+    @abstractmethod
+    def manifest(self, name: str) -> Manifest:
+        """The manifest of ``name``; ArtifactNotFound if there is none."""
+
+    @abstractmethod
+    def fetch(self, name: str, staging_root: Path) -> Fetched:
+        """A local, verified copy of ``name`` (the store's own directory when it is local)."""
+
+    @abstractmethod
+    def verify(self, name: str) -> Manifest:
+        """Check every file of ``name`` against its manifest; IntegrityError names the first bad one."""
+
+    @abstractmethod
+    def delete(self, name: str) -> None:
+        """Remove ``name`` so that it disappears at once for every reader."""
+
+    def exists(self, name: str) -> bool:
+        from thaw.errors import ArtifactNotFound
+
+        try:
+            self.manifest(name)
+        except ArtifactNotFound:
+            return False
+        return True

@@ -1,0 +1,135 @@
+"""The artifact manifest: what a snapshot holds, where it came from, and how to check it.
+
+Versioned (``schema_version``) and validated on read; a reader refuses a schema it
+does not know rather than guess. Every file of the artifact is listed with its size
+and digest (xxh3-128), also per chunk, so that stores can check chunks on the fly
+while they move them in parallel.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import xxhash
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from thaw.errors import ConfigError, IntegrityError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+DIGEST_ALGORITHM = "xxh3_128"
+CHUNK_SIZE = 64 << 20  # per-chunk digests at this granularity: the unit of parallel transfer
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+
+
+def check_name(name: str, *, what: str = "artifact name") -> str:
+    """Return ``name`` if it is a safe artifact name, else raise ConfigError saying why."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise ConfigError(
+            what,
+            f"{name!r} is not a valid name",
+            hint="use 1-128 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' or '/'",
+        )
+    return name
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    path: str  # relative to the artifact directory, '/'-separated
+    size: int
+    digest: str  # "<algorithm>:<hex>" of the whole file
+    chunks: list[str] = Field(default_factory=list)  # hex digests of each CHUNK_SIZE piece
+
+
+class SourceInfo(BaseModel):
+    host: str
+    kernel: str
+    criu_version: str = ""
+    thaw_version: str = ""
+    cuda_driver: str = ""
+
+
+class WorkerInfo(BaseModel):
+    name: str
+    argv: list[str] = Field(default_factory=list)
+    pid: int = 0  # host pid at snapshot time
+    canary: Any = None  # the canary outputs recorded at quiesce time
+    hooks: list[str] = Field(default_factory=list)
+    freeze_report: dict[str, Any] = Field(default_factory=dict)  # what the freeze hooks reported
+
+
+class ReleasedMemory(BaseModel):
+    tag: str
+    bytes: int
+
+
+class Manifest(BaseModel):
+    """The manifest of one artifact. Written last: an artifact without one is not an artifact."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    artifact_id: str
+    name: str
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    source: SourceInfo
+    worker: WorkerInfo
+    sandbox: dict[str, Any] = Field(default_factory=dict)  # the layout restore must rebuild (sandbox.Layout)
+    gpus: list[dict[str, Any]] = Field(default_factory=list)  # one record per GPU the worker used
+    memory_released: list[ReleasedMemory] = Field(default_factory=list)
+    digest_algorithm: str = DIGEST_ALGORITHM
+    chunk_size: int = CHUNK_SIZE
+    files: list[FileEntry] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def digest(self) -> str:
+        """One digest for the whole artifact: over the file list (paths, sizes, digests)."""
+        h = xxhash.xxh3_128()
+        for f in sorted(self.files, key=lambda f: f.path):
+            h.update(f"{f.path}\0{f.size}\0{f.digest}\n".encode())
+        return f"{DIGEST_ALGORITHM}:{h.hexdigest()}"
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    def write(self, directory: Path) -> None:
+        (Path(directory) / MANIFEST).write_text(self.to_json())
+
+    @classmethod
+    def parse(cls, text: str | bytes, *, where: str = "manifest") -> Manifest:
+        """Validate a manifest; refuse unknown schemas and malformed content with IntegrityError."""
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            raise IntegrityError(f"{where} is not valid JSON: {exc}", path=where) from exc
+        version = raw.get("schema_version") if isinstance(raw, dict) else None
+        if version != SCHEMA_VERSION:
+            raise IntegrityError(
+                f"{where} has schema version {version!r}; this thaw reads version {SCHEMA_VERSION} only "
+                "(upgrade thaw, or take a new snapshot)",
+                path=where,
+            )
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise IntegrityError(f"{where} is malformed: {exc}", path=where) from exc
+
+    @classmethod
+    def read(cls, directory: Path) -> Manifest:
+        path = Path(directory) / MANIFEST
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise IntegrityError(f"{path} is missing: not a complete artifact", path=path) from exc
+        return cls.parse(text, where=str(path))
