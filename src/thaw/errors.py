@@ -14,6 +14,7 @@ error name). Foreign errors are mapped to the most specific type here with
     ├── RestoreError           restoring failed (the artifact is unchanged)
     │   └── CanaryMismatch     the restored worker did not reproduce its recorded outputs
     ├── IntegrityError         an artifact's files do not match its manifest
+    ├── StorageError           the artifact store failed a request (network, server, permissions)
     ├── ArtifactNotFound       no artifact of that name
     ├── BusyError              another operation holds this worker
     ├── CriuError              a CRIU request failed (cr_errmsg + log tail)
@@ -99,6 +100,12 @@ class IntegrityError(ThawError):
     def __init__(self, message: str, *, path: Path | str | None = None) -> None:
         super().__init__(message, hint="the artifact is damaged: take a new snapshot or fetch it again")
         self.path = path
+
+
+class StorageError(ThawError):
+    """The artifact store failed a request (object store unreachable, server error, ...)."""
+
+    reason = "storage"
 
 
 class ArtifactNotFound(ThawError):
