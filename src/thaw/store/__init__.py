@@ -17,13 +17,17 @@ from thaw.store.manifest import Manifest, check_name
 __all__ = ["DirectoryStore", "Fetched", "Manifest", "Staged", "Store", "check_name", "open_store"]
 
 
-def open_store(url: str | Path) -> Store:
-    """A store from a URL: a path or ``dir:///path`` (local or shared directory), ``s3://bucket/prefix``."""
+def open_store(url: str | Path, *, scratch: Path | None = None) -> Store:
+    """A store from a URL: a path or ``dir:///path`` (local or shared directory), ``s3://bucket/prefix``.
+
+    ``scratch`` is a node-local directory where object stores write new artifacts
+    before uploading them (a directory store stages on its own filesystem instead).
+    """
     text = str(url)
     if text.startswith("s3://"):
         from thaw.store.s3 import S3Store  # boto3 is imported only when S3 is used
 
-        return S3Store.from_url(text)
+        return S3Store.from_url(text, scratch=scratch)
     if text.startswith("dir://"):
         text = text[len("dir://"):]
     if "://" in text:

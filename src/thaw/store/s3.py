@@ -1,0 +1,500 @@
+"""A store in S3-compatible object storage (AWS S3, MinIO, Ceph RGW, ...), through boto3.
+
+URL: ``s3://bucket/prefix?endpoint=http://127.0.0.1:9000&region=us-east-1&workers=16``.
+Credentials come from the standard places (``AWS_ACCESS_KEY_ID`` ..., ``~/.aws``, an
+instance role); the URL never carries secrets.
+
+Layout under the prefix::
+
+    <name>/manifest.json                 the artifact: present only once every file is uploaded
+    <name>/<artifact-id>/<file path>     its files (images/...)
+
+Files live under the artifact id, not the name, so two publishers racing for one name
+never overwrite each other's data: whichever manifest lands describes a complete set of
+files. The manifest is uploaded last, with a conditional put (``If-None-Match: *``) where
+the server supports it, so exactly one publisher wins and the other gets BusyError and
+removes its files. A server that ignores the condition lets the last manifest win; its
+data is still complete, but the loser believes it published (see docs/storage.md).
+
+Transfers are parallel and chunked. Uploads are multipart, with parts aligned to the
+manifest's chunks: each chunk is re-hashed as it is read and compared with the digest
+computed before the upload (the file did not change under us), each part carries its
+Content-MD5, and the ETag the server returns must be that MD5 where the server reports
+one (the server stored what we sent). Downloads are ranged GETs of one chunk each, each
+checked against the manifest's chunk digest before it is written into node-local staging.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from thaw.errors import ArtifactNotFound, BusyError, ConfigError, IntegrityError, StorageError, ThawError
+from thaw.store.base import Fetched, Staged, Store
+from thaw.store.digest import chunk_digest, describe_file
+from thaw.store.manifest import CHUNK_SIZE, MANIFEST, FileEntry, Manifest, check_name
+
+#: S3 refuses multipart parts below 5 MiB (except the last one)
+MIN_PART_SIZE = 5 << 20
+#: S3 allows at most this many parts per upload
+MAX_PARTS = 10_000
+DEFAULT_WORKERS = 16
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One unit of parallel transfer: ``length`` bytes of ``entry`` from ``offset`` (whole chunks)."""
+
+    entry: FileEntry
+    index: int  # part number - 1 (upload) or chunk index (download)
+    offset: int
+    length: int
+    first_chunk: int
+
+
+class S3Store(Store):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint: str | None = None,
+        region: str | None = None,
+        workers: int = DEFAULT_WORKERS,
+        chunk_size: int = CHUNK_SIZE,
+        scratch: Path | str | None = None,
+        client: Any = None,
+    ) -> None:
+        if not bucket:
+            raise ConfigError("store", "an s3:// URL needs a bucket", hint="s3://bucket/prefix?endpoint=...")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.endpoint = endpoint
+        self.workers = max(1, workers)
+        self.chunk_size = chunk_size
+        #: node-local directory where artifacts are written before upload
+        self.scratch = Path(scratch) if scratch else Path(tempfile.gettempdir()) / "thaw-s3-scratch"
+        query = f"?endpoint={endpoint}" if endpoint else ""
+        self.url = f"s3://{bucket}/{self.prefix}{query}"
+        self._client = client or _make_client(endpoint, region, self.workers)
+
+    @classmethod
+    def from_url(cls, url: str, *, scratch: Path | str | None = None, client: Any = None) -> S3Store:
+        """``s3://bucket/prefix?endpoint=URL&region=R&workers=N&chunk_mib=M``."""
+        parts = urlsplit(url)
+        if parts.scheme != "s3":
+            raise ConfigError("store", f"{url!r} is not an s3:// URL")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(query) - {"endpoint", "region", "workers", "chunk_mib"}
+        if unknown:
+            raise ConfigError("store", f"unknown option(s) {sorted(unknown)} in {url!r}",
+                              hint="known: endpoint, region, workers, chunk_mib")
+        try:
+            workers = int(query.get("workers", DEFAULT_WORKERS))
+            chunk_size = int(float(query["chunk_mib"]) * (1 << 20)) if "chunk_mib" in query else CHUNK_SIZE
+        except ValueError as exc:
+            raise ConfigError("store", f"bad number in {url!r}: {exc}") from exc
+        if chunk_size < (1 << 20):
+            raise ConfigError("store", "chunk_mib must be at least 1")
+        return cls(parts.netloc, parts.path, endpoint=query.get("endpoint"), region=query.get("region"),
+                   workers=workers, chunk_size=chunk_size, scratch=scratch, client=client)
+
+    # ---- keys -------------------------------------------------------------------------
+
+    def _manifest_key(self, name: str) -> str:
+        return f"{self.prefix}{name}/{MANIFEST}"
+
+    def _data_prefix(self, name: str, artifact_id: str) -> str:
+        return f"{self.prefix}{name}/{artifact_id}/"
+
+    # ---- publish ----------------------------------------------------------------------
+
+    def _staging_dir(self) -> Path:
+        d = self.scratch / f"stage-{uuid.uuid4().hex}"
+        d.mkdir(parents=True)
+        return d
+
+    def _publish(self, staged: Staged) -> Manifest:
+        """Upload every file under the artifact id, then the manifest, conditionally."""
+        assert staged.published is not None
+        if self.exists(staged.name):  # cheap early refusal; the conditional put below decides races
+            raise BusyError(f"an artifact named {staged.name!r} already exists in {self.url}",
+                            hint="pick another name, or `thaw rm` the old one first")
+        t0 = time.perf_counter()
+        files = _describe(staged.dir, self.chunk_size, self.workers)
+        manifest = staged.published.model_copy(update={
+            "files": files, "name": staged.name, "artifact_id": staged.artifact_id, "chunk_size": self.chunk_size,
+        })
+        t1 = time.perf_counter()
+        data_prefix = self._data_prefix(staged.name, staged.artifact_id)
+        try:
+            self._upload_files(staged.dir, manifest, data_prefix)
+            t2 = time.perf_counter()
+            self._put_manifest(manifest)
+        except BaseException:
+            self._delete_prefix(data_prefix)
+            raise
+        t3 = time.perf_counter()
+        staged.stats.update({
+            "digest_s": t1 - t0,
+            "upload_s": t2 - t1,
+            "manifest_s": t3 - t2,
+            "bytes": float(manifest.size),
+            "write_gbps": manifest.size / (t2 - t1) / 1e9 if t2 > t1 else 0.0,
+        })
+        return manifest
+
+    def _upload_files(self, root: Path, manifest: Manifest, data_prefix: str) -> None:
+        chunks_per_part = max(1, -(-MIN_PART_SIZE // manifest.chunk_size))
+        pieces: list[_Piece] = []
+        multipart: dict[str, str] = {}  # file path -> upload id
+        for entry in manifest.files:
+            n_chunks = max(1, len(entry.chunks))
+            n_parts = -(-n_chunks // chunks_per_part)
+            if n_parts > MAX_PARTS:
+                raise ConfigError("store", f"{entry.path} needs {n_parts} parts (S3 allows {MAX_PARTS})",
+                                  hint="use a larger chunk_mib in the store URL")
+            part_len = chunks_per_part * manifest.chunk_size
+            for i in range(n_parts):
+                off = i * part_len
+                pieces.append(_Piece(entry, i, off, min(part_len, entry.size - off), i * chunks_per_part))
+            if n_parts > 1:
+                key = data_prefix + entry.path
+                multipart[entry.path] = self._call(
+                    "create_multipart_upload", Bucket=self.bucket, Key=key)["UploadId"]
+        etags: dict[str, list[tuple[int, str]]] = {path: [] for path in multipart}
+        lock = threading.Lock()
+
+        def send(piece: _Piece) -> None:
+            data = _read_range(root / piece.entry.path, piece.offset, piece.length)
+            _check_chunks(manifest, piece, data, what="changed while it was uploaded")
+            md5 = hashlib.md5(data)
+            key = data_prefix + piece.entry.path
+            common = {"Bucket": self.bucket, "Key": key, "Body": data,
+                      "ContentMD5": base64.b64encode(md5.digest()).decode()}
+            if piece.entry.path in multipart:
+                out = self._call("upload_part", UploadId=multipart[piece.entry.path],
+                                 PartNumber=piece.index + 1, **common)
+            else:
+                out = self._call("put_object", **common)
+            etag = out.get("ETag", "").strip('"')
+            if _MD5_ETAG.match(etag) and etag != md5.hexdigest():
+                raise IntegrityError(f"{self.url}: the server stored {key} part {piece.index + 1} with MD5 "
+                                     f"{etag}, we sent {md5.hexdigest()}", path=key)
+            if piece.entry.path in multipart:
+                with lock:
+                    etags[piece.entry.path].append((piece.index + 1, out["ETag"]))
+
+        try:
+            _run_parallel(send, pieces, self.workers)
+            for path, upload_id in multipart.items():
+                parts = [{"PartNumber": n, "ETag": e} for n, e in sorted(etags[path])]
+                self._call("complete_multipart_upload", Bucket=self.bucket, Key=data_prefix + path,
+                           UploadId=upload_id, MultipartUpload={"Parts": parts})
+                multipart[path] = ""
+        finally:
+            for path, upload_id in multipart.items():
+                if upload_id:
+                    self._call_quietly("abort_multipart_upload", Bucket=self.bucket,
+                                       Key=data_prefix + path, UploadId=upload_id)
+
+    def _put_manifest(self, manifest: Manifest) -> None:
+        body = manifest.to_json().encode()
+        md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+        try:
+            self._call("put_object", Bucket=self.bucket, Key=self._manifest_key(manifest.name), Body=body,
+                       ContentMD5=md5, ContentType="application/json", IfNoneMatch="*")
+        except _Refused as exc:
+            if exc.code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                raise BusyError(f"another publisher created {manifest.name!r} in {self.url} first",
+                                hint="pick another name, or `thaw rm` the old one first") from exc
+            raise exc.error from exc
+
+    # ---- read -------------------------------------------------------------------------
+
+    def list(self) -> list[Manifest]:
+        names: list[str] = []
+        for page in self._pages("list_objects_v2", Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"):
+            for cp in page.get("CommonPrefixes", []):
+                name = cp["Prefix"][len(self.prefix):].rstrip("/")
+                try:
+                    names.append(check_name(name))
+                except ConfigError:
+                    continue  # not ours
+        out: list[Manifest] = []
+        lock = threading.Lock()
+
+        def load(name: str) -> None:
+            try:
+                m = self.manifest(name)
+            except (ArtifactNotFound, IntegrityError):
+                return  # being published (no manifest yet), being deleted, or unreadable: not offered
+            with lock:
+                out.append(m)
+
+        _run_parallel(load, names, self.workers)
+        return sorted(out, key=lambda m: m.created_at, reverse=True)
+
+    def manifest(self, name: str) -> Manifest:
+        check_name(name)
+        key = self._manifest_key(name)
+        try:
+            body = self._call("get_object", Bucket=self.bucket, Key=key)["Body"].read()
+        except _Refused as exc:
+            if exc.code in ("NoSuchKey", "404", "NotFound"):
+                raise ArtifactNotFound(f"no artifact named {name!r} in {self.url}",
+                                       hint="`thaw ls` lists the artifacts") from exc
+            raise exc.error from exc
+        return Manifest.parse(body, where=f"s3://{self.bucket}/{key}")
+
+    def fetch(self, name: str, staging_root: Path) -> Fetched:
+        """Download ``name`` into ``staging_root`` with parallel ranged reads, every chunk checked."""
+        manifest = self.manifest(name)
+        target = Path(staging_root) / f"{name}.{manifest.artifact_id[:12]}.{uuid.uuid4().hex[:8]}"
+        target.mkdir(parents=True)
+        try:
+            t0 = time.perf_counter()
+            for entry in manifest.files:
+                path = target / entry.path
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "wb") as f:
+                    f.truncate(entry.size)
+            self._download(manifest, lambda piece, data: _write_range(target / piece.entry.path, piece.offset, data))
+            manifest.write(target)
+            dt = time.perf_counter() - t0
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        return Fetched(manifest, target, in_place=False, stats={
+            "fetch_s": dt, "bytes": float(manifest.size), "read_gbps": manifest.size / dt / 1e9 if dt > 0 else 0.0,
+            "workers": float(self.workers),
+        })
+
+    def verify(self, name: str) -> Manifest:
+        manifest = self.manifest(name)
+        self._download(manifest, lambda piece, data: None)
+        return manifest
+
+    def _download(self, manifest: Manifest, sink: Callable[[_Piece, bytes], None]) -> None:
+        prefix = self._data_prefix(manifest.name, manifest.artifact_id)
+        pieces: list[_Piece] = []
+        for entry in manifest.files:
+            n = len(entry.chunks)
+            if entry.size and n != -(-entry.size // manifest.chunk_size):
+                raise IntegrityError(f"artifact {manifest.name!r}: {entry.path} lists {n} chunk digests "
+                                     f"for {entry.size} bytes", path=entry.path)
+            for i in range(n):
+                off = i * manifest.chunk_size
+                pieces.append(_Piece(entry, i, off, min(manifest.chunk_size, entry.size - off), i))
+
+        def get(piece: _Piece) -> None:
+            key = prefix + piece.entry.path
+            last = piece.offset + piece.length - 1
+            try:
+                out = self._call("get_object", Bucket=self.bucket, Key=key, Range=f"bytes={piece.offset}-{last}")
+            except _Refused as exc:
+                if exc.code in ("NoSuchKey", "404", "NotFound"):
+                    raise IntegrityError(f"artifact {manifest.name!r}: file {piece.entry.path} is missing "
+                                         f"(s3://{self.bucket}/{key})", path=piece.entry.path) from exc
+                if exc.code == "InvalidRange":
+                    raise IntegrityError(f"artifact {manifest.name!r}: {piece.entry.path} is shorter than "
+                                         f"{piece.entry.size} bytes", path=piece.entry.path) from exc
+                raise exc.error from exc
+            data = out["Body"].read()
+            if len(data) != piece.length:
+                raise IntegrityError(f"artifact {manifest.name!r}: {piece.entry.path} chunk {piece.index} has "
+                                     f"{len(data)} bytes, expected {piece.length}", path=piece.entry.path)
+            _check_chunks(manifest, piece, data, what="does not match its digest")
+            sink(piece, data)
+
+        _run_parallel(get, sorted(pieces, key=lambda p: -p.length), self.workers)
+
+    # ---- delete and sweep ---------------------------------------------------------------
+
+    def delete(self, name: str) -> None:
+        manifest = self.manifest(name)
+        # the manifest first: the artifact disappears for every reader at once
+        self._call("delete_object", Bucket=self.bucket, Key=self._manifest_key(name))
+        self._delete_prefix(self._data_prefix(name, manifest.artifact_id))
+
+    def sweep(self, older_than_s: float = 3600.0) -> int:
+        """Remove debris of crashed publishers: unreferenced files, stale multipart uploads, local scratch.
+
+        Only debris older than ``older_than_s`` goes, so uploads in progress on other nodes survive.
+        """
+        now = datetime.now(timezone.utc)
+        n = 0
+        for page in self._pages("list_multipart_uploads", Bucket=self.bucket, Prefix=self.prefix):
+            for up in page.get("Uploads", []):
+                if (now - up["Initiated"]).total_seconds() >= older_than_s:
+                    self._call_quietly("abort_multipart_upload", Bucket=self.bucket, Key=up["Key"],
+                                       UploadId=up["UploadId"])
+                    n += 1
+        current: dict[str, str | None] = {}
+        stale: list[str] = []
+        for page in self._pages("list_objects_v2", Bucket=self.bucket, Prefix=self.prefix):
+            for obj in page.get("Contents", []):
+                rel = obj["Key"][len(self.prefix):].split("/")
+                if len(rel) < 3:
+                    continue  # a manifest, or not ours
+                name, artifact_id = rel[0], rel[1]
+                if name not in current:
+                    try:
+                        current[name] = self.manifest(name).artifact_id
+                    except (ArtifactNotFound, IntegrityError, ConfigError):
+                        current[name] = None
+                if artifact_id != current[name] and (now - obj["LastModified"]).total_seconds() >= older_than_s:
+                    stale.append(obj["Key"])
+        self._delete_keys(stale)
+        n += len(stale)
+        if self.scratch.is_dir():
+            for d in self.scratch.iterdir():
+                if time.time() - d.stat().st_mtime >= older_than_s:
+                    shutil.rmtree(d, ignore_errors=True)
+                    n += 1
+        return n
+
+    def _delete_prefix(self, prefix: str) -> None:
+        keys = [o["Key"] for page in self._pages("list_objects_v2", Bucket=self.bucket, Prefix=prefix)
+                for o in page.get("Contents", [])]
+        self._delete_keys(keys)
+
+    def _delete_keys(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+            batch = [{"Key": k} for k in keys[i:i + 1000]]
+            self._call("delete_objects", Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+
+    # ---- boto3 ----------------------------------------------------------------------------
+
+    def _call(self, op: str, **kwargs: Any) -> Any:
+        """Call a boto3 operation; map its errors to ours (``_Refused`` for answers callers may expect)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self._client, op)(**kwargs)
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            message = f"{self.url}: {op} {kwargs.get('Key', '')} failed: {code} {err.get('Message', '')}".strip()
+            if code in ("NoSuchBucket",):
+                error: ThawError = ConfigError("store", f"no bucket {self.bucket!r} at {self.endpoint or 'S3'}")
+            elif code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                error = ConfigError("store", message, hint="check the AWS_* credentials the agent runs with")
+            else:
+                error = StorageError(message)
+            raise _Refused(code or str(status), error) from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"{self.url}: {op} failed: {exc}",
+                               hint="is the object store reachable (endpoint, network, credentials)?") from exc
+
+    def _call_quietly(self, op: str, **kwargs: Any) -> None:
+        try:
+            self._call(op, **kwargs)
+        except ThawError:
+            pass  # best-effort clean-up; sweep() catches what is left
+
+    def _pages(self, op: str, **kwargs: Any) -> Iterable[dict[str, Any]]:
+        token_in, token_out = {
+            "list_objects_v2": ("ContinuationToken", "NextContinuationToken"),
+            "list_multipart_uploads": ("KeyMarker", "NextKeyMarker"),
+        }[op]
+        extra: dict[str, Any] = {}
+        while True:
+            page = self._call(op, **kwargs, **extra)
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            extra = {token_in: page[token_out]}
+            if op == "list_multipart_uploads":
+                extra["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
+
+
+class _Refused(ThawError):
+    """A ClientError with its S3 error code; ``error`` is what to raise if the caller does not expect it."""
+
+    def __init__(self, code: str, error: ThawError) -> None:
+        super().__init__(str(error))
+        self.code = code
+        self.error = error
+        self.reason = error.reason
+
+
+def _make_client(endpoint: str | None, region: str | None, workers: int) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        max_pool_connections=workers + 4,
+        retries={"mode": "standard", "max_attempts": 5},
+        # custom endpoints (MinIO, Ceph, test servers) rarely have per-bucket DNS names
+        s3={"addressing_style": "path" if endpoint else "auto"},
+        connect_timeout=10,
+        read_timeout=120,
+    )
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region or
+                                          os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                                          or "us-east-1", config=config)
+
+
+def _describe(root: Path, chunk_size: int, workers: int) -> list[FileEntry]:
+    rels = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(rels) or 1))) as pool:
+        return list(pool.map(lambda r: describe_file(root, r, chunk_size=chunk_size), rels))
+
+
+def _check_chunks(manifest: Manifest, piece: _Piece, data: bytes, *, what: str) -> None:
+    view = memoryview(data)
+    for k in range(0, max(1, -(-len(data) // manifest.chunk_size))):
+        i = piece.first_chunk + k
+        if i >= len(piece.entry.chunks):
+            break  # an empty file has no chunk digests
+        got = chunk_digest(view[k * manifest.chunk_size:(k + 1) * manifest.chunk_size])
+        if got != piece.entry.chunks[i]:
+            raise IntegrityError(f"artifact {manifest.name!r}: {piece.entry.path} chunk {i} {what} "
+                                 f"(expected {piece.entry.chunks[i]}, got {got})", path=piece.entry.path)
+
+
+def _read_range(path: Path, offset: int, length: int) -> bytes:
+    with open(path, "rb", buffering=0) as f:
+        return os.pread(f.fileno(), length, offset) if length else b""
+
+
+def _write_range(path: Path, offset: int, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+    finally:
+        os.close(fd)
+
+
+def _run_parallel(fn: Callable[[Any], None], items: list[Any], workers: int) -> None:
+    """Run ``fn`` over ``items`` on a thread pool; the first error cancels what has not started and is raised."""
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items)))) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in futures:
+            f.cancel()
+        for f in futures:
+            if f.done() and not f.cancelled() and f.exception() is not None:
+                raise f.exception()  # type: ignore[misc]
