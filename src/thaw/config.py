@@ -1,0 +1,54 @@
+"""thaw's settings, from arguments or the environment (``THAW_*``), validated in one place."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where thaw keeps its state and artifacts, and which CRIU it runs.
+
+    ``home`` must be the same path on every node that restores a snapshot: a restored
+    worker looks for its control directory under ``<home>/run`` (worker/protocol.py).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="THAW_", extra="ignore")
+
+    home: Path = Field(default=Path("/var/lib/thaw"), description="state: instances, run links, staging")
+    store: str | None = Field(default=None, description="artifact store URL; default <home>/artifacts")
+    staging: Path | None = Field(default=None, description="node-local staging for fetched artifacts")
+    criu: str | None = Field(default=None, description="CRIU binary or portable tree")
+    node: str = Field(default_factory=socket.gethostname, description="this node's name")
+    keep_mounts: list[str] = Field(default_factory=list, description="extra mounts kept in sandboxes")
+
+    @field_validator("keep_mounts", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        return [p for p in v.split(",") if p] if isinstance(v, str) else v
+
+    @field_validator("home")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return Path(os.path.abspath(v))
+
+    @cached_property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @cached_property
+    def instances_dir(self) -> Path:
+        return self.home / "instances"
+
+    @property
+    def store_url(self) -> str:
+        return self.store or str(self.home / "artifacts")
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.staging or self.home / "staging"

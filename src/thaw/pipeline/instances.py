@@ -1,0 +1,174 @@
+"""The workers thaw runs on this node: one directory each, which is also their control directory.
+
+::
+
+    <home>/instances/<id>/
+        instance.json   what thaw knows of it (Instance)
+        ready.json, command.json, reply.json, worker.log   (worker/protocol.py)
+        op.lock         held (flock) while an operation runs on this worker
+        ops/            CRIU logs of the operations on it
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from thaw.config import Settings
+from thaw.errors import BusyError, ConfigError, ThawError
+from thaw.store.manifest import check_name
+from thaw.worker import protocol
+
+
+class Instance(BaseModel):
+    """One worker sandbox on this node, launched (``thaw run``) or restored from an artifact."""
+
+    id: str
+    name: str
+    dir: Path
+    host_pid: int = 0
+    pidns: int = 0
+    holder_pid: int = 0  # `unshare` of a launched sandbox; 0 for restored ones
+    argv: list[str] = Field(default_factory=list)
+    origin: str = "launched"  # or "restored"
+    artifact: str | None = None  # restored from
+    state: str = "starting"  # starting | running | snapshotted | stopped | exited | failed
+    node: str = ""
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    layout: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def log(self) -> Path:
+        return self.dir / protocol.WORKER_LOG
+
+    def alive(self) -> bool:
+        """True while the sandbox's pid 1 runs (and the pid was not reused by another process)."""
+        if self.host_pid <= 0:
+            return False
+        try:
+            if protocol.pidns_inode(self.host_pid) != self.pidns:
+                return False
+            with open(f"/proc/{self.host_pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+
+    def ready(self) -> protocol.ReadyMarker | None:
+        raw = protocol.read_json(self.dir / protocol.READY)
+        return protocol.decode_ready(raw) if raw else None
+
+    def save(self) -> None:
+        protocol.write_json_atomic(self.dir / "instance.json", self.model_dump(mode="json"))
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    @contextmanager
+    def operation(self, what: str) -> Iterator[None]:
+        """Hold this worker for one operation; a concurrent one gets BusyError naming ours."""
+        path = self.dir / "op.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held = path.read_text().strip() or "another operation"
+                raise BusyError(f"worker {self.name!r} is busy: {held} is running on it",
+                                hint="wait for it to finish") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{what} (pid {os.getpid()})".encode())
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock, also when this process dies
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL the sandbox (pid 1 takes its whole namespace with it) and wait until it is gone."""
+        if self.alive():
+            try:
+                os.kill(self.host_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        reap(self.host_pid, timeout)
+        if self.holder_pid:
+            reap(self.holder_pid, timeout)
+
+
+def reap(pid: int, timeout: float = 10.0) -> None:
+    """Wait for ``pid`` to be gone; reap it if it is our child (the dumped pid must be reaped before a restore)."""
+    if pid <= 0:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return
+        except ChildProcessError:  # not our child: wait until it disappears
+            if not os.path.exists(f"/proc/{pid}") or _zombie(pid):
+                return
+        time.sleep(0.005)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def create(settings: Settings, name: str, **fields: Any) -> Instance:
+    check_name(name, what="worker name")
+    iid = f"{name}-{uuid.uuid4().hex[:8]}"
+    d = settings.instances_dir / iid
+    d.mkdir(parents=True)
+    (d / "ops").mkdir()
+    inst = Instance(id=iid, name=name, dir=d, node=settings.node, **fields)
+    inst.save()
+    return inst
+
+
+def load(path: Path) -> Instance:
+    return Instance.model_validate_json((path / "instance.json").read_text())
+
+
+def all_instances(settings: Settings) -> list[Instance]:
+    out = []
+    if settings.instances_dir.is_dir():
+        for d in settings.instances_dir.iterdir():
+            try:
+                out.append(load(d))
+            except (OSError, ValueError):
+                continue
+    return sorted(out, key=lambda i: i.created_at, reverse=True)
+
+
+def find(settings: Settings, ref: str) -> Instance:
+    """The instance with id ``ref``, or the newest live one named ``ref``."""
+    if not ref:
+        raise ConfigError("worker", "no worker given", hint="name it as `thaw run --name NAME` did; `thaw ps` lists them")
+    candidates = all_instances(settings)
+    for inst in candidates:
+        if inst.id == ref:
+            return inst
+    named = [i for i in candidates if i.name == ref]
+    for inst in named:
+        if inst.alive():
+            return inst
+    if named:
+        raise ThawError(f"worker {ref!r} is not running (last state: {named[0].state})",
+                        hint="`thaw ps --all` shows past workers")
+    raise ConfigError("worker", f"no worker named {ref!r} on this node", hint="`thaw ps` lists the running workers")

@@ -1,0 +1,153 @@
+"""``thaw restore``: verify → CRIU restore in fresh namespaces → CUDA restore → unlock → thaw hooks → canary → go.
+
+A failure at any step kills what was restored and leaves the artifact untouched
+(restore only ever reads it). Each restore gets new pid, mount and network
+namespaces, so the same artifact can be restored many times at once on one node.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from thaw.config import Settings
+from thaw.criu import RestoreOptions, find_criu, restore as criu_restore
+from thaw.errors import CanaryMismatch, RestoreError, ThawError
+from thaw.pipeline import control, gpu, instances
+from thaw.pipeline.instances import Instance
+from thaw.pipeline.phases import Phases, Progress
+from thaw.pipeline.snapshot import IMAGES
+from thaw.sandbox import netns
+from thaw.sandbox.layout import Layout
+from thaw.store import Manifest, Store, check_name, open_store
+from thaw.worker import protocol
+from thaw.worker.protocol import Action
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass
+class RestoreResult:
+    instance: Instance
+    manifest: Manifest
+    timings: dict[str, float]
+    canary_expected: Any = None
+    canary_got: Any = None
+    thaw_report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def canary_checked(self) -> bool:
+        return self.canary_expected is not None
+
+
+def restore(settings: Settings, artifact: str, *, store: Store | None = None, gpu_target: int | str | None = None,
+            name: str | None = None, verify_canary: bool = True, reply_timeout: float = 120.0,
+            progress: Progress | None = None) -> RestoreResult:
+    """Restore ``artifact`` as a new worker on this node; returns once it runs (and passed its canary)."""
+    check_name(artifact)
+    store = store or open_store(settings.store_url)
+    phases = Phases(progress)
+    with phases("fetch", f"fetching and verifying {artifact}"):
+        fetched = store.fetch(artifact, settings.staging_dir)
+    try:
+        manifest = fetched.manifest
+        phases.timings.update({f"fetch_{k}": v for k, v in fetched.stats.items() if k.endswith("_s")})
+        with phases("plan"):
+            pairs = gpu.plan(manifest.gpus, gpu_target)  # refuses before anything is touched
+            layout = Layout.from_dict(manifest.sandbox)
+        inst = instances.create(settings, name or manifest.worker.name, argv=manifest.worker.argv,
+                                origin="restored", artifact=artifact, layout=layout.to_dict())
+        try:
+            return _bring_up(settings, inst, manifest, fetched.dir, layout, pairs, verify_canary, reply_timeout,
+                             phases)
+        except BaseException as exc:
+            inst.kill()
+            inst.state = "failed"
+            inst.save()
+            if isinstance(exc, RestoreError):
+                raise
+            if isinstance(exc, ThawError):
+                raise RestoreError(f"restore of {artifact!r} failed: {exc}") from exc
+            raise
+    finally:
+        fetched.cleanup()
+
+
+def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_dir: Path, layout: Layout,
+              pairs: Any, verify_canary: bool, reply_timeout: float, phases: Phases) -> RestoreResult:
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    _become_subreaper()
+    fds = _inherited_fds(manifest, inst)
+    try:
+        with phases("criu_restore", "CRIU restore"):
+            pid, _ = criu_restore(
+                RestoreOptions(images_dir=artifact_dir / IMAGES, work_dir=inst.dir / "ops" / "restore",
+                               external=layout.restore_externals(), inherit_fds=fds),
+                criu=find_criu(settings.criu),
+            )
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    inst.host_pid, inst.pidns = pid, protocol.pidns_inode(pid)
+    inst.state = "running"
+    inst.save()
+    _link(settings.run_dir, inst)
+    if manifest.gpus:
+        with phases("gpu_restore", "CUDA restore + unlock"):
+            gpu_timings = gpu.restore(pid, pairs)
+        phases.timings.update({f"gpu_{k}": v for k, v in gpu_timings.items()})
+    expected = manifest.worker.canary if verify_canary else None
+    info = {"restore_id": inst.id, "artifact": manifest.name, "artifact_id": manifest.artifact_id,
+            "node": settings.node, "timings": dict(phases.timings)}
+    with phases("thaw_hooks"):
+        reply = control.send(inst, Action.THAW, timeout=reply_timeout, info=info, verify=expected is not None)
+    if expected is not None:
+        got = reply.canary
+        if _canonical(got) != _canonical(expected):
+            raise CanaryMismatch(
+                f"restored worker {inst.id!r} does not reproduce the canary recorded in {manifest.name!r}: "
+                f"expected {_short(expected)}, got {_short(got)}",
+                expected=expected, got=got,
+            )
+        with phases("go"):
+            control.send(inst, Action.GO, timeout=reply_timeout, info={"canary": "passed"})
+    timings = phases.finish()
+    return RestoreResult(instance=inst, manifest=manifest, timings=timings, canary_expected=expected,
+                         canary_got=reply.canary, thaw_report=reply.data)
+
+
+def _inherited_fds(manifest: Manifest, inst: Instance) -> dict[str, int]:
+    """Descriptors CRIU plugs in instead of what the image names: a fresh netns, this copy's own log."""
+    fds = {manifest.sandbox.get("net_key", netns.NET_KEY): netns.fresh()}
+    for path in manifest.sandbox.get("stdio", []):
+        if path.startswith("/"):  # CRIU names regular files by their path without the leading '/'
+            fds[path.lstrip("/")] = os.open(inst.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    return fds
+
+
+def _link(run_dir: Path, inst: Instance) -> None:
+    link = protocol.ns_link(run_dir, inst.pidns)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f"{link.name}.{os.getpid()}.tmp")
+    os.symlink(inst.dir, tmp)
+    os.rename(tmp, link)
+
+
+def _become_subreaper() -> None:
+    # restored trees are re-parented to us, not to init, if an intermediate CRIU process exits
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _short(value: Any, n: int = 200) -> str:
+    text = _canonical(value)
+    return text if len(text) <= n else text[:n] + "..."
+
+

@@ -1,0 +1,45 @@
+"""``thaw run``: start a worker in a new sandbox."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from thaw.config import Settings
+from thaw.pipeline import instances
+from thaw.pipeline.instances import Instance
+from thaw.sandbox.launch import child_env, launch as launch_sandbox
+from thaw.sandbox.layout import plan
+
+
+def launch(settings: Settings, argv: list[str], *, name: str, env: dict[str, str] | None = None,
+           cwd: Path | None = None) -> Instance:
+    """Start ``argv`` as a snapshot-able worker named ``name``; returns once its sandbox runs.
+
+    The worker runs in new pid, mount and network namespaces (sandbox/layout.py) and
+    finds its control directory through ``THAW_RUN_DIR``. Wait for its quiesce point
+    with ``control.wait_ready`` (``thaw snapshot`` does).
+    """
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    cwd = Path(cwd or Path.cwd())
+    inst = instances.create(settings, name, argv=list(argv))
+    # keep every mount the worker needs: thaw's state, its working directory, its interpreter
+    layout = plan([settings.home, cwd, sys.prefix, *_paths_in(argv)], settings.keep_mounts)
+    merged = child_env(dict(env if env is not None else os.environ), run_dir=settings.run_dir, name=name)
+    try:
+        started = launch_sandbox(list(argv), control_dir=inst.dir, run_dir=settings.run_dir, layout=layout,
+                                 env=merged, cwd=cwd)
+    except BaseException:
+        inst.state = "failed"
+        inst.save()
+        raise
+    inst.host_pid, inst.pidns, inst.holder_pid = started.host_pid, started.pidns, started.holder_pid
+    inst.layout = layout.to_dict()
+    inst.state = "running"
+    inst.save()
+    return inst
+
+
+def _paths_in(argv: list[str]) -> list[str]:
+    return [a for a in argv if a.startswith("/") and os.path.exists(a)]

@@ -1,0 +1,154 @@
+"""``thaw snapshot``: quiesce → freeze hooks → GPU lock+checkpoint → CRIU dump → publish.
+
+Nothing half-done is ever visible, and a failure leaves the worker running:
+
+* CRIU always dumps with ``leave_running``: the original is killed only after the
+  artifact is published, so a failed publish (name taken, disk full) loses nothing;
+* after a failure past the freeze hooks, the GPU state is restored and unlocked and
+  the worker is told to ABORT (its thaw hooks undo the freeze); it stays parked at its
+  quiesce point, ready for another attempt;
+* the artifact is staged and published by the store in one atomic step.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from thaw import __version__
+from thaw.config import Settings
+from thaw.criu import DumpOptions, dump, find_criu
+from thaw.errors import BusyError, CheckpointError, ThawError
+from thaw.pipeline import control, gpu, instances
+from thaw.pipeline.instances import Instance
+from thaw.pipeline.phases import Phases, Progress
+from thaw.sandbox import netns
+from thaw.sandbox.layout import Layout
+from thaw.store import Manifest, Store, check_name, open_store
+from thaw.store.manifest import ReleasedMemory, SourceInfo, WorkerInfo
+from thaw.worker.protocol import Action
+
+IMAGES = "images"
+
+
+@dataclass
+class SnapshotResult:
+    manifest: Manifest
+    timings: dict[str, float]
+    instance: Instance
+
+
+def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | None = None,
+             leave_running: bool = False, ready_timeout: float = 60.0, reply_timeout: float = 120.0,
+             progress: Progress | None = None) -> SnapshotResult:
+    """Snapshot the worker named (or with id) ``worker`` into the artifact ``artifact``."""
+    check_name(artifact)
+    store = store or open_store(settings.store_url)
+    inst = instances.find(settings, worker)
+    if store.exists(artifact):
+        raise BusyError(f"an artifact named {artifact!r} already exists in {store.url}",
+                        hint="pick another name, or `thaw rm` the old one first")
+    phases = Phases(progress)
+    with inst.operation(f"snapshot to {artifact}"):
+        with phases("quiesce", "waiting for the worker's quiesce point"):
+            ready = control.wait_ready(inst, ready_timeout)
+        with phases("freeze_hooks"):
+            try:
+                reply = control.send(inst, Action.FREEZE, timeout=reply_timeout)
+            except ThawError as exc:
+                raise CheckpointError(f"snapshot of {inst.name!r} failed in its freeze hooks: {exc}") from exc
+        attempt = _Attempt()
+        try:
+            manifest = _capture(settings, inst, ready, reply.data, artifact, store, phases, attempt)
+        except BaseException as exc:
+            _roll_back(inst, attempt, reply_timeout)
+            if isinstance(exc, CheckpointError | BusyError):
+                raise
+            if isinstance(exc, ThawError):
+                raise CheckpointError(f"snapshot of {inst.name!r} failed: {exc}") from exc
+            raise
+        if leave_running:
+            with phases("resume_original"):
+                if manifest.gpus:
+                    gpu.rollback(inst.host_pid)
+                control.send(inst, Action.RELEASE, timeout=reply_timeout, info={"artifact": artifact})
+        else:
+            with phases("stop_original"):
+                inst.kill()
+                inst.state = "snapshotted"
+                inst.save()
+    timings = phases.finish()
+    return SnapshotResult(manifest=manifest.model_copy(update={"timings": {**manifest.timings, **timings}}),
+                          timings=timings, instance=inst)
+
+
+@dataclass
+class _Attempt:
+    """How far a capture got, so that a failure undoes exactly that much."""
+
+    gpu_checkpointed: bool = False
+
+
+def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, Any], artifact: str,
+             store: Store, phases: Phases, attempt: _Attempt) -> Manifest:
+    pid = inst.host_pid
+    layout = Layout.from_dict(inst.layout)
+    gpus = _gpus(report)
+    if not gpus and gpu.uses_gpu(pid):
+        gpus = [{"uuid": "", "name": "unknown"}]  # the worker reported none; still never dump live GPU state
+    criu = find_criu(settings.criu)
+    with store.stage(artifact) as staged:
+        if gpus:
+            # order matters: the device state must be in host memory before CRIU reads that memory
+            attempt.gpu_checkpointed = True  # set first: a lock that succeeded before a failure needs undoing too
+            with phases("gpu_checkpoint", "CUDA lock + checkpoint"):
+                gpu_timings = gpu.checkpoint(pid)
+            phases.timings.update({f"gpu_{k}": v for k, v in gpu_timings.items()})
+        stdio = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (1, 2)]
+        op_dir = inst.dir / "ops" / f"snapshot-{staged.artifact_id[:8]}"
+        with phases("dump", "CRIU dump"):
+            dump(DumpOptions(pid=pid, images_dir=staged.dir / IMAGES, work_dir=op_dir, leave_running=True,
+                             external=layout.dump_externals() + [netns.dump_external(pid)]),
+                 criu=criu)
+        staged.published = Manifest(
+            artifact_id=staged.artifact_id,
+            name=artifact,
+            source=SourceInfo(host=settings.node, kernel=os.uname().release, criu_version=criu.version,
+                              thaw_version=__version__, **gpu.identity()),
+            worker=WorkerInfo(name=inst.name, argv=inst.argv, pid=pid, canary=ready.canary, hooks=ready.hooks,
+                              freeze_report=report),
+            sandbox={**layout.to_dict(), "net_key": netns.NET_KEY, "stdio": sorted(set(stdio))},
+            gpus=gpus,
+            memory_released=[ReleasedMemory(**r) for r in _released(report)],
+            timings=dict(phases.timings),
+        )
+        phases.progress("publish", None, f"publishing to {store.url}")
+        t_publish = time.perf_counter()
+    phases.add("publish", time.perf_counter() - t_publish)  # the store publishes as the stage block ends
+    assert staged.published is not None
+    return staged.published
+
+
+def _roll_back(inst: Instance, attempt: _Attempt, timeout: float) -> None:
+    """After a failed capture: GPU back to running, freeze undone; the worker stays parked."""
+    if not inst.alive():
+        return
+    if attempt.gpu_checkpointed:
+        try:
+            gpu.rollback(inst.host_pid)
+        except ThawError:
+            pass  # the ABORT below then fails too, and the error the caller sees stays the original one
+    try:
+        control.send(inst, Action.ABORT, timeout=timeout)
+    except ThawError:
+        pass
+
+
+def _gpus(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [g for hook in report.values() if isinstance(hook, dict) for g in hook.get("gpus", [])]
+
+
+def _released(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for hook in report.values() if isinstance(hook, dict) for r in hook.get("released", [])]

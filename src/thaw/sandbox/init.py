@@ -1,0 +1,111 @@
+"""pid 1 of a new sandbox: finish the namespaces' set-up, then become the worker.
+
+Started by launch.py as ``unshare --pid --fork --mount --propagation private --net
+python -m thaw.sandbox.init SPEC -- CMD...``. It runs before any worker code, so it
+uses the standard library only and keeps its work short:
+
+1. become a session leader (CRIU refuses a session leader outside the namespace);
+2. replace /proc with this pid namespace's procfs;
+3. lazily unmount every mount the layout does not keep (innermost first, stacked
+   duplicates too), so CRIU sees only mounts it can dump or re-bind;
+4. bring loopback up in the new network namespace;
+5. link ``<run dir>/ns/<pid-namespace inode>`` to the control directory, so the
+   worker SDK finds it;
+6. reopen stdio inside the namespace (descriptors opened outside point at mounts the
+   dump cannot see) and exec the worker.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import os
+import socket
+import struct
+import sys
+
+MNT_DETACH = 2
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _umount(path: str) -> bool:
+    return _libc.umount2(path.encode(), MNT_DETACH) == 0
+
+
+def remount_proc() -> None:
+    for _ in range(8):  # /proc may be stacked; detach until none is left
+        if not os.path.exists("/proc/self") or not _umount("/proc"):
+            break
+    if _libc.mount(b"proc", b"/proc", b"proc", 0, None) != 0:
+        raise OSError(ctypes.get_errno(), "mount proc on /proc")
+
+
+def trim_mounts(keep: set[str]) -> None:
+    keep = keep | {"/", "/proc"}
+    for _ in range(8):
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line.split()[4] for line in f]
+        seen: dict[str, int] = {}
+        for m in mounts:
+            seen[m] = seen.get(m, 0) + 1
+        todo = []
+        for m, count in sorted(seen.items(), key=lambda kv: -kv[0].count("/")):
+            todo += [m] * (count - 1 if m in keep else count)
+        if not todo:
+            return
+        for m in todo:
+            _umount(m)
+    raise RuntimeError(f"could not trim mounts; left: {mounts}")
+
+
+def loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14s", b"lo", 0, b"")
+        flags = struct.unpack("16sH14s", fcntl.ioctl(s, SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | IFF_UP, b""))
+
+
+def link_control_dir(run_dir: str, control_dir: str) -> None:
+    inode = os.stat("/proc/self/ns/pid").st_ino
+    link = os.path.join(run_dir, "ns", str(inode))
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    tmp = f"{link}.{os.getpid()}.tmp"
+    os.symlink(control_dir, tmp)
+    os.rename(tmp, link)
+
+
+def reopen_stdio(log: str) -> None:
+    fd = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def main(argv: list[str]) -> None:
+    if "--" not in argv or argv.index("--") != 1:
+        sys.exit("usage: python -m thaw.sandbox.init SPEC_JSON -- CMD [ARGS...]")
+    spec = json.loads(argv[0])
+    cmd = argv[2:]
+    os.setsid()
+    remount_proc()
+    trim_mounts(set(spec["keep"]))
+    if spec.get("private_net", True):
+        loopback_up()
+    link_control_dir(spec["run_dir"], spec["control_dir"])
+    reopen_stdio(spec["log"])
+    os.chdir(spec.get("cwd") or "/")
+    try:
+        os.execvp(cmd[0], cmd)
+    except OSError as exc:
+        print(f"thaw sandbox: cannot exec {cmd[0]!r}: {exc.strerror}", file=sys.stderr, flush=True)
+        os._exit(127)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

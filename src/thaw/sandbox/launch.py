@@ -1,0 +1,74 @@
+"""Starting a worker in a new sandbox (``thaw run``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from thaw.errors import ConfigError, WorkerError
+from thaw.sandbox.layout import Layout
+from thaw.worker import protocol
+
+
+@dataclass(frozen=True)
+class Launched:
+    host_pid: int  # the worker: pid 1 of its pid namespace
+    pidns: int
+    holder_pid: int  # the `unshare` process waiting on it
+
+
+def launch(argv: list[str], *, control_dir: Path, run_dir: Path, layout: Layout, env: dict[str, str],
+           cwd: Path | None = None, timeout: float = 30.0) -> Launched:
+    """Start ``argv`` as pid 1 of a new sandbox with ``layout``; return once it runs there."""
+    if not argv:
+        raise ConfigError("command", "no command given", hint="thaw run --name NAME -- CMD [ARGS...]")
+    spec = {
+        "keep": layout.keep,
+        "private_net": layout.private_net,
+        "run_dir": str(run_dir),
+        "control_dir": str(control_dir),
+        "log": str(control_dir / protocol.WORKER_LOG),
+        "cwd": str(cwd or Path.cwd()),
+    }
+    flags = ["--pid", "--fork", "--mount", "--propagation", "private"] + (["--net"] if layout.private_net else [])
+    cmd = ["unshare", *flags, sys.executable, "-m", "thaw.sandbox.init", json.dumps(spec), "--", *argv]
+    with open(control_dir / "sandbox.log", "ab") as log:
+        holder = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                  cwd=str(cwd or Path.cwd()), start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        child = _first_child(holder.pid)
+        if child is not None:
+            return Launched(host_pid=child, pidns=protocol.pidns_inode(child), holder_pid=holder.pid)
+        if holder.poll() is not None:
+            break
+        time.sleep(0.005)
+    holder.kill()
+    detail = (control_dir / "sandbox.log").read_text(errors="replace")[-800:]
+    raise WorkerError(f"the sandbox for {argv[0]!r} did not start: {detail.strip() or 'no output'}",
+                      hint="`thaw doctor` checks that unshare and namespaces work here")
+
+
+def _first_child(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = f.read().split()
+    except FileNotFoundError:
+        return None
+    return int(kids[0]) if kids else None
+
+
+def child_env(base: dict[str, str], *, run_dir: Path, name: str) -> dict[str, str]:
+    env = dict(base)
+    env[protocol.ENV_RUN_DIR] = str(run_dir)
+    env["THAW_WORKER_NAME"] = name
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    # CPU torch workers on AMX CPUs die with SIGILL after restore: the kernel does not give a
+    # restored task AMX permission back (probe, 2026-11-28). Keep oneDNN off AMX.
+    env.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    return env

@@ -1,0 +1,96 @@
+"""The sandbox layout: which namespaces and mounts a worker lives in.
+
+One description serves both launch (``thaw run``) and restore, so that what CRIU
+dumped is exactly what a restore rebuilds:
+
+* a new **pid namespace** whose init is the worker itself (pid 1, its own session:
+  CRIU refuses a session leader outside the dumped namespace);
+* a new **mount namespace** with a /proc of its own (CUDA fails with error 304 when it
+  reads the host's /proc from inside a pid namespace — probe, second part) and only the
+  mounts the worker needs: every other mount is lazily unmounted, because CRIU must
+  be able to dump or re-bind each remaining one. Kept mounts other than ``/``,
+  ``/proc`` and ``/sys`` are *external*: CRIU records only a key and a restore binds
+  the same host path again (e.g. ``/dev``, the driver's ``/usr/local/nvidia``);
+* a new **network namespace** (loopback only), dumped with the process: each restored
+  copy gets its own, so copies never collide on ports or on libcuda's abstract socket
+  (``@cuda-uvmfd-<pidns>-<pid>``). Workers serve on a unix socket in their control
+  directory (reachable from the host) or on TCP inside their namespace.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+#: mounts every sandbox keeps; / and /proc are handled apart (root and a fresh procfs)
+BASE_KEEP = ("/dev", "/dev/shm", "/sys")
+#: kept mounts CRIU recreates itself rather than binding from the host
+NATIVE = ("/", "/proc", "/sys")
+#: mounts kept when present: the NVIDIA driver's libraries on GPU hosts (a squashfs CRIU cannot dump)
+OPTIONAL_KEEP = ("/usr/local/nvidia",)
+
+
+@dataclass
+class Layout:
+    """Namespaces and mounts of a sandbox; stored in the manifest so that restore rebuilds the same."""
+
+    keep: list[str] = field(default_factory=list)  # mountpoints kept besides / and /proc
+    private_net: bool = True
+
+    def external(self) -> list[str]:
+        """Kept mountpoints that CRIU must treat as external bind mounts."""
+        return [m for m in self.keep if m not in NATIVE]
+
+    @staticmethod
+    def key(mountpoint: str) -> str:
+        """The external key of a mountpoint: stable, and free of CRIU's separators."""
+        return "thaw" + mountpoint.replace("/", "_").replace(":", "_")
+
+    def dump_externals(self) -> list[str]:
+        return [f"mnt[{m}]:{self.key(m)}" for m in self.external()]
+
+    def restore_externals(self) -> list[str]:
+        return [f"mnt[{self.key(m)}]:{m}" for m in self.external()]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Layout:
+        return cls(keep=list(raw.get("keep", [])), private_net=bool(raw.get("private_net", True)))
+
+
+def plan(paths: list[str | Path], extra_keep: list[str] | None = None, *, private_net: bool = True) -> Layout:
+    """The layout for a worker that must see ``paths`` (its interpreter, working directory, thaw's run dir).
+
+    Every mount under which one of ``paths`` lies is kept, plus the base mounts and
+    ``extra_keep``. Only mounts that exist on this host are listed.
+    """
+    mounts = set(host_mountpoints())
+    keep = {m for m in BASE_KEEP + OPTIONAL_KEEP if m in mounts}
+    keep.update(m for m in (extra_keep or []) if m in mounts)
+    for p in paths:
+        m = mountpoint_of(Path(p), mounts)
+        if m not in ("/", "/proc"):
+            keep.add(m)
+    return Layout(keep=sorted(keep), private_net=private_net)
+
+
+def host_mountpoints(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    with open(mountinfo) as f:
+        return [_unescape(line.split()[4]) for line in f]
+
+
+def mountpoint_of(path: Path, mounts: set[str]) -> str:
+    """The deepest mountpoint that contains ``path``."""
+    p = Path(os.path.realpath(path))
+    for candidate in (p, *p.parents):
+        if str(candidate) in mounts:
+            return str(candidate)
+    return "/"
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal
+    return field.encode().decode("unicode_escape") if "\\" in field else field
