@@ -54,6 +54,10 @@ MIN_PART_SIZE = 5 << 20
 MAX_PARTS = 10_000
 DEFAULT_WORKERS = 16
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+#: S3 error codes (or HTTP statuses) meaning "no such object"
+_MISSING = ("NoSuchKey", "404", "NotFound")
+#: ... and "a conditional put lost": 412 when the object exists, 409 when another conditional write raced
+_CONFLICT = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 
 
 @dataclass(frozen=True)
@@ -218,12 +222,10 @@ class S3Store(Store):
         md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
         try:
             self._call("put_object", Bucket=self.bucket, Key=self._manifest_key(manifest.name), Body=body,
-                       ContentMD5=md5, ContentType="application/json", IfNoneMatch="*")
+                       ContentMD5=md5, ContentType="application/json", IfNoneMatch="*", expect=_CONFLICT)
         except _Refused as exc:
-            if exc.code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
-                raise BusyError(f"another publisher created {manifest.name!r} in {self.url} first",
-                                hint="pick another name, or `thaw rm` the old one first") from exc
-            raise exc.error from exc
+            raise BusyError(f"another publisher created {manifest.name!r} in {self.url} first",
+                            hint="pick another name, or `thaw rm` the old one first") from exc
 
     # ---- read -------------------------------------------------------------------------
 
@@ -254,12 +256,10 @@ class S3Store(Store):
         check_name(name)
         key = self._manifest_key(name)
         try:
-            body = self._call("get_object", Bucket=self.bucket, Key=key)["Body"].read()
+            body = self._call("get_object", Bucket=self.bucket, Key=key, expect=_MISSING)["Body"].read()
         except _Refused as exc:
-            if exc.code in ("NoSuchKey", "404", "NotFound"):
-                raise ArtifactNotFound(f"no artifact named {name!r} in {self.url}",
-                                       hint="`thaw ls` lists the artifacts") from exc
-            raise exc.error from exc
+            raise ArtifactNotFound(f"no artifact named {name!r} in {self.url}",
+                                   hint="`thaw ls` lists the artifacts") from exc
         return Manifest.parse(body, where=f"s3://{self.bucket}/{key}")
 
     def fetch(self, name: str, staging_root: Path) -> Fetched:
@@ -306,15 +306,14 @@ class S3Store(Store):
             key = prefix + piece.entry.path
             last = piece.offset + piece.length - 1
             try:
-                out = self._call("get_object", Bucket=self.bucket, Key=key, Range=f"bytes={piece.offset}-{last}")
+                out = self._call("get_object", Bucket=self.bucket, Key=key, Range=f"bytes={piece.offset}-{last}",
+                                 expect=_MISSING + ("InvalidRange", "416"))
             except _Refused as exc:
-                if exc.code in ("NoSuchKey", "404", "NotFound"):
+                if exc.code in _MISSING:
                     raise IntegrityError(f"artifact {manifest.name!r}: file {piece.entry.path} is missing "
                                          f"(s3://{self.bucket}/{key})", path=piece.entry.path) from exc
-                if exc.code == "InvalidRange":
-                    raise IntegrityError(f"artifact {manifest.name!r}: {piece.entry.path} is shorter than "
-                                         f"{piece.entry.size} bytes", path=piece.entry.path) from exc
-                raise exc.error from exc
+                raise IntegrityError(f"artifact {manifest.name!r}: {piece.entry.path} is shorter than "
+                                     f"{piece.entry.size} bytes", path=piece.entry.path) from exc
             data = out["Body"].read()
             if len(data) != piece.length:
                 raise IntegrityError(f"artifact {manifest.name!r}: {piece.entry.path} chunk {piece.index} has "
@@ -381,8 +380,8 @@ class S3Store(Store):
 
     # ---- boto3 ----------------------------------------------------------------------------
 
-    def _call(self, op: str, **kwargs: Any) -> Any:
-        """Call a boto3 operation; map its errors to ours (``_Refused`` for answers callers may expect)."""
+    def _call(self, op: str, *, expect: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        """Call a boto3 operation and map its errors to ours; S3 error codes in ``expect`` raise ``_Refused``."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -398,7 +397,9 @@ class S3Store(Store):
                 error = ConfigError("store", message, hint="check the AWS_* credentials the agent runs with")
             else:
                 error = StorageError(message)
-            raise _Refused(code or str(status), error) from exc
+            if code in expect or str(status) in expect:
+                raise _Refused(code or str(status), error) from exc
+            raise error from exc
         except BotoCoreError as exc:
             raise StorageError(f"{self.url}: {op} failed: {exc}",
                                hint="is the object store reachable (endpoint, network, credentials)?") from exc
@@ -426,7 +427,7 @@ class S3Store(Store):
 
 
 class _Refused(ThawError):
-    """A ClientError with its S3 error code; ``error`` is what to raise if the caller does not expect it."""
+    """An S3 error the caller said it expects (``code``); ``error`` is our mapping of it."""
 
     def __init__(self, code: str, error: ThawError) -> None:
         super().__init__(str(error))
