@@ -1,0 +1,300 @@
+"""``thaw``: snapshot a warmed inference worker once, restore it in seconds.
+
+    thaw run --name llm -- python -m thaw.engine serve --config tiny --weights W
+    thaw snapshot llm --artifact llm-v1
+    thaw restore llm-v1            # as often as you like, on any node sharing the store
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from thaw.cli.output import console, emit_json, fail, friendly, human_bytes, progress, seconds
+from thaw.config import Settings
+
+app = typer.Typer(
+    name="thaw",
+    help="Snapshot a warmed GPU inference worker once; restore it in seconds, on any node.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+HomeOpt = Annotated[Optional[Path], typer.Option("--home", envvar="THAW_HOME", help="thaw's state directory (same path on every node) [default: /var/lib/thaw]", show_default=False)]
+StoreOpt = Annotated[Optional[str], typer.Option("--store", envvar="THAW_STORE", help="artifact store: a directory, dir:///path or s3://bucket/prefix [default: HOME/artifacts]", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+
+
+def _settings(home: Path | None, store: str | None) -> Settings:
+    kwargs: dict[str, object] = {}
+    if home is not None:
+        kwargs["home"] = home
+    if store is not None:
+        kwargs["store"] = store
+    return Settings(**kwargs)  # type: ignore[arg-type]
+
+
+def _store(settings: Settings):
+    from thaw.store import open_store
+
+    return open_store(settings.store_url)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def run(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option("--name", "-n", help="the worker's name (used by snapshot, release, stop)")],
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait until the worker parks at its quiesce point")] = False,
+    ready_timeout: Annotated[float, typer.Option(help="seconds to wait for the quiesce point with --wait")] = 600.0,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Start a worker in a snapshot-able sandbox: [bold]thaw run --name NAME -- CMD [ARGS...][/].
+
+    The worker runs in new pid, mount and network namespaces. It warms up, then calls
+    thaw.worker.quiesce() and parks until you snapshot or release it.
+    """
+    from thaw import pipeline
+
+    argv = list(ctx.args)
+    if not argv:
+        fail("no command given", "thaw run --name NAME -- CMD [ARGS...]", code=2)
+    settings = _settings(home, None)
+    inst = pipeline.launch(settings, argv, name=name)
+    if wait:
+        with progress(not json_out) as cb:
+            cb("warm-up", None, f"waiting for {name} to reach its quiesce point")
+            pipeline.wait_ready(settings, inst, ready_timeout)
+    if json_out:
+        emit_json(inst.model_dump(mode="json"))
+    else:
+        console.print(f"started [bold]{inst.name}[/] ({inst.id}), pid {inst.host_pid}; log: {inst.log}")
+
+
+@app.command()
+@friendly
+def ps(
+    all_: Annotated[bool, typer.Option("--all", "-a", help="include workers that are gone")] = False,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the workers on this node."""
+    from thaw import pipeline
+
+    rows = [i for i in pipeline.list_instances(_settings(home, None)) if all_ or i.alive()]
+    if json_out:
+        emit_json([{**i.model_dump(mode="json"), "alive": i.alive(), "parked": _parked(i)} for i in rows])
+        return
+    table = Table("NAME", "ID", "PID", "STATE", "ORIGIN", "CREATED")
+    for i in rows:
+        state = ("parked" if _parked(i) else "running") if i.alive() else i.state
+        origin = f"restored from {i.artifact}" if i.origin == "restored" else "launched"
+        table.add_row(i.name, i.id, str(i.host_pid), state, origin, i.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+    console.print(table)
+
+
+def _parked(inst) -> bool:
+    from thaw.worker import protocol
+
+    cmd = protocol.read_json(inst.dir / protocol.COMMAND) or {}
+    return inst.alive() and inst.ready() is not None and cmd.get("action") not in ("release", "go", "stop")
+
+
+@app.command()
+@friendly
+def snapshot(
+    worker: Annotated[str, typer.Argument(help="the worker's name or id (see `thaw ps`)")],
+    artifact: Annotated[str, typer.Option("--artifact", "-a", help="name of the new artifact")],
+    leave_running: Annotated[bool, typer.Option("--leave-running", help="keep the original worker and let it serve")] = False,
+    ready_timeout: Annotated[float, typer.Option(help="seconds to wait for the worker's quiesce point")] = 600.0,
+    home: HomeOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Snapshot a parked worker into an artifact (GPU state, process tree, canary)."""
+    from thaw import pipeline
+
+    settings = _settings(home, store)
+    with progress(not json_out) as cb:
+        res = pipeline.snapshot(settings, worker, artifact, store=_store(settings), leave_running=leave_running,
+                                ready_timeout=ready_timeout, progress=cb)
+    if json_out:
+        emit_json({"manifest": json.loads(res.manifest.to_json()), "digest": res.manifest.digest, "timings": res.timings})
+        return
+    m = res.manifest
+    console.print(f"[green]snapshot[/] [bold]{m.name}[/] ({human_bytes(m.size)}, {m.digest}) "
+                  f"in {seconds(res.timings['total'])}: " + _phases(res.timings))
+    if leave_running:
+        console.print(f"worker [bold]{res.instance.name}[/] goes on serving")
+
+
+@app.command()
+@friendly
+def restore(
+    artifact: Annotated[str, typer.Argument(help="the artifact to restore (see `thaw ls`)")],
+    name: Annotated[Optional[str], typer.Option("--name", "-n", help="name of the restored worker [default: the original's]")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="restore onto this GPU (index or UUID) [default: the recorded one]")] = None,
+    canary: Annotated[bool, typer.Option("--canary/--no-canary", help="check the worker reproduces its recorded canary before it serves")] = True,
+    home: HomeOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Restore an artifact as a new worker on this node (fresh namespaces; run it as often as you like)."""
+    from thaw import pipeline
+
+    settings = _settings(home, store)
+    target: int | str | None = int(gpu) if gpu is not None and gpu.isdigit() else gpu
+    with progress(not json_out) as cb:
+        res = pipeline.restore(settings, artifact, store=_store(settings), gpu_target=target, name=name,
+                               verify_canary=canary, progress=cb)
+    inst = res.instance
+    if json_out:
+        emit_json({"instance": inst.model_dump(mode="json"), "timings": res.timings,
+                   "canary": "passed" if res.canary_checked else "not checked"})
+        return
+    check = "canary passed" if res.canary_checked else "no canary"
+    console.print(f"[green]restored[/] [bold]{inst.name}[/] ({inst.id}), pid {inst.host_pid}, {check}, "
+                  f"in {seconds(res.timings['total'])}: " + _phases(res.timings))
+    console.print(f"control directory: {inst.dir}")
+
+
+@app.command()
+@friendly
+def release(worker: Annotated[str, typer.Argument(help="the worker's name or id")], home: HomeOpt = None) -> None:
+    """Let a parked worker go on serving without taking a snapshot."""
+    from thaw import pipeline
+
+    inst = pipeline.release(_settings(home, None), worker)
+    console.print(f"released [bold]{inst.name}[/] ({inst.id})")
+
+
+@app.command()
+@friendly
+def stop(worker: Annotated[str, typer.Argument(help="the worker's name or id")], home: HomeOpt = None) -> None:
+    """Stop a worker (parked or serving) and remove its sandbox."""
+    from thaw import pipeline
+
+    inst = pipeline.stop(_settings(home, None), worker)
+    console.print(f"stopped [bold]{inst.name}[/] ({inst.id})")
+
+
+@app.command("ls")
+@friendly
+def list_artifacts(home: HomeOpt = None, store: StoreOpt = None, json_out: JsonOpt = False) -> None:
+    """List the artifacts in the store."""
+    manifests = _store(_settings(home, store)).list()
+    if json_out:
+        emit_json([{"name": m.name, "artifact_id": m.artifact_id, "digest": m.digest, "size": m.size,
+                    "created_at": m.created_at, "worker": m.worker.name, "source": m.source.host} for m in manifests])
+        return
+    table = Table("NAME", "WORKER", "SIZE", "CREATED", "FROM NODE", "GPUS")
+    for m in manifests:
+        table.add_row(m.name, m.worker.name, human_bytes(m.size), m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                      m.source.host, ", ".join(g.get("name", "?") for g in m.gpus) or "-")
+    console.print(table)
+
+
+@app.command()
+@friendly
+def inspect(
+    artifact: Annotated[str, typer.Argument(help="the artifact's name")],
+    home: HomeOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show an artifact's manifest: origin, worker, GPUs, released memory, files, timings."""
+    m = _store(_settings(home, store)).manifest(artifact)
+    if json_out:
+        emit_json({**json.loads(m.to_json()), "digest": m.digest, "size": m.size})
+        return
+    console.print(f"[bold]{m.name}[/]  id {m.artifact_id}  schema v{m.schema_version}")
+    console.print(f"digest {m.digest}, {human_bytes(m.size)} in {len(m.files)} files")
+    console.print(f"taken {m.created_at:%Y-%m-%d %H:%M:%S %Z} on {m.source.host} (Linux {m.source.kernel}, "
+                  f"CRIU {m.source.criu_version}, thaw {m.source.thaw_version}"
+                  + (f", CUDA driver {m.source.cuda_driver}" if m.source.cuda_driver else "") + ")")
+    console.print(f"worker {m.worker.name}: {' '.join(m.worker.argv)}")
+    console.print(f"canary: {'recorded' if m.worker.canary is not None else 'none'}; hooks: {', '.join(m.worker.hooks) or 'none'}")
+    for g in m.gpus:
+        console.print(f"gpu: {g.get('name')} {g.get('uuid')} " + (f"({human_bytes(g['memory_used'])} used)" if g.get("memory_used") else ""))
+    for r in m.memory_released:
+        console.print(f"released before checkpoint: {r.tag} {human_bytes(r.bytes)}")
+    console.print("timings: " + _phases(m.timings))
+    table = Table("FILE", "SIZE", "DIGEST")
+    for f in sorted(m.files, key=lambda f: -f.size)[:15]:
+        table.add_row(f.path, human_bytes(f.size), f.digest)
+    console.print(table)
+
+
+@app.command()
+@friendly
+def verify(artifact: Annotated[str, typer.Argument(help="the artifact's name")], home: HomeOpt = None,
+           store: StoreOpt = None) -> None:
+    """Check every file of an artifact against its manifest's sizes and digests."""
+    m = _store(_settings(home, store)).verify(artifact)
+    console.print(f"[green]ok[/] {m.name}: {len(m.files)} files, {human_bytes(m.size)} match {m.digest}")
+
+
+@app.command("rm")
+@friendly
+def remove(artifact: Annotated[str, typer.Argument(help="the artifact's name")], home: HomeOpt = None,
+           store: StoreOpt = None) -> None:
+    """Delete an artifact from the store."""
+    _store(_settings(home, store)).delete(artifact)
+    console.print(f"removed {artifact}")
+
+
+@app.command()
+@friendly
+def doctor(home: HomeOpt = None, store: StoreOpt = None) -> None:
+    """Check this host: root and capabilities, kernel, CRIU >= 4 and `criu check`, store, NVIDIA driver >= 580."""
+    from thaw.doctor import run_checks
+
+    checks = run_checks(_settings(home, store))
+    table = Table("CHECK", "", "DETAIL", "FIX")
+    for c in checks:
+        mark = "[green]ok[/]" if c.ok else ("[red]FAIL[/]" if c.required else "[yellow]warn[/]")
+        table.add_row(c.name, mark, c.detail, "" if c.ok else c.fix)
+    console.print(table)
+    if any(not c.ok and c.required for c in checks):
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def demo(
+    home: Annotated[Path, typer.Option("--home", help="where the demo keeps its state")] = Path("/var/lib/thaw/demo"),
+    keep: Annotated[bool, typer.Option("--keep", help="leave the demo's workers running")] = False,
+) -> None:
+    """Cold-start a real worker, snapshot it, restore it twice, and compare."""
+    from thaw.demo import run_demo
+
+    run_demo(home, keep=keep)
+
+
+def _phases(timings: dict[str, float]) -> str:
+    return ", ".join(f"{k} {seconds(v)}" for k, v in timings.items() if k not in ("total",) and not k.startswith("fetch_"))
+
+
+def _mount_subapps() -> None:
+    # each sub-app lives in its own module and imports its heavy dependencies lazily
+    for module, name, help_text in (
+        ("thaw.cli.engine", "engine", "The reference inference engine (Qwen3-architecture LLM server)."),
+        ("thaw.cli.agent", "agent", "The per-node agent: snapshot/restore as a service."),
+        ("thaw.cli.operator", "operator", "The Kubernetes operator."),
+    ):
+        try:
+            sub = __import__(module, fromlist=["app"]).app
+        except ImportError:
+            continue
+        app.add_typer(sub, name=name, help=help_text)
+
+
+_mount_subapps()

@@ -1,0 +1,101 @@
+"""Host checks: can this node snapshot and restore workers? Each failed check says how to fix it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from thaw.config import Settings
+from thaw.errors import ThawError
+
+MIN_DRIVER = 580
+# capabilities CRIU needs to dump and restore other processes (capability(7) bit numbers)
+CAPS = {"CAP_SYS_ADMIN": 21, "CAP_SYS_PTRACE": 19, "CAP_NET_ADMIN": 12, "CAP_CHECKPOINT_RESTORE": 40}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    return [_root(), _caps(), _kernel(), _unshare(), *_criu(settings), _store(settings), _nvidia()]
+
+
+def _root() -> Check:
+    ok = os.geteuid() == 0
+    return Check("root", ok, "running as root" if ok else f"running as uid {os.geteuid()}",
+                 "run thaw (or its agent) as root: CRIU and the CUDA checkpoint API act on other processes")
+
+
+def _caps() -> Check:
+    eff = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                eff = int(line.split()[1], 16)
+    missing = [name for name, bit in CAPS.items() if not eff >> bit & 1]
+    return Check("capabilities", not missing, "all present" if not missing else "missing " + ", ".join(missing),
+                 "grant " + ", ".join(missing) + " (see deploy/kubernetes for the agent's securityContext)")
+
+
+def _kernel() -> Check:
+    release = os.uname().release
+    # /proc/sys/kernel/ns_last_pid exists only with CONFIG_CHECKPOINT_RESTORE, which CRIU needs
+    ok = os.path.exists("/proc/sys/kernel/ns_last_pid") and os.path.exists("/proc/self/ns/pid")
+    return Check("kernel", ok, f"Linux {release}" + (", CHECKPOINT_RESTORE" if ok else ", no CHECKPOINT_RESTORE"),
+                 "use a kernel built with CONFIG_CHECKPOINT_RESTORE=y and namespaces")
+
+
+def _unshare() -> Check:
+    path = shutil.which("unshare")
+    return Check("unshare", path is not None, path or "not found", "install util-linux (thaw starts sandboxes with unshare)")
+
+
+def _criu(settings: Settings) -> list[Check]:
+    from thaw.criu import check, find_criu
+
+    try:
+        criu = find_criu(settings.criu)
+    except ThawError as exc:
+        return [Check("criu", False, exc.message, exc.hint or "")]
+    found = Check("criu", True, f"CRIU {criu.version} from {criu.source}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="thaw-doctor-") as d:
+            check(Path(d), criu=criu)
+        return [found, Check("criu check", True, "Looks good")]
+    except ThawError as exc:
+        return [found, Check("criu check", False, exc.message.splitlines()[0],
+                             "see CRIU's message; run as root on a kernel with CHECKPOINT_RESTORE")]
+
+
+def _store(settings: Settings) -> Check:
+    url = settings.store_url
+    if "://" in url and not url.startswith("dir://"):
+        return Check("store", True, f"{url} (not checked here)", required=False)
+    path = Path(url.removeprefix("dir://"))
+    probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("/"))
+    ok = os.access(probe, os.W_OK)
+    return Check("store", ok, f"{path} {'writable' if ok else 'not writable'}",
+                 "choose a writable directory with --store or THAW_STORE")
+
+
+def _nvidia() -> Check:
+    version_file = Path("/proc/driver/nvidia/version")
+    if not version_file.exists():
+        return Check("nvidia driver", True, "no NVIDIA driver (CPU workers only)", required=False)
+    m = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9]+)\.([0-9.]+)", version_file.read_text())
+    if not m:
+        return Check("nvidia driver", False, "cannot read the driver version", "check /proc/driver/nvidia/version")
+    major = int(m.group(1))
+    ok = major >= MIN_DRIVER
+    return Check("nvidia driver", ok, f"driver {m.group(1)}.{m.group(2)}",
+                 f"the CUDA checkpoint API with GPU remapping needs driver >= {MIN_DRIVER}")
