@@ -299,3 +299,6 @@ def _mount_subapps() -> None:
 
 
 _mount_subapps()
+
+if __name__ == "__main__":
+    app()

@@ -25,8 +25,9 @@ def launch(settings: Settings, argv: list[str], *, name: str, env: dict[str, str
     cwd = Path(cwd or Path.cwd())
     inst = instances.create(settings, name, argv=list(argv))
     # keep every mount the worker needs: thaw's state, its working directory, its interpreter
-    layout = plan([settings.home, cwd, sys.prefix, *_paths_in(argv)], settings.keep_mounts)
     merged = child_env(dict(env if env is not None else os.environ), run_dir=settings.run_dir, name=name)
+    python_path = [p for p in merged.get("PYTHONPATH", "").split(os.pathsep) if p]
+    layout = plan([settings.home, cwd, sys.prefix, *python_path, *_paths_in(argv)], settings.keep_mounts)
     try:
         started = launch_sandbox(list(argv), control_dir=inst.dir, run_dir=settings.run_dir, layout=layout,
                                  env=merged, cwd=cwd)
