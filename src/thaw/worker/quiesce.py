@@ -151,10 +151,19 @@ class _Parked:
                 continue
             outcome = self._act(cmd)
             if outcome is not None:
+                self._unpark()
                 return outcome
         if self.frozen:
             hooks.run_thaw(hooks.HookContext(reason="release"))
+        self._unpark()
         return Outcome(Kind.RELEASED, {"reason": f"quiesce timed out after {timeout}s"})
+
+    def _unpark(self) -> None:
+        # no longer parked: a later quiesce() writes a fresh marker, and thaw must not act on this one
+        try:
+            os.unlink(self.control_dir() / protocol.READY)
+        except FileNotFoundError:
+            pass
 
     def _next_command(self) -> Command | None:
         try:
