@@ -1,0 +1,115 @@
+"""Render a GPU suite's results directory as results.md and one merged results.json.
+
+    python bench/report.py DIR       (DIR holds system.json, bench_*.json, gpu-tests.xml)
+
+Every figure comes from the JSON files the suite wrote; nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+PIPELINE_COLUMNS = [
+    ("cold start → parked", "cold_start_to_parked_s"),
+    ("image", "image_bytes"),
+    ("freeze hooks", "snapshot.freeze_hooks"),
+    ("CUDA lock", "snapshot.gpu_lock"),
+    ("CUDA checkpoint", "snapshot.gpu_checkpoint"),
+    ("CRIU dump", "snapshot.dump"),
+    ("publish", "snapshot.publish"),
+    ("verify", "restore.fetch"),
+    ("CRIU restore", "restore.criu_restore"),
+    ("CUDA restore", "restore.gpu_restore"),
+    ("unlock", "restore.gpu_unlock"),
+    ("thaw hooks + canary", "restore.thaw_hooks"),
+    ("first answer after restore began", "first_answer_after_restore_s"),
+    ("identical outputs", "outputs_identical"),
+]
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): obj}
+
+
+def fmt(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        if key.endswith("_s") or key.split(".")[0] in ("snapshot", "restore") or "seconds" in key:
+            return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+        return f"{value:.3g}"
+    if isinstance(value, int) and ("bytes" in key):
+        return f"{value / 2**30:.2f} GiB"
+    return str(value)
+
+
+def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] | None = None) -> str:
+    flat = [flatten(r) for r in rows]
+    if columns is None:
+        keys: list[str] = []
+        for f in flat:
+            keys += [k for k in f if k not in keys]
+        columns = [(k, k) for k in keys]
+    columns = [(h, k) for h, k in columns if any(k in f for f in flat)]
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for f in flat:
+        lines.append("| " + " | ".join(fmt(k, f[k]) if k in f else "" for _, k in columns) + " |")
+    return "\n".join(lines)
+
+
+def tests_summary(xml: Path) -> dict[str, Any]:
+    root = ET.parse(xml).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    cases = []
+    for case in suite.iter("testcase"):
+        outcome = "passed"
+        for tag in ("failure", "error", "skipped"):
+            el = case.find(tag)
+            if el is not None:
+                outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
+                reason = (el.get("message") or "")[:160]
+                break
+        else:
+            reason = ""
+        cases.append({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome,
+                      "seconds": float(case.get("time", 0)), "reason": reason})
+    return {"cases": cases, **{k: sum(c["outcome"] == k for c in cases) for k in ("passed", "failed", "error", "skipped")}}
+
+
+def main(directory: Path) -> None:
+    system = json.loads((directory / "system.json").read_text())
+    merged: dict[str, Any] = {"system": system, "benchmarks": {}}
+    md = [f"# thaw GPU results, {system['date'][:10]}", "",
+          f"GPU: {system.get('gpus')}; driver {system.get('driver')}; kernel {system.get('kernel')}; "
+          f"torch {system.get('torch')} (CUDA {system.get('cuda_runtime')}); CRIU {system.get('criu')}; "
+          f"{system.get('cpu_count')} CPUs.", ""]
+    xml = directory / "gpu-tests.xml"
+    if xml.exists():
+        t = tests_summary(xml)
+        merged["tests"] = t
+        md += [f"## GPU tests: {t['passed']} passed, {t['failed']} failed, {t['error']} errors, {t['skipped']} skipped", "",
+               "| test | outcome | time | note |", "|---|---|---|---|"]
+        md += [f"| {c['test']} | {c['outcome']} | {c['seconds']:.1f} s | {c['reason']} |" for c in t["cases"]]
+        md.append("")
+    for path in sorted(directory.glob("bench_*.json")):
+        data = json.loads(path.read_text())
+        name = data.get("benchmark", path.stem.removeprefix("bench_"))
+        merged["benchmarks"][name] = data
+        rows = data.get("results", [data])
+        md += [f"## {name}", "", table(rows, PIPELINE_COLUMNS if name == "gpu_pipeline" else None), ""]
+    (directory / "results.json").write_text(json.dumps(merged, indent=2))
+    (directory / "results.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
