@@ -1,0 +1,239 @@
+"""GPU identity: which GPUs this host has, what they are, how much memory is free.
+
+Identity comes from the driver API (``cuDeviceGet*``), which needs ``cuInit`` but no
+context. Free memory and per-process usage come from NVML: ``cuMemGetInfo`` would
+need a context, and a context in the agent costs GPU memory on every GPU it touches.
+
+``index`` is the CUDA ordinal *as seen by this process* (it follows
+``CUDA_VISIBLE_DEVICES``); the UUID is what identifies a GPU across processes and
+hosts, and what the checkpoint API's ``gpuPairs`` take.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from thaw.cuda import native
+from thaw.errors import ConfigError, CudaError
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One GPU as this host sees it."""
+
+    index: int
+    uuid: str  # "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", as nvidia-smi prints it
+    name: str  # e.g. "NVIDIA H200": the chip check of a restore compares this
+    memory_total: int  # bytes
+    memory_free: int | None  # bytes (NVML); None where NVML is unavailable
+    driver_version: str  # display driver, e.g. "580.159.04"
+    compute_capability: str  # e.g. "9.0"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def available() -> bool:
+    """True when the NVIDIA driver loads, initialises and reports at least one GPU. Never raises."""
+    if native.load_cuda() is None:
+        return False
+    try:
+        return device_count() > 0
+    except CudaError:
+        return False  # e.g. cuInit → CUDA_ERROR_NO_DEVICE, or a driver/library mismatch
+
+
+def device_count() -> int:
+    count = ctypes.c_int(0)
+    native.cuda_call("cuDeviceGetCount", ctypes.byref(count))
+    return count.value
+
+
+def devices() -> list[GpuInfo]:
+    """Every GPU visible to this process, in CUDA ordinal order; [] where there is none."""
+    if not available():
+        return []
+    version = driver_version()
+    return [_describe(i, version) for i in range(device_count())]
+
+
+def device_uuid(index: int) -> str:
+    """The UUID of CUDA device ``index`` as the driver reports it *now*.
+
+    After a restore onto another GPU the driver reports the new GPU here, while torch's
+    cached ``get_device_properties().uuid`` still names the old one (probe, second run).
+    """
+    dev = _device(index)
+    uuid = native.CUuuid()
+    lib = native.cuda_init()
+    # cuda.h maps cuDeviceGetUuid to the _v2 symbol since CUDA 11.4; older drivers only have v1
+    call = "cuDeviceGetUuid_v2" if lib.has("cuDeviceGetUuid_v2") else "cuDeviceGetUuid"
+    native.cuda_call(call, ctypes.byref(uuid), dev)
+    return format_uuid(bytes(uuid.bytes))
+
+
+def driver_version() -> str:
+    """The display driver version ("580.159.04"), or "" where it cannot be read."""
+    nvml = native.load_nvml()
+    if nvml is not None and nvml.has("nvmlSystemGetDriverVersion"):
+        buf = ctypes.create_string_buffer(96)
+        if nvml["nvmlSystemGetDriverVersion"](buf, len(buf)) == native.NVML_SUCCESS:
+            return buf.value.decode()
+    try:  # "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build ..."
+        text = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        return ""
+    found = re.search(r"\s(\d+\.\d+(?:\.\d+)?)\s", text)
+    return found.group(1) if found else ""
+
+
+def cuda_version() -> int:
+    """The CUDA API version the driver implements (13000 for CUDA 13.0), or 0 without a driver."""
+    if native.load_cuda() is None:
+        return 0
+    version = ctypes.c_int(0)
+    try:
+        native.cuda_call("cuDriverGetVersion", ctypes.byref(version))
+    except CudaError:
+        return 0
+    return version.value
+
+
+def memory_free(uuid: str) -> int | None:
+    """Free bytes on the GPU with this UUID (NVML), or None where NVML cannot tell."""
+    handle = _nvml_handle(uuid)
+    if handle is None:
+        return None
+    mem = native.NvmlMemory()
+    nvml = native.load_nvml()
+    if nvml is None or nvml["nvmlDeviceGetMemoryInfo"](handle, ctypes.byref(mem)) != native.NVML_SUCCESS:
+        return None
+    return int(mem.free)
+
+
+def process_memory(uuid: str, pids: set[int]) -> int | None:
+    """Bytes of the GPU with this UUID used by the given (host) pids, from NVML; None if NVML cannot tell.
+
+    NVML reports pids in the caller's pid namespace, so the agent (host namespace) passes host pids.
+    """
+    handle = _nvml_handle(uuid)
+    nvml = native.load_nvml()
+    if handle is None or nvml is None:
+        return None
+    rows = _processes_detail(nvml, handle)
+    if rows is None:
+        rows = _processes_v2(nvml, handle)
+    if rows is None:
+        return None
+    mine = [used for pid, used in rows if pid in pids]
+    if any(used == _NVML_VALUE_NOT_AVAILABLE for used in mine):
+        return None  # NVML may withhold per-process usage (e.g. without permission)
+    return sum(mine)
+
+
+_NVML_VALUE_NOT_AVAILABLE = 0xFFFFFFFFFFFFFFFF  # nvml.h NVML_VALUE_NOT_AVAILABLE for unsigned long long
+
+
+# --- UUIDs ---------------------------------------------------------------------------------------
+
+
+def format_uuid(raw: bytes) -> str:
+    """16 bytes → "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" (nvidia-smi's spelling)."""
+    if len(raw) != 16:
+        raise ConfigError("uuid", f"a GPU UUID has 16 bytes, got {len(raw)}")
+    h = raw.hex()
+    return f"GPU-{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def parse_uuid(text: str) -> bytes:
+    """A GPU UUID in nvidia-smi's, torch's or bare-hex spelling → its 16 bytes."""
+    bare = str(text).strip()
+    if bare.upper().startswith("GPU-"):
+        bare = bare[4:]
+    bare = bare.replace("-", "")
+    if not re.fullmatch(r"[0-9a-fA-F]{32}", bare):
+        raise ConfigError("uuid", f"not a GPU UUID: {text!r}", hint="expected GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx")
+    return bytes.fromhex(bare)
+
+
+def normalize_uuid(text: str) -> str:
+    return format_uuid(parse_uuid(text))
+
+
+# --- internals -----------------------------------------------------------------------------------
+
+
+def _device(index: int) -> int:
+    dev = ctypes.c_int(0)
+    native.cuda_call("cuDeviceGet", ctypes.byref(dev), index)
+    return dev.value
+
+
+def _describe(index: int, version: str) -> GpuInfo:
+    dev = _device(index)
+    name = ctypes.create_string_buffer(256)
+    native.cuda_call("cuDeviceGetName", name, len(name), dev)
+    total = ctypes.c_size_t(0)
+    native.cuda_call("cuDeviceTotalMem_v2", ctypes.byref(total), dev)
+    major, minor = ctypes.c_int(0), ctypes.c_int(0)
+    native.cuda_call("cuDeviceGetAttribute", ctypes.byref(major), native.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev)
+    native.cuda_call("cuDeviceGetAttribute", ctypes.byref(minor), native.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev)
+    uuid = device_uuid(index)
+    return GpuInfo(
+        index=index,
+        uuid=uuid,
+        name=name.value.decode(errors="replace"),
+        memory_total=int(total.value),
+        memory_free=memory_free(uuid),
+        driver_version=version,
+        compute_capability=f"{major.value}.{minor.value}",
+    )
+
+
+def _nvml_handle(uuid: str) -> ctypes.c_void_p | None:
+    nvml = native.load_nvml()
+    if nvml is None:
+        return None
+    handle = ctypes.c_void_p()
+    if nvml["nvmlDeviceGetHandleByUUID"](normalize_uuid(uuid).encode(), ctypes.byref(handle)) != native.NVML_SUCCESS:
+        return None
+    return handle
+
+
+def _processes_detail(nvml: native.Library, handle: ctypes.c_void_p) -> list[tuple[int, int]] | None:
+    """nvmlDeviceGetRunningProcessDetailList (driver >= 550): a versioned struct, so no size guessing."""
+    if not nvml.has("nvmlDeviceGetRunningProcessDetailList"):
+        return None
+    fn = nvml["nvmlDeviceGetRunningProcessDetailList"]
+    for _ in range(3):  # the process list can grow between the sizing call and the real one
+        plist = native.NvmlProcessDetailList(version=native.NVML_PROCESS_DETAIL_LIST_V1, mode=native.NVML_PROCESS_MODE_COMPUTE)
+        rc = fn(handle, ctypes.byref(plist))
+        if rc == native.NVML_SUCCESS and plist.numProcArrayEntries == 0:
+            return []
+        if rc not in (native.NVML_SUCCESS, native.NVML_ERROR_INSUFFICIENT_SIZE):
+            return None
+        n = plist.numProcArrayEntries + 4
+        rows = (native.NvmlProcessDetail * n)()
+        plist.numProcArrayEntries = n
+        plist.procArray = ctypes.cast(rows, ctypes.POINTER(native.NvmlProcessDetail))
+        rc = fn(handle, ctypes.byref(plist))
+        if rc == native.NVML_SUCCESS:
+            return [(int(rows[i].pid), int(rows[i].usedGpuMemory)) for i in range(plist.numProcArrayEntries)]
+        if rc != native.NVML_ERROR_INSUFFICIENT_SIZE:
+            return None
+    return None
+
+
+def _processes_v2(nvml: native.Library, handle: ctypes.c_void_p) -> list[tuple[int, int]] | None:
+    if not nvml.has("nvmlDeviceGetComputeRunningProcesses_v2"):
+        return None
+    fn = nvml["nvmlDeviceGetComputeRunningProcesses_v2"]
+    count = ctypes.c_uint(64)
+    rows = (native.NvmlProcessInfoV2 * 64)()
+    if fn(handle, ctypes.byref(count), rows) != native.NVML_SUCCESS:
+        return None
+    return [(int(rows[i].pid), int(rows[i].usedGpuMemory)) for i in range(count.value)]

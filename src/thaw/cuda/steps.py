@@ -1,0 +1,329 @@
+"""The GPU steps of a snapshot and a restore, as the pipeline calls them (host side).
+
+Ordering (issue #3; probe README): the CUDA checkpoint must happen *before* the CRIU
+dump, because a process holding /dev/nvidia* cannot be dumped; the CUDA restore comes
+*after* the CRIU restore::
+
+    snapshot: quiesce → freeze hooks → record_gpus → checkpoint_gpu → criu dump
+              (dump failed, or --leave-running: rollback_gpu)
+    restore:  plan_gpu_pairs → criu restore → restore_gpu → thaw hooks
+
+Every step returns its phase durations in seconds (``cuda_lock``, ``cuda_checkpoint``,
+``cuda_restore``, ``cuda_unlock``) for the operation's summary line. A failed step
+leaves the process as the step found it where the driver allows it, and says so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from thaw.cuda import checkpointing, devices, process
+from thaw.cuda.checkpointing import DEFAULT_LOCK_TIMEOUT_MS, GpuPair, ProcessState
+from thaw.cuda.devices import GpuInfo
+from thaw.errors import CheckpointError, ConfigError, CudaError, RestoreError
+
+
+class GpuRecord(BaseModel):
+    """One GPU visible to the worker at snapshot time, as the manifest records it.
+
+    ``used_bytes`` is the GPU memory the worker's processes held right before the lock
+    (NVML); 0 for a GPU the worker could see but did not use, None where NVML could not
+    tell. A restore needs that much free memory on the target GPU.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int
+    uuid: str
+    name: str
+    memory_total: int
+    used_bytes: int | None = None
+    compute_capability: str = ""
+
+    @field_validator("uuid")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        return devices.normalize_uuid(value)
+
+    @property
+    def used(self) -> bool:
+        return self.used_bytes is None or self.used_bytes > 0
+
+
+# --- snapshot -------------------------------------------------------------------------------
+
+
+def record_gpus(pid: int, *, pids: Sequence[int] | None = None) -> list[GpuRecord]:
+    """The GPUs visible to worker ``pid`` and the bytes its tree (or ``pids``) uses on each.
+
+    Call it after the freeze hooks and before :func:`checkpoint_gpu`: once checkpointed,
+    a process uses no GPU memory. Visibility follows the worker's initial
+    ``CUDA_VISIBLE_DEVICES`` (/proc/PID/environ); recording every visible GPU, used or
+    not, lets :func:`plan_gpu_pairs` build a complete old → new mapping, the form the
+    probe restored onto another GPU with.
+    """
+    tree = set(pids) if pids is not None else set(process.descendants(pid))
+    records = []
+    for gpu in _visible_to(pid, devices.devices()):
+        records.append(
+            GpuRecord(
+                index=gpu.index,
+                uuid=gpu.uuid,
+                name=gpu.name,
+                memory_total=gpu.memory_total,
+                used_bytes=devices.process_memory(gpu.uuid, tree),
+                compute_capability=gpu.compute_capability,
+            )
+        )
+    return records
+
+
+def checkpoint_gpu(pid: int, lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS) -> dict[str, float]:
+    """Lock, then checkpoint the CUDA state of ``pid``: RUNNING → CHECKPOINTED.
+
+    On failure the process is brought back to RUNNING (restore and/or unlock, by its
+    state) and CheckpointError says what failed and whether the rollback worked; the
+    CudaError is its ``__cause__``.
+    """
+    timings: dict[str, float] = {}
+    state = checkpointing.get_state(pid)
+    if state is not ProcessState.RUNNING:
+        raise CheckpointError(
+            f"cannot checkpoint the GPU state of pid {pid}: it is {state.name}, not RUNNING",
+            hint="another snapshot may be in progress; or roll it back with rollback_gpu",
+        )
+    try:
+        with _timed(timings, "cuda_lock"):
+            checkpointing.lock(pid, lock_timeout_ms)
+        with _timed(timings, "cuda_checkpoint"):
+            checkpointing.checkpoint(pid)
+    except CudaError as exc:
+        raise CheckpointError(f"GPU checkpoint of pid {pid} failed: {exc}; {_roll_back_after(pid)}") from exc
+    return timings
+
+
+def rollback_gpu(pid: int) -> dict[str, float]:
+    """Bring ``pid`` back to RUNNING from wherever a snapshot left it (after a failed dump, or --leave-running).
+
+    Idempotent: it asks the driver for the state first and does only what is left to do.
+    Restores onto the same GPUs (no pairs). Raises CudaError if a driver call fails.
+    """
+    timings: dict[str, float] = {}
+    state = checkpointing.get_state(pid)
+    if state is ProcessState.FAILED:
+        raise CudaError(
+            "cuCheckpointProcessGetState", 0, "CU_PROCESS_STATE_FAILED", pid=pid,
+            detail="the driver marked the process FAILED; it cannot be rolled back and must be killed",
+        )
+    if state is ProcessState.CHECKPOINTED:
+        with _timed(timings, "cuda_restore"):
+            checkpointing.restore(pid)
+        state = ProcessState.LOCKED
+    if state is ProcessState.LOCKED:
+        with _timed(timings, "cuda_unlock"):
+            checkpointing.unlock(pid)
+    return timings
+
+
+# --- restore ----------------------------------------------------------------------------------
+
+
+def restore_gpu(pid: int, pairs: Sequence[GpuPair] | None = None) -> dict[str, float]:
+    """Restore, then unlock the CUDA state of a CRIU-restored ``pid``: CHECKPOINTED → RUNNING.
+
+    ``pairs`` (from :func:`plan_gpu_pairs`) remaps GPUs; None or [] restores onto the
+    recorded GPUs. A failure raises RestoreError naming the state the process was left
+    in; a process stuck CHECKPOINTED must be killed by the caller.
+    """
+    timings: dict[str, float] = {}
+    state = checkpointing.get_state(pid)
+    if state is not ProcessState.CHECKPOINTED:
+        raise RestoreError(f"cannot restore the GPU state of pid {pid}: it is {state.name}, not CHECKPOINTED")
+    try:
+        with _timed(timings, "cuda_restore"):
+            checkpointing.restore(pid, list(pairs) if pairs else None)
+        with _timed(timings, "cuda_unlock"):
+            checkpointing.unlock(pid)
+    except CudaError as exc:
+        raise RestoreError(f"GPU restore of pid {pid} failed: {exc}; the process is {_state_text(pid)}") from exc
+    return timings
+
+
+def plan_gpu_pairs(
+    recorded: Sequence[GpuRecord | dict],
+    target: int | str | Sequence[int | str] | None = None,
+    *,
+    available: Sequence[GpuInfo] | None = None,
+    headroom_bytes: int = 0,
+) -> list[GpuPair]:
+    """Choose the GPUs to restore onto and check them before anything is touched.
+
+    ``target``: None keeps each used GPU where it was if this host has it, else picks the
+    same chip with the most free memory; an index or UUID (or one per used GPU, in
+    recorded order) forces the choice. Refuses with RestoreError when the chip differs or
+    the target lacks ``used_bytes + headroom_bytes`` of free memory (a restore that runs
+    out of GPU memory leaves the process stuck: issue #3). Returns [] when nothing moves
+    (restore without pairs, the default path), else one pair per recorded GPU: the GPUs
+    the worker saw but did not use fill the remaining slots, so the mapping is complete
+    (the probe's accepted form: 0 → 1 together with 1 → 0).
+    """
+    records = [r if isinstance(r, GpuRecord) else GpuRecord.model_validate(r) for r in recorded]
+    local = list(available) if available is not None else devices.devices()
+    used = [r for r in records if r.used]
+    if used and not local:
+        raise RestoreError("the snapshot used a GPU and this host has none", hint="restore on a GPU node")
+    chosen = _choose(used, target, local, headroom_bytes)
+    taken = {g.uuid for g in chosen.values()}
+    mapping: dict[str, str] = {r.uuid: chosen[r.uuid].uuid for r in used}
+    spare = [g for g in local if g.uuid not in taken]
+    for record in records:
+        if record.uuid in mapping:
+            continue
+        same = next((g for g in spare if g.uuid == record.uuid), None)
+        pick = same or (spare[0] if spare else None)
+        if pick is not None:
+            spare.remove(pick)
+            mapping[record.uuid] = pick.uuid
+    if all(old == new for old, new in mapping.items()):
+        return []
+    return [GpuPair(old, new) for old, new in mapping.items()]
+
+
+# --- internals ---------------------------------------------------------------------------------
+
+
+def _choose(used: list[GpuRecord], target: int | str | Sequence[int | str] | None, local: list[GpuInfo],
+            headroom: int) -> dict[str, GpuInfo]:
+    if target is None:
+        return _choose_automatically(used, local, headroom)
+    wanted = [target] if isinstance(target, (int, str)) else list(target)
+    if len(wanted) != len(used):
+        raise ConfigError("gpu", f"the snapshot used {len(used)} GPU(s); give one target per used GPU, got {len(wanted)}")
+    chosen: dict[str, GpuInfo] = {}
+    for record, want in zip(used, wanted):
+        gpu = _find(want, local)
+        if gpu.uuid in {g.uuid for g in chosen.values()}:
+            raise ConfigError("gpu", f"{want!r} is given twice; each used GPU needs its own target")
+        problem = _unfit(record, gpu, headroom)
+        if problem:
+            raise RestoreError(f"cannot restore onto GPU {gpu.index} ({gpu.uuid}): {problem}")
+        chosen[record.uuid] = gpu
+    return chosen
+
+
+def _choose_automatically(used: list[GpuRecord], local: list[GpuInfo], headroom: int) -> dict[str, GpuInfo]:
+    chosen: dict[str, GpuInfo] = {}
+    for record in used:
+        taken = {g.uuid for g in chosen.values()}
+        same = next((g for g in local if g.uuid == record.uuid and g.uuid not in taken), None)
+        candidates = ([same] if same else []) + sorted(
+            (g for g in local if g.uuid not in taken and g is not same),
+            key=lambda g: -(g.memory_free or 0),
+        )
+        reasons = []
+        for gpu in candidates:
+            problem = _unfit(record, gpu, headroom)
+            if not problem:
+                chosen[record.uuid] = gpu
+                break
+            reasons.append(f"GPU {gpu.index} ({gpu.uuid}): {problem}")
+        else:
+            raise RestoreError(
+                f"no GPU on this host can take the snapshot's GPU {record.uuid} ({record.name}, "
+                f"{_gib(record.used_bytes)} used): " + ("; ".join(reasons) or "no free GPU left")
+            )
+    return chosen
+
+
+def _unfit(record: GpuRecord, gpu: GpuInfo, headroom: int) -> str:
+    if gpu.name != record.name:
+        return f"the chip differs: the snapshot ran on {record.name!r}, this GPU is {gpu.name!r}"
+    need = (record.used_bytes or 0) + headroom
+    if gpu.memory_free is not None and gpu.memory_free < need:
+        return f"not enough free memory: {_gib(gpu.memory_free)} free, {_gib(need)} needed"
+    return ""
+
+
+def _find(want: int | str, local: list[GpuInfo]) -> GpuInfo:
+    if isinstance(want, int) or (isinstance(want, str) and want.isdigit()):
+        index = int(want)
+        for gpu in local:
+            if gpu.index == index:
+                return gpu
+        raise ConfigError("gpu", f"no GPU with index {index} on this host (it has {len(local)})")
+    uuid = devices.normalize_uuid(want)
+    for gpu in local:
+        if gpu.uuid == uuid:
+            return gpu
+    raise ConfigError("gpu", f"no GPU {uuid} on this host", hint="nvidia-smi -L lists them")
+
+
+def _visible_to(pid: int, gpus: list[GpuInfo]) -> list[GpuInfo]:
+    """Filter by the worker's initial CUDA_VISIBLE_DEVICES (indices or UUID prefixes); all when unset."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return gpus
+    value = next((e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"CUDA_VISIBLE_DEVICES=")), None)
+    if value is None:
+        return gpus
+    picked: list[GpuInfo] = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        if item.lstrip("-").isdigit():
+            if int(item) < 0:
+                break  # CUDA stops at the first invalid ordinal
+            match = [g for g in gpus if g.index == int(item)]
+        else:
+            prefix = item.lower() if item.upper().startswith("GPU-") else "gpu-" + item.lower()
+            match = [g for g in gpus if g.uuid.lower().startswith(prefix)]
+        if len(match) != 1:
+            break
+        if match[0] not in picked:
+            picked.append(match[0])
+    return picked
+
+
+def _roll_back_after(pid: int) -> str:
+    try:
+        rollback_gpu(pid)
+    except CudaError as exc:
+        return f"rolling it back failed too ({exc}); the process is {_state_text(pid)} and must be killed"
+    return "rolled back: the process is RUNNING again"
+
+
+def _state_text(pid: int) -> str:
+    try:
+        return checkpointing.get_state(pid).name
+    except CudaError as exc:
+        return f"in an unknown state ({exc})"
+
+
+def _gib(value: int | None) -> str:
+    return "unknown" if value is None else f"{value / 2**30:.2f} GiB"
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(time.perf_counter() - start, 6)
+
+
+__all__ = [
+    "GpuPair",
+    "GpuRecord",
+    "checkpoint_gpu",
+    "plan_gpu_pairs",
+    "record_gpus",
+    "restore_gpu",
+    "rollback_gpu",
+]
