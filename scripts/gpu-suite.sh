@@ -59,7 +59,8 @@ for stage in $stages; do
   case $stage in
     tests)
       echo "=== GPU tests ==="
-      "$PY" -m pytest -m gpu tests -v -rs -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml" 2>&1 | tee "$OUT/gpu-tests.log"
+      # GPU_TESTS narrows the run (pytest paths and options), e.g. GPU_TESTS="tests/gpu -k twin"
+      "$PY" -m pytest -m gpu ${GPU_TESTS:-tests} -v -rs -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml" 2>&1 | tee "$OUT/gpu-tests.log"
       [ "${PIPESTATUS[0]}" = 0 ] || rc=1 ;;
     bench)
       echo "=== GPU benchmarks ==="

@@ -8,13 +8,16 @@
 from __future__ import annotations
 
 import json
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from thaw.cli.output import console, emit_json, fail, friendly, human_bytes, progress, seconds
+from thaw.cli.output import console, emit_json, err, fail, friendly, human_bytes, progress, seconds
 from thaw.config import Settings
 
 app = typer.Typer(
@@ -89,7 +92,9 @@ def ps(
     """List the workers on this node."""
     from thaw import pipeline
 
-    rows = [i for i in pipeline.list_instances(_settings(home, None)) if all_ or i.alive()]
+    settings = _settings(home, None)
+    _recover(settings)
+    rows = [i for i in pipeline.list_instances(settings) if all_ or i.alive()]
     if json_out:
         emit_json([{**i.model_dump(mode="json"), "alive": i.alive(), "parked": _parked(i)} for i in rows])
         return
@@ -99,6 +104,38 @@ def ps(
         origin = f"restored from {i.artifact}" if i.origin == "restored" else "launched"
         table.add_row(i.name, i.id, str(i.host_pid), state, origin, i.created_at.strftime("%Y-%m-%d %H:%M:%S"))
     console.print(table)
+
+
+@app.command()
+@friendly
+def gc(home: HomeOpt = None) -> None:
+    """Kill restored copies left behind by a restore that died before it finished (e.g. SIGKILL)."""
+    recovered = _recover(_settings(home, None))
+    console.print(f"recovered {len(recovered)} interrupted restore(s)")
+
+
+def _recover(settings: Settings) -> list:
+    from thaw import pipeline
+
+    recovered = pipeline.recover(settings)
+    for inst in recovered:
+        err.print(f"killed {inst.name} ({inst.id}): its restore by pid {inst.owner_pid} never finished")
+    return recovered
+
+
+@contextmanager
+def _unwind_on_sigterm() -> Iterator[None]:
+    """Make SIGTERM (kill, systemd, kubelet) unwind like Ctrl-C: a half-done restore then kills what it restored,
+    and a half-done snapshot rolls the worker back, instead of dying with the work half done."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _parked(inst) -> bool:
@@ -123,7 +160,7 @@ def snapshot(
     from thaw import pipeline
 
     settings = _settings(home, store)
-    with progress(not json_out) as cb:
+    with _unwind_on_sigterm(), progress(not json_out) as cb:
         res = pipeline.snapshot(settings, worker, artifact, store=_store(settings), leave_running=leave_running,
                                 ready_timeout=ready_timeout, progress=cb)
     if json_out:
@@ -152,7 +189,7 @@ def restore(
 
     settings = _settings(home, store)
     target: int | str | None = int(gpu) if gpu is not None and gpu.isdigit() else gpu
-    with progress(not json_out) as cb:
+    with _unwind_on_sigterm(), progress(not json_out) as cb:
         res = pipeline.restore(settings, artifact, store=_store(settings), gpu_target=target, name=name,
                                verify_canary=canary, progress=cb)
     inst = res.instance
@@ -223,7 +260,7 @@ def inspect(
     console.print(f"worker {m.worker.name}: {' '.join(m.worker.argv)}")
     console.print(f"canary: {'recorded' if m.worker.canary is not None else 'none'}; hooks: {', '.join(m.worker.hooks) or 'none'}")
     for g in m.gpus:
-        console.print(f"gpu: {g.get('name')} {g.get('uuid')} " + (f"({human_bytes(g['memory_used'])} used)" if g.get("memory_used") else ""))
+        console.print(f"gpu: {g.get('name')} {g.get('uuid')} " + (f"({human_bytes(g['used_bytes'])} used)" if g.get("used_bytes") else ""))
     for r in m.memory_released:
         console.print(f"released before checkpoint: {r.tag} {human_bytes(r.bytes)}")
     console.print("timings: " + _phases(m.timings))

@@ -9,14 +9,14 @@ from __future__ import annotations
 from thaw.config import Settings
 from thaw.errors import ThawError
 from thaw.pipeline import control
-from thaw.pipeline.instances import Instance, all_instances as list_instances, find
+from thaw.pipeline.instances import Instance, all_instances as list_instances, find, recover
 from thaw.pipeline.restore import RestoreResult, restore
 from thaw.pipeline.run import launch
 from thaw.pipeline.snapshot import SnapshotResult, snapshot
 from thaw.worker.protocol import Action
 
-__all__ = ["Instance", "RestoreResult", "SnapshotResult", "find", "launch", "list_instances", "release", "restore",
-           "snapshot", "stop", "wait_ready"]
+__all__ = ["Instance", "RestoreResult", "SnapshotResult", "find", "launch", "list_instances", "recover", "release",
+           "restore", "snapshot", "stop", "wait_ready"]
 
 
 def wait_ready(settings: Settings, worker: str | Instance, timeout: float = 60.0):

@@ -23,6 +23,13 @@ def uses_gpu(pid: int) -> bool:
     return bool(process_uses_gpu(pid))
 
 
+def record(pid: int) -> list[dict[str, Any]]:
+    """The GPUs the worker sees and the memory it uses on each, for the manifest (before the lock)."""
+    from thaw.cuda.steps import record_gpus
+
+    return [r.model_dump() for r in record_gpus(pid)]
+
+
 def checkpoint(pid: int) -> dict[str, float]:
     """Lock and checkpoint the worker's device state into its host memory."""
     from thaw.cuda.steps import checkpoint_gpu

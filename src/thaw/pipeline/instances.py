@@ -7,6 +7,11 @@
         ready.json, command.json, reply.json, worker.log   (worker/protocol.py)
         op.lock         held (flock) while an operation runs on this worker
         ops/            CRIU logs of the operations on it
+
+A restore marks its instance ``restoring`` with its own pid as ``owner_pid`` until the
+restored worker passed its thaw hooks and canary. If the restoring process dies
+without unwinding (SIGKILL, OOM), the restored copy stays parked and nobody owns it:
+:func:`recover` (run by ``thaw ps`` and ``thaw gc``) kills such copies.
 """
 
 from __future__ import annotations
@@ -39,10 +44,11 @@ class Instance(BaseModel):
     host_pid: int = 0
     pidns: int = 0
     holder_pid: int = 0  # `unshare` of a launched sandbox; 0 for restored ones
+    owner_pid: int = 0  # the process restoring this instance, while state is "restoring"
     argv: list[str] = Field(default_factory=list)
     origin: str = "launched"  # or "restored"
     artifact: str | None = None  # restored from
-    state: str = "starting"  # starting | running | snapshotted | stopped | exited | failed
+    state: str = "starting"  # starting | restoring | running | snapshotted | stopped | exited | failed
     node: str = ""
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     layout: dict[str, Any] = Field(default_factory=dict)
@@ -120,6 +126,27 @@ def reap(pid: int, timeout: float = 10.0) -> None:
             if not os.path.exists(f"/proc/{pid}") or _zombie(pid):
                 return
         time.sleep(0.005)
+
+
+def recover(settings: Settings) -> list[Instance]:
+    """Kill restored copies whose restore never finished because the restoring process died; return them.
+
+    A restore that fails or is interrupted (SIGINT, SIGTERM) kills what it restored
+    itself; only a restorer that died without unwinding leaves its copy parked.
+    """
+    recovered = []
+    for inst in all_instances(settings):
+        if inst.state != "restoring" or _running(inst.owner_pid):
+            continue
+        inst.kill()
+        inst.state = "failed"
+        inst.save()
+        recovered.append(inst)
+    return recovered
+
+
+def _running(pid: int) -> bool:
+    return pid > 0 and os.path.exists(f"/proc/{pid}") and not _zombie(pid)
 
 
 def _zombie(pid: int) -> bool:

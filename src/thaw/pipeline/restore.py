@@ -59,8 +59,10 @@ def restore(settings: Settings, artifact: str, *, store: Store | None = None, gp
         with phases("plan"):
             pairs = gpu.plan(manifest.gpus, gpu_target)  # refuses before anything is touched
             layout = Layout.from_dict(manifest.sandbox)
+        # "restoring" until the copy passed its canary: `recover` kills it if we die before (instances.py)
         inst = instances.create(settings, name or manifest.worker.name, argv=manifest.worker.argv,
-                                origin="restored", artifact=artifact, layout=layout.to_dict())
+                                origin="restored", artifact=artifact, layout=layout.to_dict(),
+                                state="restoring", owner_pid=os.getpid())
         try:
             return _bring_up(settings, inst, manifest, fetched.dir, layout, pairs, verify_canary, reply_timeout,
                              phases)
@@ -93,13 +95,12 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
         for fd in fds.values():
             os.close(fd)
     inst.host_pid, inst.pidns = pid, protocol.pidns_inode(pid)
-    inst.state = "running"
-    inst.save()
+    inst.save()  # before anything can fail: `recover` needs the pid to kill
     _link(settings.run_dir, inst)
     if manifest.gpus:
         with phases("gpu_restore", "CUDA restore + unlock"):
             gpu_timings = gpu.restore(pid, pairs)
-        phases.timings.update({f"gpu_{k}": v for k, v in gpu_timings.items()})
+        phases.timings.update(gpu_timings)
     expected = manifest.worker.canary if verify_canary else None
     info = {"restore_id": inst.id, "artifact": manifest.name, "artifact_id": manifest.artifact_id,
             "node": settings.node, "timings": dict(phases.timings)}
@@ -115,6 +116,8 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
             )
         with phases("go"):
             control.send(inst, Action.GO, timeout=reply_timeout, info={"canary": "passed"})
+    inst.state, inst.owner_pid = "running", 0
+    inst.save()
     timings = phases.finish()
     return RestoreResult(instance=inst, manifest=manifest, timings=timings, canary_expected=expected,
                          canary_got=reply.canary, thaw_report=reply.data)

@@ -95,9 +95,8 @@ def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, A
              store: Store, phases: Phases, attempt: _Attempt) -> Manifest:
     pid = inst.host_pid
     layout = Layout.from_dict(inst.layout)
-    gpus = _gpus(report)
-    if not gpus and gpu.uses_gpu(pid):
-        gpus = [{"uuid": "", "name": "unknown"}]  # the worker reported none; still never dump live GPU state
+    # the host decides (maps of /dev/nvidia*), not the worker's word: live GPU state must never reach CRIU
+    gpus = gpu.record(pid) if gpu.uses_gpu(pid) else []
     criu = find_criu(settings.criu)
     with store.stage(artifact) as staged:
         if gpus:
@@ -105,7 +104,7 @@ def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, A
             attempt.gpu_checkpointed = True  # set first: a lock that succeeded before a failure needs undoing too
             with phases("gpu_checkpoint", "CUDA lock + checkpoint"):
                 gpu_timings = gpu.checkpoint(pid)
-            phases.timings.update({f"gpu_{k}": v for k, v in gpu_timings.items()})
+            phases.timings.update(gpu_timings)
         stdio = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (1, 2)]
         op_dir = inst.dir / "ops" / f"snapshot-{staged.artifact_id[:8]}"
         with phases("dump", "CRIU dump"):
@@ -144,10 +143,6 @@ def _roll_back(inst: Instance, attempt: _Attempt, timeout: float) -> None:
         control.send(inst, Action.ABORT, timeout=timeout)
     except ThawError:
         pass
-
-
-def _gpus(report: dict[str, Any]) -> list[dict[str, Any]]:
-    return [g for hook in report.values() if isinstance(hook, dict) for g in hook.get("gpus", [])]
 
 
 def _released(report: dict[str, Any]) -> list[dict[str, Any]]:
