@@ -1,0 +1,232 @@
+"""The engine's lifecycle: warm up, park at the quiesce point, then serve.
+
+::
+
+    start ─► imports ─► weights ─► KV cache ─► CUDA graphs / warm-up ─► canary
+                                                                          │
+                        thaw.worker.quiesce(name, canary) ◄───────────────┘  (a snapshot is taken here)
+                          │ stopped: exit 0
+                          │ released (original copy, or not under thaw) / thawed (restored copy)
+                          ▼
+          bind TCP (+ unix socket in the control dir) ─► engine thread ─► uvicorn
+
+Nothing listens and no thread of ours runs while the worker is parked: a snapshot
+holds no socket and no request. Under thaw the worker lives in its own network
+namespace, so it also serves HTTP on ``<control dir>/http.sock`` — the control dir of
+*this* copy, looked up after quiesce returns (a restored copy gets a new one) — which
+is how the host reaches it.
+
+The freeze/thaw hooks are registered before the KV cache is allocated, i.e. before
+``thaw.memory`` registers its own: freeze hooks run in registration order, so the
+engine synchronises the GPU *before* thaw.memory releases the cache; thaw hooks run in
+reverse, so the engine resets its block allocator *after* the cache is mapped again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+from dataclasses import asdict
+from typing import Any
+
+import torch
+import uvicorn
+
+import thaw.worker
+from thaw.engine import server, weights
+from thaw.engine.canary import Canary
+from thaw.engine.config import ModelConfig, get_config
+from thaw.engine.engine import Engine
+from thaw.engine.kv_cache import KVCache
+from thaw.engine.loop import EngineLoop
+from thaw.engine.metrics import EngineMetrics
+from thaw.engine.model import Qwen3
+from thaw.engine.options import ServeOptions
+from thaw.engine.startup import StartupClock
+from thaw.engine.tokenizer import ByteTokenizer
+from thaw.errors import ConfigError, HostError, WorkerError
+from thaw.worker import protocol
+
+log = logging.getLogger("thaw.engine")
+
+GiB = 1024**3
+CPU_KV_BYTES = 256 * 1024**2
+STARTUP_JSON = "engine-startup.json"  # in the control dir: the cold-start breakdown and where this copy listens
+UDS_NAME = "http.sock"
+_UDS_MAX = 107  # sun_path holds 108 bytes including the terminating NUL
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def serve(opts: ServeOptions, clock: StartupClock) -> int:
+    """Warm up, quiesce, serve until stopped (by thaw, or by SIGINT/SIGTERM). Returns the exit status."""
+    _logging(opts.log_level)
+    config = _config(opts)
+    device, dtype = _device(opts)
+    max_len = min(opts.max_model_len or (4096 if device.type == "cuda" else 1024), config.max_position_embeddings)
+    hooks = _Hooks(device)
+    thaw.worker.on_freeze(hooks.freeze, name="thaw-engine:freeze")
+    thaw.worker.on_thaw(hooks.thaw, name="thaw-engine:thaw")
+
+    with clock.phase("weights") as d:
+        model = Qwen3.load(opts.weights, config, device=device, dtype=dtype, max_len=max_len)
+        _synchronize(device)
+        d["bytes"] = weights.checkpoint_bytes(opts.weights)
+    with clock.phase("kv") as d:
+        num_blocks = _kv_blocks(opts, config, device, dtype, max_len)
+        kv = KVCache(config, num_blocks=num_blocks, block_size=opts.block_size, dtype=dtype, device=device)
+        _synchronize(device)
+        d |= {"blocks": num_blocks, "bytes": kv.nbytes}
+    engine = hooks.engine = Engine(model, kv, ByteTokenizer(config.vocab_size), max_batch=opts.max_batch,
+                                   max_model_len=max_len)
+    with clock.phase("graphs" if device.type == "cuda" else "warmup") as d:
+        if device.type == "cuda" and opts.cuda_graphs:
+            d["graphs"] = engine.capture_graphs([b for b in opts.graph_batch_sizes if b <= opts.max_batch]
+                                                or [1])
+        engine.warm_up()
+        _synchronize(device)
+    canary = Canary(engine, config.name)
+    with clock.phase("canary"):
+        recorded = canary.record()
+
+    startup = clock.report()
+    print(clock.summary_line(), flush=True)
+    _publish({"startup": startup})
+    outcome = thaw.worker.quiesce(name=opts.name or f"thaw-engine-{config.name}", canary=canary)
+    if outcome.stopped:
+        log.info("thaw stopped the worker at its quiesce point")
+        return 0
+
+    listen, sockets = _bind(opts)
+    restore = outcome.info if outcome.thawed else None
+    _publish({"startup": startup, "listen": listen, "outcome": outcome.kind.value, "restore": restore})
+    metrics = EngineMetrics()
+    metrics.record_startup(startup, restored=outcome.thawed)
+    info = {"model": config.name, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+            "max_batch": opts.max_batch, "max_model_len": max_len, "listen": listen,
+            "restored": outcome.thawed, "restore": restore, "startup": startup, "canary": recorded}
+    loop = EngineLoop(engine, metrics).start()
+    app = server.build_app(server.ServerState(loop, metrics, config.name, info))
+    print("thaw-engine listening " + json.dumps(listen), flush=True)
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level=opts.log_level, access_log=False, lifespan="off")).run(
+            sockets=sockets)
+    finally:
+        loop.stop()
+    return 1 if loop.error is not None else 0
+
+
+class _Hooks:
+    """The engine's freeze/thaw hooks; registered before the engine exists, so they find it when they run."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.engine: Engine | None = None
+
+    def freeze(self, ctx: thaw.worker.HookContext) -> dict[str, Any]:
+        if self.engine is None or not self.engine.idle:
+            # quiesce() runs between start-up and serving, so this is a bug, not a busy server
+            raise WorkerError("the engine has work in flight at its quiesce point; refusing to be snapshotted")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+        return {"kv_bytes": self.engine.kv.nbytes, "kv_blocks": self.engine.allocator.num_blocks}
+
+    def thaw(self, ctx: thaw.worker.HookContext) -> dict[str, Any]:
+        # runs after thaw.memory mapped the KV cache again (thaw hooks run in reverse): its contents are gone
+        assert self.engine is not None
+        self.engine.reset_cache()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return {"kv_blocks_free": self.engine.allocator.free}
+
+
+def _config(opts: ServeOptions) -> ModelConfig:
+    on_disk = weights.read_config(opts.weights)
+    if opts.config is None or opts.config == on_disk.name:
+        return on_disk
+    wanted = get_config(opts.config)
+    if asdict(wanted) | {"name": ""} != asdict(on_disk) | {"name": ""}:
+        raise ConfigError("config", f"{opts.config!r} does not match the checkpoint in {opts.weights} "
+                          f"(made for {on_disk.name!r})")
+    return wanted
+
+
+def _device(opts: ServeOptions) -> tuple[torch.device, torch.dtype]:
+    kind = opts.device
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise HostError("--device cuda, but torch sees no CUDA device")
+    dtype = opts.dtype if opts.dtype != "auto" else ("bfloat16" if kind == "cuda" else "float32")
+    device = torch.device("cuda", torch.cuda.current_device()) if kind == "cuda" else torch.device("cpu")
+    return device, _DTYPES[dtype]
+
+
+def _kv_blocks(opts: ServeOptions, config: ModelConfig, device: torch.device, dtype: torch.dtype,
+               max_len: int) -> int:
+    per_block = KVCache.bytes_per_block(config, opts.block_size, dtype)
+    per_seq = math.ceil(max_len / opts.block_size)
+    if opts.kv_gb is not None:
+        budget = int(opts.kv_gb * GiB)
+    elif device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        budget = int(opts.gpu_memory_utilization * total) - (total - free) - _activation_reserve(opts, config, max_len)
+    else:
+        return min(max(CPU_KV_BYTES // per_block, per_seq + 1), opts.max_batch * per_seq + 1)
+    blocks = budget // per_block
+    if blocks < per_seq + 1:
+        raise ConfigError("kv_gb", f"{budget / GiB:.2f} GiB hold {max(blocks, 0)} KV blocks; one sequence of "
+                          f"{max_len} tokens needs {per_seq} (+1 null block)",
+                          hint="lower --max-model-len or give the cache more memory")
+    return blocks
+
+
+def _activation_reserve(opts: ServeOptions, config: ModelConfig, max_len: int) -> int:
+    """GPU memory left for activations: a max-length prefill's (bf16, x2 for temporaries), the sampler's, 1 GiB."""
+    c = config
+    per_token = 4 * c.hidden_size + 3 * c.intermediate_size + (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+    return GiB + 2 * 2 * max_len * per_token + 4 * 4 * opts.max_batch * c.vocab_size
+
+
+def _bind(opts: ServeOptions) -> tuple[dict[str, Any], list[socket.socket]]:
+    tcp = socket.create_server((opts.host, opts.port))
+    listen: dict[str, Any] = {"tcp": f"{opts.host}:{tcp.getsockname()[1]}"}
+    sockets = [tcp]
+    uds = opts.uds
+    if uds is None and thaw.worker.managed():
+        ctl = thaw.worker.control_dir()  # this copy's: a restored copy's differs from the original's
+        if ctl is None:
+            raise WorkerError("running under thaw, but this sandbox has no control directory for http.sock")
+        uds = ctl / UDS_NAME
+    if uds is not None:
+        if len(str(uds)) > _UDS_MAX:
+            raise ConfigError("uds", f"{uds} is longer than a unix socket path may be ({_UDS_MAX} bytes)")
+        uds.unlink(missing_ok=True)
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.bind(str(uds))
+        os.chmod(uds, 0o666)  # the host side may be another user
+        unix.listen(128)
+        sockets.append(unix)
+        listen["uds"] = str(uds)
+    return listen, sockets
+
+
+def _publish(doc: dict[str, Any]) -> None:
+    """Write ``doc`` to this copy's control dir (under thaw only), for the host to read."""
+    ctl = thaw.worker.control_dir() if thaw.worker.managed() else None
+    if ctl is not None:
+        protocol.write_json_atomic(ctl / STARTUP_JSON, doc)
+
+
+def _synchronize(device: torch.device) -> None:
+    # phases are timed on the host; without this, queued GPU work would be billed to the next phase
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _logging(level: str) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
