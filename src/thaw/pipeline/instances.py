@@ -77,10 +77,15 @@ class Instance(BaseModel):
         protocol.write_json_atomic(self.dir / "instance.json", self.model_dump(mode="json"))
 
     def log_tail(self, n: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        """The end of the worker's log, or of the sandbox set-up's log if the worker never started."""
+        for path in (self.log, self.dir / "sandbox.log"):
+            try:
+                lines = path.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            if lines:
+                return "\n".join(lines[-n:])
+        return ""
 
     @contextmanager
     def operation(self, what: str) -> Iterator[None]:

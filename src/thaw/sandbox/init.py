@@ -26,6 +26,9 @@ import struct
 import sys
 
 MNT_DETACH = 2
+# open_tree(2) and move_mount(2) (Linux 5.2), x86_64 syscall numbers
+SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429
+OPEN_TREE_CLONE, AT_FDCWD, MOVE_MOUNT_F_EMPTY_PATH = 1, -100, 0x4
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -43,8 +46,31 @@ def remount_proc() -> None:
         raise OSError(ctypes.get_errno(), "mount proc on /proc")
 
 
+def keep_top_of_stack(path: str, depth: int) -> None:
+    """Leave only the *top* mount of a stack at ``path`` (the one the host sees, e.g. /dev/shm on Docker).
+
+    Unmounting always removes the top, so the top is cloned first, every mount at ``path``
+    is detached, and the clone is moved back.
+    """
+    fd = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), OPEN_TREE_CLONE)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), f"open_tree {path}")
+    try:
+        for _ in range(depth):
+            _umount(path)
+        if _libc.syscall(SYS_MOVE_MOUNT, fd, b"", AT_FDCWD, path.encode(), MOVE_MOUNT_F_EMPTY_PATH) != 0:
+            raise OSError(ctypes.get_errno(), f"move_mount {path}")
+    finally:
+        os.close(fd)
+
+
 def trim_mounts(keep: set[str]) -> None:
     keep = keep | {"/", "/proc"}
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split()[4] for line in f]
+    for m in sorted(keep - {"/", "/proc"}, key=lambda p: -p.count("/")):
+        if mounts.count(m) > 1:
+            keep_top_of_stack(m, mounts.count(m))
     for _ in range(8):
         with open("/proc/self/mountinfo") as f:
             mounts = [line.split()[4] for line in f]
