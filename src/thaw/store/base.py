@@ -98,6 +98,14 @@ class Store(ABC):
     def delete(self, name: str) -> None:
         """Remove ``name`` so that it disappears at once for every reader."""
 
+    def abandon(self, name: str, artifact_id: str, staged_dir: Path) -> None:
+        """Remove what an interrupted ``stage(name)`` (crashed writer) left behind; never a published artifact.
+
+        Called by whoever recorded the Staged (the agent's job journal) after a crash, so
+        that exactly that writer's debris goes, and no other node's upload in progress.
+        """
+        shutil.rmtree(staged_dir, ignore_errors=True)
+
     def exists(self, name: str) -> bool:
         from thaw.errors import ArtifactNotFound
 

@@ -331,6 +331,21 @@ class S3Store(Store):
         self._call("delete_object", Bucket=self.bucket, Key=self._manifest_key(name))
         self._delete_prefix(self._data_prefix(name, manifest.artifact_id))
 
+    def abandon(self, name: str, artifact_id: str, staged_dir: Path) -> None:
+        """Remove a crashed publish's uploads (files and open multipart uploads) unless its manifest landed."""
+        shutil.rmtree(staged_dir, ignore_errors=True)
+        try:
+            if self.manifest(name).artifact_id == artifact_id:
+                return  # it was published: an artifact, not debris
+        except (ArtifactNotFound, IntegrityError):
+            pass
+        prefix = self._data_prefix(name, artifact_id)
+        for page in self._pages("list_multipart_uploads", Bucket=self.bucket, Prefix=prefix):
+            for up in page.get("Uploads", []):
+                self._call_quietly("abort_multipart_upload", Bucket=self.bucket, Key=up["Key"],
+                                   UploadId=up["UploadId"])
+        self._delete_prefix(prefix)
+
     def sweep(self, older_than_s: float = 3600.0) -> int:
         """Remove debris of crashed publishers: unreferenced files, stale multipart uploads, local scratch.
 

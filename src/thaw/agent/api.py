@@ -1,0 +1,214 @@
+"""The agent's HTTP API (FastAPI): routes, authentication, and errors as clear JSON bodies.
+
+Routes (all under auth; see auth.py for the security model)::
+
+    GET    /v1/status                     AgentStatus
+    GET    /healthz                       {"ok": true}
+    GET    /metrics                       Prometheus text format
+    GET    /v1/workers[?all=true]         [Worker]
+    POST   /v1/workers                    LaunchRequest → 201 Worker
+    GET    /v1/workers/{ref}              Worker           (ref: worker name or instance id)
+    DELETE /v1/workers/{ref}              Worker           (stopped)
+    POST   /v1/workers/{ref}/release      Worker           (a parked worker goes on serving)
+    POST   /v1/snapshots                  SnapshotRequest → 202 Job
+    POST   /v1/restores                   RestoreRequest → 202 Job
+    GET    /v1/jobs[?limit=N]             [Job]
+    GET    /v1/jobs/{id}[?wait=S]         Job              (wait: long-poll up to S seconds for it to finish)
+    GET    /v1/artifacts                  [ArtifactSummary]
+    GET    /v1/artifacts/{name}           the artifact's Manifest
+    POST   /v1/artifacts/{name}/verify    202 Job
+    DELETE /v1/artifacts/{name}           204
+
+Every error is ``{"error": {"reason", "message", "hint", "fields"}}`` (ErrorBody) with
+401 (no or bad credentials), 404, 409 (busy: another operation holds the worker or
+artifact, or the name is taken), 422 (malformed request or invalid name) or 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from thaw import __version__
+from thaw.agent.auth import PEER_KEY, Tokens
+from thaw.agent.metrics import CONTENT_TYPE
+from thaw.agent.models import (
+    AgentStatus, ArtifactSummary, ErrorBody, ErrorDetail, Job, LaunchRequest, RestoreRequest, SnapshotRequest, Worker,
+)
+from thaw.agent.service import Agent, NotFound
+from thaw.errors import ArtifactNotFound, BusyError, ConfigError, HostError, ThawError
+
+CALLER_KEY = "thaw_caller"
+
+#: HTTP status for each kind of error the agent raises on purpose
+STATUS: list[tuple[type[ThawError], int]] = [
+    (ConfigError, 422),
+    (ArtifactNotFound, 404),
+    (NotFound, 404),
+    (BusyError, 409),
+    (HostError, 503),
+]
+
+
+def create_app(agent: Agent, tokens: Tokens | None = None) -> FastAPI:
+    app = FastAPI(title="thaw agent", version=__version__, docs_url=None, redoc_url=None,
+                  responses={401: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+    app.state.agent = agent
+    app.add_middleware(_Authenticate, tokens=tokens or Tokens(), agent=agent)
+    _errors(app, agent)
+
+    def caller(request: Request) -> dict[str, Any]:
+        return dict(request.scope.get("state", {}).get(CALLER_KEY, {}))
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(agent.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/status", response_model=AgentStatus)
+    def status() -> AgentStatus:
+        return agent.status()
+
+    # ---- workers ----
+    @app.get("/v1/workers", response_model=list[Worker])
+    def workers(all: bool = Query(False, description="include workers that are gone")) -> list[Worker]:
+        return agent.workers(include_gone=all)
+
+    @app.post("/v1/workers", response_model=Worker, status_code=201)
+    async def launch(req: LaunchRequest, request: Request) -> Worker:
+        return await run_in_threadpool(agent.launch, req, caller(request))
+
+    @app.get("/v1/workers/{ref:path}", response_model=Worker)
+    def worker(ref: str) -> Worker:
+        return agent.worker(ref)
+
+    @app.delete("/v1/workers/{ref:path}", response_model=Worker)
+    async def stop(ref: str, request: Request) -> Worker:
+        return await run_in_threadpool(agent.stop_worker, ref, caller(request))
+
+    @app.post("/v1/workers/{ref:path}/release", response_model=Worker)
+    async def release(ref: str, request: Request) -> Worker:
+        return await run_in_threadpool(agent.release_worker, ref, caller(request))
+
+    # ---- jobs ----
+    @app.post("/v1/snapshots", response_model=Job, status_code=202)
+    async def snapshot(req: SnapshotRequest, request: Request) -> Job:
+        return await run_in_threadpool(agent.submit_snapshot, req, caller(request))
+
+    @app.post("/v1/restores", response_model=Job, status_code=202)
+    async def restore(req: RestoreRequest, request: Request) -> Job:
+        return await run_in_threadpool(agent.submit_restore, req, caller(request))
+
+    @app.get("/v1/jobs", response_model=list[Job])
+    def jobs(limit: int = Query(100, ge=1, le=10_000)) -> list[Job]:
+        return agent.jobs(limit)
+
+    @app.get("/v1/jobs/{job_id}", response_model=Job)
+    async def job(job_id: str, wait: float = Query(0.0, ge=0, le=300, description="long-poll seconds")) -> Job:
+        return await run_in_threadpool(agent.job, job_id, wait)
+
+    # ---- artifacts ----
+    @app.get("/v1/artifacts", response_model=list[ArtifactSummary])
+    async def artifacts() -> list[ArtifactSummary]:
+        return await run_in_threadpool(agent.artifacts)
+
+    @app.post("/v1/artifacts/{name:path}/verify", response_model=Job, status_code=202)
+    async def verify(name: str, request: Request) -> Job:
+        return await run_in_threadpool(agent.submit_verify, name, caller(request))
+
+    @app.get("/v1/artifacts/{name:path}")
+    async def artifact(name: str) -> Response:
+        manifest = await run_in_threadpool(agent.manifest, name)
+        return Response(manifest.to_json(), media_type="application/json")
+
+    @app.delete("/v1/artifacts/{name:path}", status_code=204)
+    async def delete(name: str, request: Request) -> Response:
+        await run_in_threadpool(agent.delete_artifact, name, caller(request))
+        return Response(status_code=204)
+
+    return app
+
+
+def _error(status: int, reason: str, message: str, hint: str | None = None,
+           fields: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorBody(error=ErrorDetail(reason=reason, message=message, hint=hint, fields=fields or []))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _errors(app: FastAPI, agent: Agent) -> None:
+    @app.exception_handler(ThawError)
+    async def thaw_error(request: Request, exc: ThawError) -> JSONResponse:
+        status = next((code for cls, code in STATUS if isinstance(exc, cls)), 500)
+        reason = "invalid_request" if isinstance(exc, ConfigError) else exc.reason
+        fields = [{"field": exc.field, "message": exc.message}] if isinstance(exc, ConfigError) else None
+        if status in (409, 422):
+            agent.metrics.requests_rejected.labels(reason).inc()
+        return _error(status, reason, exc.message, exc.hint, fields)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = []
+        for e in exc.errors():
+            loc = ".".join(str(p) for p in e.get("loc", ()))
+            fields.append({"field": loc, "message": e.get("msg", ""), "type": e.get("type", "")})
+        summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
+        agent.metrics.requests_rejected.labels("invalid_request").inc()
+        return _error(422, "invalid_request", f"invalid request: {summary}",
+                      "see the agent API in docs/agent.md", fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+        return _error(exc.status_code, reason, message, "see the agent API in docs/agent.md")
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, "internal", f"{type(exc).__name__}: {exc}", "this is a bug in thaw: please report it")
+
+
+class _Authenticate:
+    """Pure ASGI middleware: decide who the caller is before routing, so that bad input never reaches a route."""
+
+    def __init__(self, app: Any, tokens: Tokens, agent: Agent) -> None:
+        self.app = app
+        self.tokens = tokens
+        self.agent = agent
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        peer = state.get(PEER_KEY) or {"transport": "unknown"}
+        if peer.get("transport") == "unix":
+            state[CALLER_KEY] = dict(peer)
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if not self.tokens:
+            message, hint = ("this agent accepts no requests over TCP: no token is configured",
+                             "start the agent with --token-file, or use its unix socket")
+        else:
+            identity = self.tokens.identify(headers.get("authorization"))
+            if identity is not None:
+                state[CALLER_KEY] = {"transport": "tcp", "identity": identity, "address": peer.get("address")}
+                await self.app(scope, receive, send)
+                return
+            message, hint = ("missing or invalid bearer token" if headers.get("authorization") else
+                             "authentication required: send 'Authorization: Bearer <token>'",
+                             "the token is one of the lines of the agent's --token-file")
+        self.agent.metrics.requests_rejected.labels("unauthorized").inc()
+        self.agent.audit.record(f"{scope.get('method', '')} {scope.get('path', '')}", "rejected",
+                                caller={"transport": peer.get("transport"), "address": peer.get("address")},
+                                reason="unauthorized", message=message)
+        response = _error(401, "unauthorized", message, hint, headers={"WWW-Authenticate": "Bearer"})
+        await response(scope, receive, send)

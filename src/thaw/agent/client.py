@@ -1,0 +1,179 @@
+"""``AgentClient``: talk to a thaw agent over its unix socket, or over TCP with a bearer token.
+
+::
+
+    from thaw.agent.client import AgentClient
+
+    agent = AgentClient(socket="/run/thaw/agent.sock")          # or AgentClient(base_url=..., token=...)
+    job = agent.snapshot("llm", "llm-v1")
+    job = agent.wait(job.id, timeout=600)
+    if job.state == "failed":
+        print(job.error.reason, job.error.message)
+
+Errors the agent answers with (``{"error": {...}}``) raise ``AgentError`` carrying the
+HTTP status and the agent's reason, message and hint.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from thaw.agent.models import (
+    AgentStatus, ArtifactSummary, Job, LaunchRequest, RestoreRequest, SnapshotRequest, Worker,
+)
+from thaw.errors import ConfigError, ThawError
+
+DEFAULT_SOCKET = "/run/thaw/agent.sock"
+
+
+class AgentError(ThawError):
+    """The agent refused or failed a request; ``status`` is the HTTP status, ``reason`` the agent's."""
+
+    def __init__(self, status: int, reason: str, message: str, *, hint: str | None = None,
+                 fields: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.reason = reason
+        self.fields = fields or []
+
+
+class AgentUnavailable(ThawError):
+    """No agent answers at that address."""
+
+    reason = "agent_unavailable"
+
+
+class AgentClient:
+    def __init__(self, socket: str | Path | None = None, *, base_url: str | None = None, token: str | None = None,
+                 timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+        if base_url is None and socket is None and transport is None:
+            socket = DEFAULT_SOCKET
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if transport is None and socket is not None:
+            transport = httpx.HTTPTransport(uds=str(socket))
+        self.where = str(socket) if socket is not None else (base_url or "agent")
+        self._http = httpx.Client(base_url=base_url or "http://thaw-agent", transport=transport, headers=headers,
+                                  timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- agent ----
+    def status(self) -> AgentStatus:
+        return AgentStatus.model_validate(self._call("GET", "/v1/status"))
+
+    def healthy(self) -> bool:
+        try:
+            self._call("GET", "/healthz")
+            return True
+        except (AgentUnavailable, AgentError):
+            return False
+
+    def metrics(self) -> str:
+        return self._call("GET", "/metrics", raw=True)
+
+    # ---- workers ----
+    def launch(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: str = "/") -> Worker:
+        req = _request(LaunchRequest, name=name, argv=argv, env=env or {}, cwd=cwd)
+        return Worker.model_validate(self._call("POST", "/v1/workers", json=req))
+
+    def workers(self, *, include_gone: bool = False) -> list[Worker]:
+        params = {"all": "true"} if include_gone else None
+        return [Worker.model_validate(w) for w in self._call("GET", "/v1/workers", params=params)]
+
+    def worker(self, ref: str) -> Worker:
+        return Worker.model_validate(self._call("GET", f"/v1/workers/{ref}"))
+
+    def stop(self, ref: str) -> Worker:
+        return Worker.model_validate(self._call("DELETE", f"/v1/workers/{ref}"))
+
+    def release(self, ref: str) -> Worker:
+        return Worker.model_validate(self._call("POST", f"/v1/workers/{ref}/release"))
+
+    # ---- operations (jobs) ----
+    def snapshot(self, worker: str, artifact: str, *, leave_running: bool = False,
+                 ready_timeout: float = 60.0) -> Job:
+        req = _request(SnapshotRequest, worker=worker, artifact=artifact, leave_running=leave_running,
+                       ready_timeout=ready_timeout)
+        return Job.model_validate(self._call("POST", "/v1/snapshots", json=req))
+
+    def restore(self, artifact: str, *, name: str | None = None, gpu: int | str | None = None,
+                verify_canary: bool = True) -> Job:
+        req = _request(RestoreRequest, artifact=artifact, name=name, gpu=gpu, verify_canary=verify_canary)
+        return Job.model_validate(self._call("POST", "/v1/restores", json=req))
+
+    def verify(self, artifact: str) -> Job:
+        return Job.model_validate(self._call("POST", f"/v1/artifacts/{artifact}/verify"))
+
+    def job(self, job_id: str, *, wait: float = 0.0) -> Job:
+        params = {"wait": wait} if wait else None
+        return Job.model_validate(self._call("GET", f"/v1/jobs/{job_id}", params=params,
+                                             timeout=self._http.timeout.read + wait if wait else None))
+
+    def jobs(self, limit: int = 100) -> list[Job]:
+        return [Job.model_validate(j) for j in self._call("GET", "/v1/jobs", params={"limit": limit})]
+
+    def wait(self, job_id: str, timeout: float = 600.0) -> Job:
+        """The job once it has finished; TimeoutError if it has not within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            job = self.job(job_id, wait=max(0.0, min(left, 30.0)))
+            if job.state.finished:
+                return job
+            if left <= 0:
+                raise TimeoutError(f"job {job_id} did not finish within {timeout:.0f}s (now {job.state.value}, "
+                                   f"phase {job.progress.phase if job.progress else '-'})")
+
+    # ---- artifacts ----
+    def artifacts(self) -> list[ArtifactSummary]:
+        return [ArtifactSummary.model_validate(a) for a in self._call("GET", "/v1/artifacts")]
+
+    def artifact(self, name: str) -> dict[str, Any]:
+        """The artifact's manifest, as JSON (``thaw.store.Manifest.model_validate`` reads it)."""
+        return self._call("GET", f"/v1/artifacts/{name}")
+
+    def delete(self, name: str) -> None:
+        self._call("DELETE", f"/v1/artifacts/{name}")
+
+    # ---- transport ----
+    def _call(self, method: str, path: str, *, raw: bool = False, timeout: float | None = None,
+              **kwargs: Any) -> Any:
+        try:
+            r = self._http.request(method, path, timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                                   **kwargs)
+        except httpx.TransportError as exc:
+            raise AgentUnavailable(f"no thaw agent answers at {self.where}: {exc}",
+                                   hint="is `thaw agent serve` running? (--socket / --listen)") from exc
+        if r.status_code >= 400:
+            try:
+                err = r.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                raise AgentError(r.status_code, "http_error", f"{method} {path}: HTTP {r.status_code}: "
+                                 f"{r.text[:300]}") from None
+            raise AgentError(r.status_code, err.get("reason", "error"), err.get("message", ""),
+                             hint=err.get("hint"), fields=err.get("fields"))
+        if raw:
+            return r.text
+        return r.json() if r.content else None
+
+
+def _request(model: type[BaseModel], **fields: Any) -> dict[str, Any]:
+    """A request body, checked here first: a bad name fails before any network round trip."""
+    try:
+        return model(**fields).model_dump(mode="json")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or model.__name__
+        raise ConfigError(where, first.get("msg", str(exc))) from None

@@ -1,0 +1,238 @@
+"""The agent's HTTP API, as pydantic models: every request and response body.
+
+Clients (``thaw.agent.client``, the CLI, the Kubernetes operator) import these, so the
+wire format is declared once. Names are checked with ``thaw.store.check_name`` on the
+way in: a name with ``..`` or ``/`` never reaches the pipeline.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from thaw.errors import ConfigError
+from thaw.store.manifest import check_name
+
+API_VERSION = "v1"
+
+
+def _name(value: str, what: str) -> str:
+    try:
+        return check_name(value, what=what)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class _Request(BaseModel):
+    # a misspelt field is an error, not a silently ignored option
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- requests ---------------------------------------------------------------------------
+
+
+class LaunchRequest(_Request):
+    """``POST /v1/workers``: start a command as a snapshot-able worker in a thaw sandbox."""
+
+    name: str = Field(description="worker name (lowercase letters, digits, '.', '_', '-')")
+    argv: list[str] = Field(min_length=1, description="the command; argv[0] absolute or on the agent's PATH")
+    env: dict[str, str] = Field(default_factory=dict,
+                                description="environment of the worker; the agent's own environment is NOT inherited")
+    cwd: str = Field(default="/", description="absolute working directory")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        return _name(v, "worker name")
+
+    @field_validator("cwd")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("cwd must be an absolute path")
+        return v
+
+
+class SnapshotRequest(_Request):
+    """``POST /v1/snapshots``: snapshot a worker (by name or instance id) into an artifact."""
+
+    worker: str
+    artifact: str
+    leave_running: bool = Field(default=False, description="keep the original serving after the snapshot")
+    ready_timeout: float = Field(default=60.0, gt=0, le=3600, description="seconds to wait for the quiesce point")
+
+    @field_validator("worker")
+    @classmethod
+    def _check_worker(cls, v: str) -> str:
+        return _name(v, "worker name")
+
+    @field_validator("artifact")
+    @classmethod
+    def _check_artifact(cls, v: str) -> str:
+        return _name(v, "artifact name")
+
+
+class RestoreRequest(_Request):
+    """``POST /v1/restores``: restore an artifact as a new worker on this node."""
+
+    artifact: str
+    name: str | None = Field(default=None, description="name of the restored worker; default: the original's")
+    gpu: int | str | None = Field(default=None, description="GPU index or UUID to restore onto; default: as recorded")
+    verify_canary: bool = Field(default=True, description="require the worker to reproduce its recorded canary")
+
+    @field_validator("artifact")
+    @classmethod
+    def _check_artifact(cls, v: str) -> str:
+        return _name(v, "artifact name")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str | None) -> str | None:
+        return None if v is None else _name(v, "worker name")
+
+
+# ---- responses --------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    reason: str = Field(description="machine-readable: invalid_request, unauthorized, not_found, busy, ...")
+    message: str
+    hint: str | None = None
+    #: for invalid requests: which fields were wrong and why
+    fields: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ErrorBody(BaseModel):
+    """The body of every 4xx/5xx answer."""
+
+    error: ErrorDetail
+
+
+class Worker(BaseModel):
+    id: str = Field(description="instance id, unique on this node")
+    name: str
+    state: str = Field(description="starting | running | snapshotted | stopped | exited | failed")
+    origin: str = Field(description="launched | restored")
+    artifact: str | None = Field(default=None, description="the artifact it was restored from")
+    node: str
+    host_pid: int
+    alive: bool
+    parked: bool = Field(description="waiting at its quiesce point (can be snapshotted)")
+    ready: bool = Field(description="alive and, if restored, its canary matched: may take traffic")
+    busy: str | None = Field(default=None, description="id of the job holding this worker")
+    control_dir: str = Field(description="host path of its control directory (its unix sockets live here)")
+    created_at: datetime
+
+
+class JobState(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED)
+
+
+class JobKind(str, Enum):
+    SNAPSHOT = "snapshot"
+    RESTORE = "restore"
+    VERIFY = "verify"
+
+
+class Progress(BaseModel):
+    phase: str = Field(description="the pipeline phase running now (quiesce, dump, publish, fetch, criu_restore, ...)")
+    fraction: float | None = None
+    detail: str = ""
+    at: datetime
+
+
+class JobError(BaseModel):
+    reason: str = Field(description="ThawError.reason: checkpoint, restore, canary_mismatch, integrity, "
+                                    "agent_restarted, ...")
+    message: str
+    hint: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict, description="e.g. canary expected/got/differences")
+
+
+class Job(BaseModel):
+    id: str
+    kind: JobKind
+    state: JobState
+    worker: str | None = None
+    artifact: str | None = None
+    request: dict[str, Any] = Field(default_factory=dict)
+    caller: dict[str, Any] = Field(default_factory=dict)
+    node: str = ""
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress | None = None
+    result: dict[str, Any] | None = Field(default=None, description="SnapshotResult / RestoreResult / VerifyResult")
+    error: JobError | None = None
+
+
+class SnapshotResult(BaseModel):
+    artifact: str
+    artifact_id: str
+    digest: str
+    bytes: int
+    timings: dict[str, float]
+    write_gbps: float | None = None
+    original: str = Field(description="what became of the original: stopped | running")
+
+
+class CanaryReport(BaseModel):
+    checked: bool
+    match: bool | None = None
+    expected: Any = None
+    got: Any = None
+    differences: list[str] = Field(default_factory=list)
+
+
+class RestoreResult(BaseModel):
+    worker: Worker
+    artifact: str
+    artifact_id: str
+    digest: str
+    bytes: int
+    timings: dict[str, float]
+    read_gbps: float | None = None
+    canary: CanaryReport
+
+
+class VerifyResult(BaseModel):
+    artifact: str
+    artifact_id: str
+    digest: str
+    bytes: int
+    seconds: float
+    read_gbps: float | None = None
+
+
+class ArtifactSummary(BaseModel):
+    name: str
+    artifact_id: str
+    digest: str
+    created_at: datetime
+    bytes: int
+    worker: str
+    source_host: str
+    gpus: int
+    has_canary: bool
+
+
+class AgentStatus(BaseModel):
+    api: str = API_VERSION
+    node: str
+    version: str
+    store: str
+    staging: str
+    pid: int
+    started_at: datetime
+    jobs_running: int
+    workers_alive: int

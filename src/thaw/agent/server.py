@@ -1,0 +1,144 @@
+"""Serving the agent: recover, then answer on a unix socket (default) and optionally TCP.
+
+One uvicorn server listens on every socket at once (``Server.serve(sockets=...)``), with
+``PeerProtocol`` so that each request knows its transport and peer. SIGTERM/SIGINT stop
+accepting requests, let running jobs finish, and remove the socket file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from thaw.agent.auth import PeerProtocol, Tokens
+from thaw.agent.service import Agent, AgentConfig
+from thaw.errors import ConfigError, HostError
+
+DEFAULT_SOCKET = Path("/run/thaw/agent.sock")
+log = logging.getLogger("thaw.agent")
+
+
+@dataclass
+class ServeOptions:
+    socket: Path | None = DEFAULT_SOCKET
+    listen: str | None = None  # HOST:PORT
+    token_file: Path | None = None
+    socket_group: str | None = None  # a group allowed to use the socket (mode 0660); else 0600
+
+    def tcp(self) -> tuple[str, int] | None:
+        if not self.listen:
+            return None
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError("listen", f"{self.listen!r} is not HOST:PORT", hint="e.g. --listen 0.0.0.0:7480")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def serve(config: AgentConfig, options: ServeOptions) -> None:
+    """Run the agent until SIGTERM/SIGINT."""
+    import uvicorn
+
+    from thaw.agent.api import create_app
+
+    tokens = Tokens.load(options.token_file)
+    tcp = options.tcp()
+    if options.socket is None and tcp is None:
+        raise ConfigError("socket", "the agent must listen somewhere", hint="give --socket and/or --listen")
+    agent = Agent(config)
+    recovered = agent.start()
+    for job in recovered:
+        log.warning("job %s (%s) was cut short by a restart: %s", job.id, job.kind.value,
+                    job.error.message if job.error else "")
+    sockets = []
+    try:
+        if options.socket is not None:
+            sockets.append(_unix_socket(options.socket, options.socket_group))
+        if tcp is not None:
+            sockets.append(_tcp_socket(*tcp))
+        app = create_app(agent, tokens)
+        server = _server_class()(uvicorn.Config(app, http=PeerProtocol, ws="none", lifespan="off",
+                                               log_level="warning", access_log=False, timeout_graceful_shutdown=5))
+        asyncio.run(server.serve(sockets=sockets))
+    finally:
+        for s in sockets:
+            s.close()
+        if options.socket is not None:
+            options.socket.unlink(missing_ok=True)
+        agent.close(wait=True)
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises SIGTERM after its graceful shutdown, which would kill the process
+            # before the agent lets its jobs finish and removes its socket: stop serving, nothing more
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            old = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in old.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
+def _unix_socket(path: Path, group: str | None) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        if _answers(path):
+            raise HostError(f"another agent is already listening on {path}", hint="stop it, or use --socket")
+        path.unlink()  # left behind by a killed agent
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # never world-accessible, not even between bind and chmod
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError as exc:
+            raise ConfigError("socket-group", f"no group named {group!r}") from exc
+        os.chown(path, -1, gid)
+        os.chmod(path, 0o660)
+    sock.listen(128)
+    return sock
+
+
+def _tcp_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        raise HostError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(128)
+    return sock
+
+
+def _answers(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(1.0)
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
