@@ -1,0 +1,68 @@
+"""``thaw operator``: the Kubernetes operator (WorkerSnapshot, WorkerRestore, restore-from pods).
+
+    thaw operator run                       # in the cluster (the Deployment in deploy/kubernetes)
+    thaw operator run --kubeconfig ~/.kube/config --namespace ml    # from a workstation, one namespace
+
+Every option also reads a ``THAW_*`` variable, which is how the Deployment sets them
+from the thaw-settings ConfigMap. docs/kubernetes.md describes the resources.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from thaw.cli.output import friendly
+
+app = typer.Typer(
+    name="operator",
+    help="The Kubernetes operator: snapshots and restores of workers as Kubernetes objects.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _group() -> None:
+    """The Kubernetes operator."""  # a callback keeps `run` a sub-command even while it is the only one
+
+
+@app.command()
+@friendly
+def run(
+    namespace: Annotated[Optional[list[str]], typer.Option(
+        "--namespace", "-n", envvar="THAW_NAMESPACES",
+        help="watch only these namespaces (repeat the option) [default: the whole cluster]")] = None,
+    kubeconfig: Annotated[Optional[Path], typer.Option(
+        envvar="KUBECONFIG", help="kubeconfig to use outside a cluster [default: in-cluster credentials]")] = None,
+    poll: Annotated[float, typer.Option(envvar="THAW_POLL_SECONDS", help="seconds between looks at running jobs")] = 1.0,
+    agent_namespace: Annotated[str, typer.Option(
+        envvar="THAW_AGENT_NAMESPACE", help="namespace of the agent DaemonSet's pods")] = "thaw-system",
+    agent_selector: Annotated[str, typer.Option(
+        envvar="THAW_AGENT_SELECTOR", help="label selector of the agent pods")] = "app.kubernetes.io/name=thaw-agent",
+    agent_port: Annotated[int, typer.Option(envvar="THAW_AGENT_PORT", help="TCP port the agents listen on")] = 7070,
+    agent_token_file: Annotated[Optional[Path], typer.Option(
+        envvar="THAW_AGENT_TOKEN_FILE", help="file with the agents' bearer token")] = None,
+    delete_timeout: Annotated[float, typer.Option(
+        envvar="THAW_DELETE_TIMEOUT", help="seconds to keep trying to delete a deleted snapshot's artifact")] = 600.0,
+    liveness: Annotated[Optional[str], typer.Option(
+        envvar="THAW_LIVENESS", help="serve a liveness probe here, e.g. http://0.0.0.0:8080/healthz")] = None,
+) -> None:
+    """Run the operator until stopped."""
+    from thaw.k8s.cluster import AgentLookup
+    from thaw.k8s.config import OperatorConfig
+    from thaw.k8s.runner import run as run_operator
+
+    namespaces = tuple(n for item in namespace or [] for n in item.split(",") if n)
+    config = OperatorConfig(poll=poll, agents=AgentLookup(agent_namespace, agent_selector, agent_port),
+                            token_file=agent_token_file, namespaces=namespaces, delete_timeout=delete_timeout,
+                            liveness=liveness)
+    run_operator(config, kubeconfig=kubeconfig)
+
+
+if __name__ == "__main__":
+    app()

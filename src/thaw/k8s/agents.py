@@ -1,0 +1,144 @@
+"""How the operator reaches the thaw agent on a node, and what it expects of it.
+
+The operator needs five things from an agent (``AgentPort``): start a snapshot job,
+start a restore job, read a job, report the node's GPUs, delete an artifact. Jobs run
+in the agent; the operator only starts and polls them, so an operator restart loses
+nothing (the job id is in the object's status).
+
+Finding a node's agent (``agent_url``), first match wins:
+
+1. the Node annotation ``thaw.dev/agent-url`` (e.g. ``http://10.0.3.7:7070``) — for
+   agents that are not the DaemonSet's pods: bare-metal installs, and the tests;
+2. the Running agent pod on that node (label selector ``app.kubernetes.io/name=thaw-agent``
+   in the operator's namespace): ``http://<pod IP>:<agent port>``.
+
+The agent needs no Kubernetes API access for this: it does not register itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from thaw.errors import ThawError
+from thaw.k8s.resources import AGENT_URL
+
+#: job states as the agent reports them (thaw.agent.models.JobState)
+PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed"
+
+
+class AgentUnavailable(ThawError):
+    """No agent could be reached for a node (none runs there, or it does not answer). Temporary."""
+
+    reason = "agent_unavailable"
+
+
+class AgentPort(Protocol):
+    """What the operator calls on a node's agent (thaw.agent.client.AgentClient provides it)."""
+
+    def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True) -> str:
+        """Start a snapshot job of ``worker`` into ``artifact``; returns the job id."""
+        ...
+
+    def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None) -> str:
+        """Start a restore job (with the canary check) of ``artifact``; returns the job id."""
+        ...
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """``{"id", "state", "progress", "result", "error"}`` of a job."""
+        ...
+
+    def inspect_artifact(self, name: str) -> dict[str, Any]:
+        """The artifact's manifest (thaw.store.Manifest as JSON): its GPUs, canary, files."""
+        ...
+
+    def node_info(self) -> dict[str, Any]:
+        """``{"node", "gpus": [{"uuid", "name", "memory_free", ...}]}``."""
+        ...
+
+    def delete_artifact(self, name: str) -> None:
+        """Delete an artifact from the store (ArtifactNotFound if it is not there)."""
+        ...
+
+
+#: opens an AgentPort for an agent URL (the real client in production, fakes in tests)
+Connect = Callable[[str], AgentPort]
+
+
+@dataclass(frozen=True)
+class Job:
+    """An agent job as the operator reads it, whatever the agent's exact JSON looks like."""
+
+    id: str
+    state: str
+    progress: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+    error_reason: str = ""
+    error_message: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.state in (SUCCEEDED, FAILED)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == SUCCEEDED
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Job:
+        error = raw.get("error")
+        if isinstance(error, dict):
+            reason = str(error.get("reason") or error.get("type") or "error")
+            message = str(error.get("message") or error.get("detail") or error)
+        elif error:
+            reason, message = "error", str(error)
+        else:
+            reason, message = "", ""
+        progress = raw.get("progress") or ""
+        if isinstance(progress, dict):  # {"phase": "dump", "fraction": 0.4, "detail": "..."}
+            fraction = progress.get("fraction")
+            parts = [str(progress.get("phase") or ""), f"{fraction:.0%}" if isinstance(fraction, (int, float)) else "",
+                     str(progress.get("detail") or "")]
+            progress = " ".join(p for p in parts if p)
+        return cls(id=str(raw.get("id") or raw.get("job_id") or ""), state=str(raw.get("state") or "").lower(),
+                   progress=str(progress)[:256], result=dict(raw.get("result") or {}),
+                   error_reason=reason, error_message=message)
+
+
+def agent_url(node: dict[str, Any], agent_pods: list[dict[str, Any]], *, port: int) -> str | None:
+    """The URL of ``node``'s agent: its ``thaw.dev/agent-url`` annotation, else its Running agent pod's IP."""
+    annotations = (node.get("metadata") or {}).get("annotations") or {}
+    if annotations.get(AGENT_URL):
+        return annotations[AGENT_URL].rstrip("/")
+    name = (node.get("metadata") or {}).get("name")
+    for pod in agent_pods:
+        spec, status = pod.get("spec") or {}, pod.get("status") or {}
+        if spec.get("nodeName") != name or status.get("phase") != "Running" or not status.get("podIP"):
+            continue
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        host = status["podIP"]
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}"
+    return None
+
+
+def is_temporary(exc: BaseException) -> bool:
+    """Whether a failed agent call is worth retrying: the agent is down or busy, not a wrong request."""
+    from thaw.errors import BusyError
+
+    if isinstance(exc, (AgentUnavailable, BusyError, ConnectionError, TimeoutError)):
+        return True
+    try:
+        import httpx
+    except ImportError:  # pragma: no cover - httpx is a core dependency
+        return False
+    return isinstance(exc, httpx.TransportError)
+
+
+def http_connector(token: str | None) -> Connect:
+    """Connect to agents over HTTP with the shared bearer token (thaw.agent.client.AgentClient)."""
+    from thaw.k8s.agent_http import HttpAgent
+
+    return lambda url: HttpAgent(url, token=token)

@@ -1,0 +1,35 @@
+"""The operator's settings: flags of ``thaw operator run``, or ``THAW_*`` variables from the ConfigMap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from thaw.errors import ConfigError
+from thaw.k8s.cluster import AgentLookup
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    #: seconds between two looks at an object in progress (agent jobs are polled this often)
+    poll: float = 1.0
+    #: how to find the agents: DaemonSet pods (namespace, selector, port); Node annotations override
+    agents: AgentLookup = field(default_factory=AgentLookup)
+    #: file holding the bearer token the agents require (mounted from the thaw-agent-token Secret)
+    token_file: Path | None = None
+    #: namespaces to watch; empty: the whole cluster
+    namespaces: tuple[str, ...] = ()
+    #: give up deleting an artifact (the object goes, the artifact stays, a Warning says so) after this long
+    delete_timeout: float = 600.0
+    #: kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz (None: off)
+    liveness: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.poll <= 300:
+            raise ConfigError("poll", f"{self.poll} is out of range", hint="use 0.05-300 seconds")
+        if self.token_file is not None and not Path(self.token_file).is_file():
+            raise ConfigError("token_file", f"{self.token_file} does not exist",
+                              hint="mount the thaw-agent-token Secret, or leave it unset for agents without a token")
+
+    def token(self) -> str | None:
+        return Path(self.token_file).read_text().strip() if self.token_file else None

@@ -1,0 +1,210 @@
+"""WorkerRestore reconciliation and the restore-from pod path, against in-memory fakes."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from thaw.k8s import restores
+from thaw.k8s.status import condition
+
+from .fakes import Agents, FakeAgent, FakeCluster, node, pod, ready_snapshot, restore, snapshot
+
+T0 = datetime(2026, 11, 28, 10, 0, 5, tzinfo=timezone.utc)
+A, B = "http://127.0.0.2:7070", "http://127.0.0.3:7070"
+GPUS_B = [{"uuid": "GPU-b0", "name": "NVIDIA H200", "memory_free": 100 << 30},
+          {"uuid": "GPU-b1", "name": "NVIDIA H200", "memory_free": 140 << 30}]
+
+
+def world(*objects, pods=()):
+    agent_a, agent_b = FakeAgent(A), FakeAgent(B, gpus=GPUS_B)
+    cluster = FakeCluster(nodes=[node("node-a", product="NVIDIA-A100", gpus=8, agent=A),
+                                 node("node-b", product="NVIDIA-H200", gpus=8, agent=B)],
+                          pods=list(pods), snapshots=list(objects))
+    return cluster, agent_a, agent_b, Agents(agent_a, agent_b)
+
+
+def advance(body, step):
+    body = dict(body)
+    body["status"] = {**(body.get("status") or {}), **step.status}
+    return body
+
+
+def started(cluster, connect, body):
+    step = restores.reconcile(body, cluster, connect, now=T0)
+    assert step.status["phase"] == "Restoring", step.status
+    return advance(body, step), step
+
+
+def test_restores_on_a_node_with_the_snapshots_gpu_model_onto_its_freest_gpu():
+    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
+    body, step = started(cluster, connect, restore())
+    assert a.calls == [] and b.calls == [("node_info",), ("restore", "ml.snap", "GPU-b1", "r1")]
+    assert (step.status["node"], step.status["gpu"], step.status["worker"]) == ("node-b", "GPU-b1", "r1")
+    assert condition(step.status["conditions"], "Scheduled")["status"] == "True"
+    assert [e.reason for e in step.events] == ["RestoreStarted"]
+
+
+def test_ready_only_after_the_job_passed_its_canary():
+    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
+    body, _ = started(cluster, connect, restore())
+    assert restores.reconcile(body, cluster, connect, now=T0).status.get("phase") is None  # job still running
+    b.finish("job-1", {"worker": {"name": "r1", "ready": True}, "timings": {"criu_restore": 1.25},
+                       "canary": {"checked": True, "match": True}})
+    step = restores.reconcile(body, cluster, connect, now=T0 + timedelta(seconds=3))
+    assert step.status["phase"] == "Ready" and step.status["canary"] == "Passed"
+    assert condition(step.status["conditions"], "CanaryPassed")["status"] == "True"
+    assert condition(step.status["conditions"], "Ready")["status"] == "True"
+    assert step.status["timings"] == {"criu_restore": 1.25} and step.status["duration"] == "3.0s"
+    assert [e.reason for e in step.events] == ["Restored"]
+
+
+def test_a_canary_mismatch_is_never_ready():
+    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
+    body, _ = started(cluster, connect, restore())
+    b.fail("job-1", "canary_mismatch", "canary differs: token 3: 17 != 42")
+    step = restores.reconcile(body, cluster, connect, now=T0)
+    assert step.status["phase"] == "Failed" and step.status["canary"] == "Failed"
+    assert condition(step.status["conditions"], "CanaryPassed")["status"] == "False"
+    ready = condition(step.status["conditions"], "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "CanaryMismatch" and "17 != 42" in ready["message"]
+    assert [(e.type, e.reason) for e in step.events] == [("Warning", "CanaryMismatch")]
+
+
+def test_a_succeeded_job_reporting_a_canary_mismatch_is_still_not_ready():
+    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
+    body, _ = started(cluster, connect, restore())
+    b.finish("job-1", {"worker": {"name": "r1"}, "canary": {"checked": True, "match": False}})
+    assert restores.reconcile(body, cluster, connect, now=T0).status["phase"] == "Failed"
+
+
+def test_no_canary_recorded_is_ready_but_says_it_was_not_verified():
+    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1, canary=False))
+    body, _ = started(cluster, connect, restore())
+    b.finish("job-1", {"worker": {"name": "r1"}, "canary": {"checked": False}})
+    step = restores.reconcile(body, cluster, connect, now=T0)
+    assert step.status["phase"] == "Ready" and step.status["canary"] == "NotRecorded"
+    assert condition(step.status["conditions"], "CanaryPassed")["status"] == "Unknown"
+    assert [e.reason for e in step.events] == ["Restored", "NoCanary"]
+
+
+def test_other_job_failures_and_lost_jobs_fail_with_their_reason():
+    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
+    body, _ = started(cluster, connect, restore())
+    b.fail("job-1", "integrity", "images/pages-1.img: digest mismatch")
+    step = restores.reconcile(body, cluster, connect, now=T0)
+    assert condition(step.status["conditions"], "Ready")["reason"] == "RestoreIntegrity"
+    b.jobs.clear()
+    assert condition(restores.reconcile(body, cluster, connect, now=T0).status["conditions"], "Ready")["reason"] == "JobLost"
+
+
+def test_waits_for_a_snapshot_in_progress_and_fails_on_a_missing_or_failed_one():
+    cluster, a, b, connect = world(snapshot(status={"phase": "Snapshotting"}))
+    step = restores.reconcile(restore(), cluster, connect, now=T0)
+    assert step.status["phase"] == "Pending" and step.retry_in is None
+    assert condition(step.status["conditions"], "Ready")["reason"] == "SnapshotNotReady"
+    cluster.snapshots[("ml", "snap")]["status"]["phase"] = "Failed"
+    assert restores.reconcile(restore(), cluster, connect, now=T0).status["phase"] == "Failed"
+    step = restores.reconcile(restore(snap="nope"), cluster, connect, now=T0)
+    assert condition(step.status["conditions"], "Ready")["reason"] == "SnapshotNotFound"
+
+
+def test_no_node_fits_yet_is_retried_and_explained():
+    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA GB200", gpus=1))
+    step = restores.reconcile(restore(), cluster, connect, now=T0)
+    assert step.retry_in is not None and step.status["phase"] == "Pending"
+    scheduled = condition(step.status["conditions"], "Scheduled")
+    assert scheduled["status"] == "False" and "node-b: GPU nvidia-h200, the snapshot needs nvidia-gb200" in scheduled["message"]
+
+
+def test_a_pinned_node_and_gpu_are_honoured():
+    cluster, a, b, connect = world(ready_snapshot())  # CPU-only snapshot: any node with an agent
+    body, step = started(cluster, connect, restore(target={"nodeName": "node-a", "workerName": "copy-1"}))
+    assert a.calls == [("node_info",), ("restore", "ml.snap", None, "copy-1")]
+    cluster2, a2, b2, connect2 = world(ready_snapshot(product="NVIDIA H200", gpus=1))
+    started(cluster2, connect2, restore(target={"gpu": "GPU-b0"}))
+    assert b2.calls[-1] == ("restore", "ml.snap", "GPU-b0", "r1")
+
+
+# --- pods that ask for a restore ------------------------------------------------------------------------------
+
+def annotated(name="worker-1", node_name="node-b", **annotations):
+    return pod(name, node=node_name, gpus=1, phase="Pending", annotations={"thaw.dev/restore-from": "snap", **annotations})
+
+
+def test_which_pods_the_operator_takes_on():
+    assert restores.pod_wants_restore(annotated())
+    assert not restores.pod_wants_restore(annotated(node_name=None))  # not scheduled yet
+    assert not restores.pod_wants_restore(annotated(**{"thaw.dev/restore-state": "Restoring"}))  # taken on already
+    assert not restores.pod_wants_restore(pod("plain"))
+    gone = annotated()
+    gone["metadata"]["deletionTimestamp"] = "2026-11-28T10:00:00Z"
+    assert not restores.pod_wants_restore(gone)
+
+
+def test_a_restore_from_pod_gets_its_own_workerrestore_pinned_to_its_node_and_owned_by_it():
+    p = annotated()
+    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1), pods=[p])
+    step = restores.take_on_pod(p, cluster, now=T0)
+    (key, body), = cluster.restores.items()
+    assert key == ("ml", "worker-1")
+    assert body["spec"] == {"snapshotName": "snap",
+                            "target": {"podName": "worker-1", "nodeName": "node-b", "workerName": "worker-1"}}
+    assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-worker-1"
+    assert step.pod.annotations["thaw.dev/restore-state"] == "Restoring"
+    assert step.pod.annotations["thaw.dev/workerrestore"] == "worker-1"
+    assert step.pod.condition["type"] == "thaw.dev/restored" and step.pod.condition["status"] == "False"
+    # taking it on again (operator restarted before the pod patch) reuses the same object
+    restores.take_on_pod(p, cluster, now=T0)
+    assert len(cluster.restores) == 1
+
+
+def test_a_restored_pod_is_told_so_and_its_readiness_gate_opens():
+    p = annotated()
+    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1), pods=[p])
+    restores.take_on_pod(p, cluster, now=T0)
+    body = cluster.restores[("ml", "worker-1")]
+    body["metadata"]["creationTimestamp"] = "2026-11-28T10:00:00Z"
+    body, step = started(cluster, connect, body)
+    # the pod's own GPU request is the GPU the restore uses: node-b is not "full" because of it
+    assert b.calls[-1] == ("restore", "ml.snap", "GPU-b1", "worker-1")
+    assert step.pod.annotations["thaw.dev/restore-state"] == "Restoring"
+    b.finish("job-1", {"worker": {"name": "worker-1"}, "canary": {"checked": True, "match": True}})
+    done = restores.reconcile(body, cluster, connect, now=T0)
+    assert done.pod.annotations["thaw.dev/restore-state"] == "Restored"
+    assert done.pod.annotations["thaw.dev/restored-worker"] == "worker-1"
+    assert done.pod.condition["status"] == "True" and done.pod.condition["reason"] == "Restored"
+    assert [e.target["kind"] for e in done.events if e.target] == ["Pod"]
+
+
+def test_a_pod_falls_back_to_a_cold_start_without_a_valid_snapshot_or_on_a_failed_canary():
+    for snap in (None, snapshot(status={"phase": "Snapshotting"}), ready_snapshot(product="NVIDIA A100", gpus=1)):
+        p = annotated()
+        cluster, a, b, connect = world(*([snap] if snap else []), pods=[p])
+        body = restores.restore_for_pod(p)
+        body["metadata"]["creationTimestamp"] = "2026-11-28T10:00:00Z"
+        step = restores.reconcile(body, cluster, connect, now=T0)
+        assert step.status["phase"] == "Failed"
+        assert step.pod.annotations["thaw.dev/restore-state"] == "ColdStart"
+        assert step.pod.condition["status"] == "True" and step.pod.condition["reason"] == "ColdStart"
+        assert ("Warning", "ColdStart") in [(e.type, e.reason) for e in step.events if e.target]
+        assert b.calls == [] or b.calls[0] == ("node_info",)
+    # an A100 snapshot for a pod the scheduler put on an H200 node: no restore there, cold start
+    assert "node-b: GPU nvidia-h200, the snapshot needs nvidia-a100" in step.pod.annotations["thaw.dev/restore-reason"]
+
+    p = annotated()
+    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1), pods=[p])
+    body = restores.restore_for_pod(p)
+    body["metadata"]["creationTimestamp"] = "2026-11-28T10:00:00Z"
+    body, _ = started(cluster, connect, body)
+    b.fail("job-1", "canary_mismatch", "outputs differ")
+    step = restores.reconcile(body, cluster, connect, now=T0)
+    assert step.status["canary"] == "Failed"
+    assert step.pod.annotations["thaw.dev/restore-state"] == "ColdStart"
+    assert "thaw.dev/restored-worker" not in step.pod.annotations  # the failed copy is not the pod's worker
+
+
+def test_a_restore_that_never_finishes_times_out():
+    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
+    body, _ = started(cluster, connect, restore())
+    step = restores.reconcile(body, cluster, connect, now=T0 + timedelta(seconds=901))
+    assert condition(step.status["conditions"], "Ready")["reason"] == "Timeout"
