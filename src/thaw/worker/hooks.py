@@ -6,6 +6,10 @@ Thaw hooks run in *reverse* registration order after a restore, and also after a
 failed or ``--leave-running`` snapshot, to undo what the freeze hooks did
 (re-acquire the KV cache, ...). A hook may return a JSON-serialisable dict; thaw
 records what the hooks report (e.g. bytes released) in the artifact's manifest.
+
+If a freeze hook fails, the freeze hooks that completed are undone right away by the
+thaw hooks *of the same name* (reason "abort"): register a freeze step and its undo
+under one ``name`` (``@on_freeze(name="kv")`` / ``@on_thaw(name="kv")``).
 """
 
 from __future__ import annotations

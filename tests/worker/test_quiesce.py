@@ -1,0 +1,215 @@
+"""``quiesce()`` in a real process, driven through a real control directory.
+
+Each test starts tests/workers/park.py, waits for its ready marker and writes the
+commands thaw would write; the worker records which hooks ran and how quiesce() returned.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import thaw.worker
+from thaw.worker import protocol
+from thaw.worker.protocol import Action
+from workers import wait_until
+
+
+def test_a_parked_worker_announces_itself(start_parked) -> None:
+    worker = start_parked()
+
+    marker = worker.ready()
+
+    assert marker.name == "parker"
+    assert marker.pid == worker.proc.pid
+    assert marker.pidns == protocol.pidns_inode()
+    assert marker.canary == {"answer": 42, "pid": worker.proc.pid}
+    assert marker.hooks == ["a", "b", "c"]
+    assert marker.protocol == protocol.PROTOCOL_VERSION
+
+
+def test_a_parked_worker_holds_no_descriptor_into_its_control_directory(start_parked) -> None:
+    worker = start_parked()
+
+    fds = os.listdir(f"/proc/{worker.proc.pid}/fd")
+    targets = [os.readlink(f"/proc/{worker.proc.pid}/fd/{fd}") for fd in fds]
+
+    assert not [t for t in targets if t.startswith(str(worker.dir)) or t.startswith(str(worker.run_dir))]
+
+
+def test_release_returns_released_with_the_info_thaw_sent(start_parked) -> None:
+    worker = start_parked()
+
+    reply = worker.send(Action.RELEASE, {"artifact": "a1"})
+
+    assert reply.ok
+    assert worker.exit_code() == 0
+    outcome = worker.outcome()
+    assert outcome["outcome"] == "released"
+    assert outcome["info"] == {"reason": "released by thaw", "artifact": "a1"}
+    assert outcome["managed"] is True
+    assert outcome["control_dir"] == str(worker.dir)
+    assert worker.hooks_run() == []  # never frozen: nothing to undo
+
+
+def test_freeze_then_release_undoes_the_freeze_in_reverse_order(start_parked) -> None:
+    worker = start_parked()
+
+    frozen = worker.send(Action.FREEZE, {"artifact": "a1"})
+    worker.send(Action.RELEASE)
+
+    assert frozen.ok
+    assert {name: report["by"] for name, report in frozen.data.items()} == {"a": "freeze:a", "b": "freeze:b",
+                                                                           "c": "freeze:c"}
+    assert worker.outcome()["outcome"] == "released"
+    assert worker.hooks_run() == [("freeze:a", "snapshot"), ("freeze:b", "snapshot"), ("freeze:c", "snapshot"),
+                                  ("thaw:c", "release"), ("thaw:b", "release"), ("thaw:a", "release")]
+
+
+def test_abort_undoes_the_freeze_and_the_worker_stays_parked(start_parked) -> None:
+    worker = start_parked()
+
+    worker.send(Action.FREEZE)
+    worker.send(Action.FREEZE)  # a second freeze of a frozen worker does nothing
+    aborted = worker.send(Action.ABORT)
+
+    assert aborted.ok
+    assert worker.proc.poll() is None
+    assert worker.hooks_run() == [("freeze:a", "snapshot"), ("freeze:b", "snapshot"), ("freeze:c", "snapshot"),
+                                  ("thaw:c", "abort"), ("thaw:b", "abort"), ("thaw:a", "abort")]
+    worker.send(Action.STOP)
+    assert worker.outcome()["outcome"] == "stopped"
+
+
+def test_thaw_returns_thawed_after_running_the_thaw_hooks(start_parked) -> None:
+    worker = start_parked()
+    worker.send(Action.FREEZE)
+
+    reply = worker.send(Action.THAW, {"restore_id": "r1", "artifact": "a1", "node": "n1"})
+
+    assert reply.ok
+    assert set(reply.data) == {"a", "b", "c"}
+    outcome = worker.outcome()
+    assert outcome["outcome"] == "thawed"
+    assert outcome["info"] == {"restore_id": "r1", "artifact": "a1", "node": "n1"}
+    assert worker.hooks_run()[-3:] == [("thaw:c", "thaw"), ("thaw:b", "thaw"), ("thaw:a", "thaw")]
+
+
+def test_a_verified_thaw_reports_the_canary_and_waits_for_go(start_parked) -> None:
+    worker = start_parked()
+    worker.send(Action.FREEZE)
+
+    reply = worker.send(Action.THAW, {"restore_id": "r1"}, verify=True)
+
+    assert reply.ok
+    assert reply.canary == {"answer": 42, "pid": worker.proc.pid}
+    assert worker.proc.poll() is None  # it waits for thaw's verdict on the canary
+    worker.send(Action.GO, {"canary": "passed"})
+    outcome = worker.outcome()
+    assert outcome["outcome"] == "thawed"
+    assert outcome["info"] == {"restore_id": "r1", "canary": "passed"}
+
+
+def test_stop_returns_stopped(start_parked) -> None:
+    worker = start_parked()
+
+    worker.send(Action.STOP, {"why": "test"})
+
+    assert worker.outcome() == {"outcome": "stopped", "info": {"why": "test"}, "managed": True,
+                                "control_dir": str(worker.dir)}
+
+
+def test_a_failing_freeze_hook_is_reported_undone_and_the_worker_stays_usable(start_parked) -> None:
+    worker = start_parked(PARK_FAIL="freeze:b")
+
+    reply = worker.send(Action.FREEZE)
+
+    assert not reply.ok
+    assert "hook 'b' failed: RuntimeError: freeze hook b failed on purpose" in reply.error
+    assert worker.hooks_run() == [("freeze:a", "snapshot"), ("freeze:b", "snapshot"), ("thaw:a", "abort")]
+    worker.send(Action.ABORT)  # what a failed snapshot sends next: nothing is left to undo
+    worker.send(Action.RELEASE)
+    assert worker.outcome()["outcome"] == "released"
+    assert worker.hooks_run() == [("freeze:a", "snapshot"), ("freeze:b", "snapshot"), ("thaw:a", "abort")]
+
+
+def test_a_failing_thaw_hook_is_reported_and_the_worker_stays_parked(start_parked) -> None:
+    worker = start_parked(PARK_FAIL="thaw:b")
+    worker.send(Action.FREEZE)
+
+    reply = worker.send(Action.THAW)
+
+    assert not reply.ok
+    assert "hook 'b' failed: RuntimeError: thaw hook b failed on purpose" in reply.error
+    assert worker.proc.poll() is None
+    worker.send(Action.STOP)
+    assert worker.outcome()["outcome"] == "stopped"
+
+
+def test_a_command_left_from_an_earlier_life_is_not_acted_on(start_parked) -> None:
+    worker = start_parked(leftover=protocol.Command(id="old", action=Action.RELEASE))
+
+    # it parked although a RELEASE was waiting, and still answers new commands
+    stopped = worker.send(Action.STOP)
+
+    assert stopped.ok
+    assert worker.outcome()["outcome"] == "stopped"
+
+
+def test_a_restored_copy_follows_its_new_control_directory(tmp_path: Path, start_parked) -> None:
+    worker = start_parked()
+    worker.send(Action.FREEZE)
+    # after a restore the copy lives in a new pid namespace, whose link points at a new directory
+    new_dir = tmp_path / "restored"
+    new_dir.mkdir()
+    worker.link(new_dir)
+
+    reply = worker.send(Action.THAW, {"restore_id": "r2"}, control_dir=new_dir)
+
+    assert reply.ok
+    assert worker.outcome() == {"outcome": "thawed", "info": {"restore_id": "r2"}, "managed": True,
+                                "control_dir": str(new_dir)}
+
+
+def test_quiesce_gives_up_after_its_timeout_and_releases(start_parked) -> None:
+    worker = start_parked(PARK_TIMEOUT="0.5")
+
+    assert worker.exit_code() == 0
+    outcome = worker.outcome()
+    assert outcome["outcome"] == "released"
+    assert "timed out" in outcome["info"]["reason"]
+
+
+def test_outside_thaw_quiesce_returns_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(protocol.ENV_RUN_DIR, raising=False)
+
+    outcome = thaw.worker.quiesce(name="plain")
+
+    assert outcome.released and not outcome.thawed and not outcome.stopped
+    assert outcome.managed is False
+    assert thaw.worker.managed() is False
+    assert thaw.worker.control_dir() is None
+
+
+def test_control_dir_is_none_until_thaw_linked_the_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(protocol.ENV_RUN_DIR, str(tmp_path))
+    assert thaw.worker.control_dir() is None
+
+    link = protocol.ns_link(tmp_path, protocol.pidns_inode())
+    link.parent.mkdir()
+    link.symlink_to(tmp_path / "ctl")
+
+    assert thaw.worker.managed() is True
+    assert thaw.worker.control_dir() == tmp_path / "ctl"
+
+
+def test_the_sdk_imports_nothing_heavy() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, thaw.worker; heavy = [m for m in ('torch', 'numpy', 'httpx', 'pydantic', 'thaw.pipeline',"
+            " 'thaw.criu', 'thaw.cuda') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    assert out.stdout.strip() == "[]"

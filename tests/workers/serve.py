@@ -1,0 +1,130 @@
+"""A small worker for thaw's tests: in-memory state, an open log file, an HTTP server opened after quiesce.
+
+It warms up (generates random state it could not recompute), opens its log file,
+parks in ``thaw.worker.quiesce()``, and once released or thawed serves HTTP on the unix
+socket ``<control dir>/http.sock``:
+
+    GET /state    {"token", "digest", "counter", "pid", "outcome", "info", "hooks", "log"}
+    POST /incr    adds one to the counter, returns it
+    POST /log     appends the request body as a line to the log file opened before quiesce
+
+Behaviour switches (environment):
+
+    TEST_NO_QUIESCE=1       never reach the quiesce point (warm up forever)
+    TEST_THAW_FAIL=1        the thaw hook raises when the worker was restored
+    TEST_THAW_SLEEP=S       the thaw hook sleeps S seconds when the worker was restored
+    TEST_FREEZE_FAIL=1      the freeze hook raises
+    TEST_HOLD_SOCKET=PATH   keep a unix socket connected to PATH (a server outside the sandbox) while parked
+    TEST_LOG=PATH           the log file [default: worker-data.log in the working directory]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import socket
+import socketserver
+import sys
+import time
+
+import thaw.worker
+
+hooks_called: list[str] = []
+
+
+@thaw.worker.on_freeze(name="state")
+def freeze(ctx: thaw.worker.HookContext) -> dict:
+    hooks_called.append(f"freeze:{ctx.reason}")
+    if os.environ.get("TEST_FREEZE_FAIL"):
+        raise RuntimeError("freeze hook failed on purpose")
+    return {"tokens": 1}
+
+
+@thaw.worker.on_thaw(name="state")
+def thaw_(ctx: thaw.worker.HookContext) -> None:
+    hooks_called.append(f"thaw:{ctx.reason}")
+    if ctx.reason != "thaw":
+        return
+    if os.environ.get("TEST_THAW_SLEEP"):
+        time.sleep(float(os.environ["TEST_THAW_SLEEP"]))
+    if os.environ.get("TEST_THAW_FAIL"):
+        raise RuntimeError("thaw hook failed on purpose")
+
+
+class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+def main() -> None:
+    if os.environ.get("TEST_NO_QUIESCE"):
+        while True:
+            time.sleep(1)
+    # the warm-up: state that only this process's memory holds
+    token = os.urandom(16).hex()
+    table = [hashlib.sha256(f"{token}{i}".encode()).hexdigest() for i in range(20_000)]
+    digest = hashlib.sha256("".join(table).encode()).hexdigest()
+    log = open(os.environ.get("TEST_LOG", "worker-data.log"), "a", buffering=1)  # noqa: SIM115 - open for life
+    log.write(f"warm {token}\n")
+    held = None
+    if os.environ.get("TEST_HOLD_SOCKET"):
+        held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        held.connect(os.environ["TEST_HOLD_SOCKET"])
+
+    outcome = thaw.worker.quiesce(canary=lambda: {"digest": digest})
+    if outcome.stopped:
+        log.write("stopped\n")
+        sys.exit(0)
+    if held is not None:
+        held.close()
+    state = {"counter": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/state":
+                return self.send_error(404)
+            self.reply({
+                "token": token,
+                "digest": hashlib.sha256("".join(table).encode()).hexdigest(),
+                "counter": state["counter"],
+                "pid": os.getpid(),
+                "outcome": outcome.kind.value,
+                "info": outcome.info,
+                "hooks": hooks_called,
+                "log": log.name,
+            })
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+            if self.path == "/incr":
+                state["counter"] += 1
+                return self.reply({"counter": state["counter"]})
+            if self.path == "/log":
+                log.write(body + "\n")
+                return self.reply({"ok": True})
+            self.send_error(404)
+
+        def reply(self, obj: object) -> None:
+            data = json.dumps(obj).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    sock = thaw.worker.control_dir() / "http.sock" if outcome.managed else "http.sock"
+    try:
+        os.unlink(sock)
+    except FileNotFoundError:
+        pass
+    with UnixHTTPServer(str(sock), Handler) as server:
+        print(f"serving on {sock} ({outcome.kind.value})", flush=True)
+        server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
