@@ -5,7 +5,7 @@ where every ctypes signature is declared). Importing it loads nothing: the drive
 opened on first use, and :func:`available` is False, never an exception, on a host
 without NVIDIA.
 
-* :mod:`thaw.cuda.devices` — ``devices()``, ``available()``, ``driver_version()``, UUIDs;
+* :mod:`thaw.cuda.gpus` — ``devices()``, ``available()``, ``driver_version()``, UUIDs;
 * :mod:`thaw.cuda.checkpointing` — lock / checkpoint / restore / unlock of another process;
 * :mod:`thaw.cuda.process` — which processes hold a GPU (/proc);
 * :mod:`thaw.cuda.steps` — the pipeline's GPU steps (imports pydantic; not loaded here);
@@ -15,7 +15,7 @@ The state machine and the ordering rules are in docs/cuda.md.
 """
 
 from thaw.cuda.checkpointing import GpuPair, ProcessState, checkpoint, get_state, lock, restore, restore_thread_id, unlock
-from thaw.cuda.devices import GpuInfo, available, cuda_version, devices, driver_version, normalize_uuid
+from thaw.cuda.gpus import GpuInfo, available, cuda_version, devices, driver_version, normalize_uuid
 from thaw.cuda.process import gpu_processes, process_uses_gpu
 
 __all__ = [

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from thaw.cuda import native
-from thaw.cuda.devices import normalize_uuid, parse_uuid
+from thaw.cuda.gpus import normalize_uuid, parse_uuid
 from thaw.errors import CudaError
 
 #: default for ``lock``: how long the driver waits for already-submitted GPU work (0 = forever)

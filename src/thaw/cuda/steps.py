@@ -22,9 +22,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from thaw.cuda import checkpointing, devices, process
+from thaw.cuda import checkpointing, gpus, process
 from thaw.cuda.checkpointing import DEFAULT_LOCK_TIMEOUT_MS, GpuPair, ProcessState
-from thaw.cuda.devices import GpuInfo
+from thaw.cuda.gpus import GpuInfo
 from thaw.errors import CheckpointError, ConfigError, CudaError, RestoreError
 
 
@@ -48,7 +48,7 @@ class GpuRecord(BaseModel):
     @field_validator("uuid")
     @classmethod
     def _uuid(cls, value: str) -> str:
-        return devices.normalize_uuid(value)
+        return gpus.normalize_uuid(value)
 
     @property
     def used(self) -> bool:
@@ -69,14 +69,14 @@ def record_gpus(pid: int, *, pids: Sequence[int] | None = None) -> list[GpuRecor
     """
     tree = set(pids) if pids is not None else set(process.descendants(pid))
     records = []
-    for gpu in _visible_to(pid, devices.devices()):
+    for gpu in _visible_to(pid, gpus.devices()):
         records.append(
             GpuRecord(
                 index=gpu.index,
                 uuid=gpu.uuid,
                 name=gpu.name,
                 memory_total=gpu.memory_total,
-                used_bytes=devices.process_memory(gpu.uuid, tree),
+                used_bytes=gpus.process_memory(gpu.uuid, tree),
                 compute_capability=gpu.compute_capability,
             )
         )
@@ -173,7 +173,7 @@ def plan_gpu_pairs(
     (the probe's accepted form: 0 → 1 together with 1 → 0).
     """
     records = [r if isinstance(r, GpuRecord) else GpuRecord.model_validate(r) for r in recorded]
-    local = list(available) if available is not None else devices.devices()
+    local = list(available) if available is not None else gpus.devices()
     used = [r for r in records if r.used]
     if used and not local:
         raise RestoreError("the snapshot used a GPU and this host has none", hint="restore on a GPU node")
@@ -256,22 +256,22 @@ def _find(want: int | str, local: list[GpuInfo]) -> GpuInfo:
             if gpu.index == index:
                 return gpu
         raise ConfigError("gpu", f"no GPU with index {index} on this host (it has {len(local)})")
-    uuid = devices.normalize_uuid(want)
+    uuid = gpus.normalize_uuid(want)
     for gpu in local:
         if gpu.uuid == uuid:
             return gpu
     raise ConfigError("gpu", f"no GPU {uuid} on this host", hint="nvidia-smi -L lists them")
 
 
-def _visible_to(pid: int, gpus: list[GpuInfo]) -> list[GpuInfo]:
+def _visible_to(pid: int, candidates: list[GpuInfo]) -> list[GpuInfo]:
     """Filter by the worker's initial CUDA_VISIBLE_DEVICES (indices or UUID prefixes); all when unset."""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
-        return gpus
+        return candidates
     value = next((e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"CUDA_VISIBLE_DEVICES=")), None)
     if value is None:
-        return gpus
+        return candidates
     picked: list[GpuInfo] = []
     for item in (part.strip() for part in value.split(",")):
         if not item:
@@ -279,10 +279,10 @@ def _visible_to(pid: int, gpus: list[GpuInfo]) -> list[GpuInfo]:
         if item.lstrip("-").isdigit():
             if int(item) < 0:
                 break  # CUDA stops at the first invalid ordinal
-            match = [g for g in gpus if g.index == int(item)]
+            match = [g for g in candidates if g.index == int(item)]
         else:
             prefix = item.lower() if item.upper().startswith("GPU-") else "gpu-" + item.lower()
-            match = [g for g in gpus if g.uuid.lower().startswith(prefix)]
+            match = [g for g in candidates if g.uuid.lower().startswith(prefix)]
         if len(match) != 1:
             break
         if match[0] not in picked:

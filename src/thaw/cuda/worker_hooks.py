@@ -28,11 +28,11 @@ import sys
 from typing import Any
 
 import thaw.worker
-from thaw.cuda.devices import device_uuid, normalize_uuid
+from thaw.cuda.gpus import device_uuid, normalize_uuid
 from thaw.errors import ConfigError, CudaError, WorkerError
 
-FREEZE_HOOK = "thaw.cuda.torch.freeze"
-THAW_HOOK = "thaw.cuda.torch.thaw"
+#: one name for both hooks: thaw.worker undoes a completed freeze hook with the thaw hook of its name
+HOOK = "thaw.cuda.torch"
 
 _imported: dict[str, int] = {}
 _options = {"empty_cache": True}
@@ -41,8 +41,8 @@ _options = {"empty_cache": True}
 def install(*, empty_cache: bool = True) -> None:
     """Register the freeze and thaw hooks (again: re-registering replaces them)."""
     _options["empty_cache"] = empty_cache
-    thaw.worker.on_freeze(_freeze, name=FREEZE_HOOK)
-    thaw.worker.on_thaw(_thaw, name=THAW_HOOK)
+    thaw.worker.on_freeze(_freeze, name=HOOK)
+    thaw.worker.on_thaw(_thaw, name=HOOK)
 
 
 def declare_imported(name: str, nbytes: int) -> None:

@@ -1,0 +1,32 @@
+"""Fixtures for thaw.cuda's tests: the fake driver installed behind native.cuda_call, and the GPU skip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cuda_fakes import FakeCuda
+
+from thaw.cuda import native
+
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from thaw.cuda import available
+
+    if available():
+        return
+    for item in items:
+        if item.get_closest_marker("gpu") and HERE in item.path.parents:
+            item.add_marker(pytest.mark.skip(reason="gpu: no NVIDIA GPU / driver (thaw.cuda.available() is False)"))
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
+    """A FakeCuda with one H200, in place of libcuda; NVML absent."""
+    fake = FakeCuda()
+    monkeypatch.setattr(native, "load_cuda", lambda: fake)
+    monkeypatch.setattr(native, "load_nvml", lambda: None)
+    monkeypatch.setattr(native, "_cuda_initialized", False)
+    return fake
