@@ -28,7 +28,10 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
@@ -111,11 +114,39 @@ def serve(opts: ServeOptions, clock: StartupClock) -> int:
     app = server.build_app(server.ServerState(loop, metrics, config.name, info))
     print("thaw-engine listening " + json.dumps(listen), flush=True)
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level=opts.log_level, access_log=False, lifespan="off")).run(
-            sockets=sockets)
+        with _stop_on_signals():
+            uvicorn.Server(uvicorn.Config(app, log_level=opts.log_level, access_log=False, lifespan="off")).run(
+                sockets=sockets)
+    except _Stopped as stop:
+        log.info("stopped by signal %s after a graceful shutdown", stop.signum)
     finally:
         loop.stop()
     return 1 if loop.error is not None else 0
+
+
+class _Stopped(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Make SIGINT/SIGTERM end ``serve()`` with status 0.
+
+    uvicorn handles them itself (a graceful shutdown), then puts back the handlers it
+    found and raises the signal again (uvicorn/server.py, ``capture_signals``); the
+    handlers found are these, which turn that into an exception ``serve()`` catches.
+    """
+    def stop(signum: int, frame: object) -> None:
+        raise _Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _Hooks:
