@@ -7,11 +7,12 @@ thaw hook runs after the restore and unlock (and after a failed or --leave-runni
 snapshot), before the worker resumes, and maps fresh memory at the same addresses, so
 tensors and captured CUDA graphs that point there stay valid.
 
-What each hook returns is recorded in the manifest under the hook's name::
+What each hook returns is reported under the hook's name, ``thaw.memory``; the freeze
+report goes into the manifest (``memory_released`` takes each entry of "released")::
 
-    "thaw.memory.release":   {"released": [{"tag": "kv", "policy": "discard", "bytes": 8589934592,
-                                            "chunks": 32, "seconds": 0.0056}], "bytes": 8589934592}
-    "thaw.memory.reacquire": {"reacquired": [{..., "poisoned": false}], "bytes": 8589934592}
+    freeze: {"released": [{"tag": "kv", "policy": "discard", "bytes": 8589934592,
+                           "chunks": 32, "seconds": 0.0056}], "bytes": 8589934592}
+    thaw:   {"reacquired": [{..., "poisoned": false}], "bytes": 8589934592}
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import Any
 import thaw.worker
 from thaw.memory.pool import Pool
 
-FREEZE_HOOK = "thaw.memory.release"
-THAW_HOOK = "thaw.memory.reacquire"
+#: one name for both hooks: when a later freeze hook fails, thaw.worker undoes the completed ones
+#: by running the thaw hook *of the same name*
+HOOK = "thaw.memory"
 
 
 def install(get_pool: Callable[[], Pool]) -> None:
@@ -35,5 +37,5 @@ def install(get_pool: Callable[[], Pool]) -> None:
     def reacquire_after_unlock(ctx: thaw.worker.HookContext) -> dict[str, Any]:
         return get_pool().reacquire_all()
 
-    thaw.worker.on_freeze(release_before_lock, name=FREEZE_HOOK)
-    thaw.worker.on_thaw(reacquire_after_unlock, name=THAW_HOOK)
+    thaw.worker.on_freeze(release_before_lock, name=HOOK)
+    thaw.worker.on_thaw(reacquire_after_unlock, name=HOOK)

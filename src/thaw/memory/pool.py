@@ -231,6 +231,9 @@ class Pool:
                     self._unmap_chunk(alloc, chunk)
                 except CudaError as exc:
                     outcome = self._remap_after_failed_release(tag, done, (alloc, chunk))
+                    for _, (_, c) in numbered:
+                        if c.held:
+                            c.backup = None  # mapped with its contents: the host copy is not needed
                     raise _chunk_error(exc, f"releasing tag {name!r}", k, total, alloc, chunk, outcome) from exc
                 done.append((k, (alloc, chunk)))
             return self._report(tag, [item for _, item in numbered], started)
@@ -377,8 +380,6 @@ class Pool:
         prior = _span([k for k, _ in done])
         if errors:
             return f"mapping back failed: {'; '.join(errors)}; the tag is {tag.state}"
-        for _, chunk in [failed, *[item for _, item in done]]:
-            chunk.backup = None
         kept = "contents restored from the host backup" if tag.policy is Policy.BACKUP else "contents lost (discard)"
         return (f"{prior} mapped again; " if prior else "") + f"the tag is held again, {kept}"
 

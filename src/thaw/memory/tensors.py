@@ -165,8 +165,12 @@ def _free_quietly(pool: Pool, va: int) -> None:
 
 
 def _torch() -> Any:
+    """torch, imported on first use, with a CUDA device visible (HostError otherwise, not torch's AssertionError)."""
     try:
         import torch
     except ImportError as exc:
         raise HostError("thaw.memory.region and buffer need torch", hint="pip install torch") from exc
+    if not torch.cuda.is_available():
+        raise HostError(f"torch {torch.__version__} sees no CUDA device",
+                        hint="thaw.memory.region and buffer need a CUDA build of torch on a GPU host")
     return torch

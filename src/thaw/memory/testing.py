@@ -62,12 +62,14 @@ class FakeDriver:
     # --- reading and writing "device" memory (what kernels would do) -------------------------------
 
     def write(self, va: int, data: bytes) -> None:
-        buf, offset = self._resolve(va, len(data))
-        buf[offset : offset + len(data)] = data
+        """Write as a kernel would: the range may span several mappings, all of them accessible."""
+        done = 0
+        for buf, offset, n in self._pieces(va, len(data)):
+            buf[offset : offset + n] = data[done : done + n]
+            done += n
 
     def read(self, va: int, nbytes: int) -> bytes:
-        buf, offset = self._resolve(va, nbytes)
-        return bytes(buf[offset : offset + nbytes])
+        return b"".join(bytes(buf[offset : offset + n]) for buf, offset, n in self._pieces(va, nbytes))
 
     # --- the Driver protocol -------------------------------------------------------------------------
 
@@ -162,10 +164,17 @@ class FakeDriver:
     def _reserved(self, va: int, size: int) -> bool:
         return any(r <= va and va + size <= r + rsize for r, (_, rsize) in self.reservations.items())
 
-    def _resolve(self, va: int, nbytes: int) -> tuple[bytearray, int]:
-        for start, (size, handle) in self.mappings.items():
-            if start <= va and va + nbytes <= start + size:
-                if start not in self.accessible:
-                    break
-                return self.memory[handle][1], va - start
-        raise CudaError("kernel", 700, KNOWN_ERRORS[700], detail=f"FakeDriver: 0x{va:x}+{nbytes} is not mapped")
+    def _pieces(self, va: int, nbytes: int) -> list[tuple[bytearray, int, int]]:
+        """(buffer, offset, length) for each mapping the range crosses; CUDA_ERROR_ILLEGAL_ADDRESS on a hole."""
+        pieces, cursor, end = [], va, va + nbytes
+        while cursor < end:
+            hit = next(((start, size, handle) for start, (size, handle) in self.mappings.items()
+                        if start <= cursor < start + size and start in self.accessible), None)
+            if hit is None:
+                raise CudaError("kernel", 700, KNOWN_ERRORS[700],
+                                detail=f"FakeDriver: 0x{cursor:x} is not mapped (or not accessible)")
+            start, size, handle = hit
+            n = min(end, start + size) - cursor
+            pieces.append((self.memory[handle][1], cursor - start, n))
+            cursor += n
+        return pieces
