@@ -39,16 +39,19 @@ def wait_until(probe: Callable[[], T], timeout: float, what: str, interval: floa
 def client(control_dir: Path, timeout: float = 10.0) -> httpx.Client:
     """An HTTP client for the worker serving on ``<control_dir>/http.sock``, once it serves."""
     sock = Path(control_dir) / HTTP_SOCKET
-    http = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://worker", timeout=timeout)
+
+    def connect() -> httpx.Client:
+        return httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://worker", timeout=timeout)
 
     def answers() -> bool:
         try:
-            return http.get("/state").status_code == 200
+            with connect() as http:
+                return http.get("/state").status_code == 200
         except httpx.TransportError:
             return False
 
     wait_until(answers, timeout, f"the worker to serve on {sock}")
-    return http
+    return connect()
 
 
 def state(control_dir: Path) -> dict[str, Any]:
@@ -76,6 +79,16 @@ def processes_of(home: Path) -> list[int]:
         if marker in env:  # a zombie's environ reads empty
             found.append(int(entry))
     return found
+
+
+def stop_everything(home: Path) -> None:
+    """Kill every sandbox of the thaw home ``home``: those thaw knows of, then any it lost track of."""
+    from thaw.config import Settings
+    from thaw.pipeline import list_instances
+
+    for inst in list_instances(Settings(home=home)):
+        inst.kill(timeout=10)
+    kill_all(processes_of(home))
 
 
 def kill_all(pids: list[int]) -> None:

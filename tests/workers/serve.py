@@ -7,6 +7,7 @@ socket ``<control dir>/http.sock``:
     GET /state    {"token", "digest", "counter", "pid", "outcome", "info", "hooks", "log"}
     POST /incr    adds one to the counter, returns it
     POST /log     appends the request body as a line to the log file opened before quiesce
+    POST /park    closes the server and parks in quiesce() again (to be snapshotted once more)
 
 Behaviour switches (environment):
 
@@ -14,6 +15,7 @@ Behaviour switches (environment):
     TEST_THAW_FAIL=1        the thaw hook raises when the worker was restored
     TEST_THAW_SLEEP=S       the thaw hook sleeps S seconds when the worker was restored
     TEST_FREEZE_FAIL=1      the freeze hook raises
+    TEST_CANARY_RANDOM=1    the canary's answer differs on every run (a restore fails its canary check)
     TEST_HOLD_SOCKET=PATH   keep a unix socket connected to PATH (a server outside the sandbox) while parked
     TEST_LOG=PATH           the log file [default: worker-data.log in the working directory]
 """
@@ -27,7 +29,9 @@ import os
 import socket
 import socketserver
 import sys
+import threading
 import time
+from pathlib import Path
 
 import thaw.worker
 
@@ -53,8 +57,14 @@ def thaw_(ctx: thaw.worker.HookContext) -> None:
         raise RuntimeError("thaw hook failed on purpose")
 
 
+def canary(digest: str) -> dict:
+    if os.environ.get("TEST_CANARY_RANDOM"):  # a worker whose answers change after a restore
+        return {"digest": digest, "nonce": os.urandom(8).hex()}
+    return {"digest": digest}
+
+
 class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+    pass
 
 
 def main() -> None:
@@ -72,13 +82,21 @@ def main() -> None:
         held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         held.connect(os.environ["TEST_HOLD_SOCKET"])
 
-    outcome = thaw.worker.quiesce(canary=lambda: {"digest": digest})
-    if outcome.stopped:
-        log.write("stopped\n")
-        sys.exit(0)
-    if held is not None:
-        held.close()
-    state = {"counter": 0}
+    while True:
+        outcome = thaw.worker.quiesce(canary=lambda: canary(digest))
+        if outcome.stopped:
+            log.write("stopped\n")
+            sys.exit(0)
+        if held is not None:
+            held.close()
+            held = None
+        if not serve(outcome, token, table, log):
+            return
+
+
+def serve(outcome: thaw.worker.Outcome, token: str, table: list[str], log) -> bool:
+    """Serve until asked to park again (returns True)."""
+    state = {"counter": 0, "park": False}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -103,6 +121,10 @@ def main() -> None:
             if self.path == "/log":
                 log.write(body + "\n")
                 return self.reply({"ok": True})
+            if self.path == "/park":
+                state["park"] = True
+                self.reply({"ok": True})
+                return threading.Thread(target=server.shutdown).start()
             self.send_error(404)
 
         def reply(self, obj: object) -> None:
@@ -116,14 +138,14 @@ def main() -> None:
         def log_message(self, *args: object) -> None:
             pass
 
-    sock = thaw.worker.control_dir() / "http.sock" if outcome.managed else "http.sock"
-    try:
-        os.unlink(sock)
-    except FileNotFoundError:
-        pass
+    sock = thaw.worker.control_dir() / "http.sock" if outcome.managed else Path("http.sock")
+    sock.unlink(missing_ok=True)
+    # server_close() joins the request threads: no connection is left open when the worker parks again
     with UnixHTTPServer(str(sock), Handler) as server:
         print(f"serving on {sock} ({outcome.kind.value})", flush=True)
         server.serve_forever()
+    sock.unlink(missing_ok=True)
+    return state["park"]
 
 
 if __name__ == "__main__":

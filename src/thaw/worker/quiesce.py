@@ -21,6 +21,7 @@ not run under thaw at all) or STOPPED.
 from __future__ import annotations
 
 import os
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -192,6 +193,7 @@ class _Parked:
                     self._reply(cmd, True, data=data)
                     return Outcome(Kind.RELEASED, {"reason": "released by thaw", **cmd.info})
                 case Action.THAW:
+                    _reopen_inherited_stdio(self.control_dir() / protocol.WORKER_LOG)
                     data = self._unfreeze("thaw", cmd.info)
                     if cmd.verify:
                         canary_out = self.canary() if self.canary else None
@@ -225,6 +227,32 @@ class _Parked:
                canary: Any = None) -> None:
         reply = protocol.Reply(id=cmd.id, ok=ok, error=error, data=data or {}, canary=canary, at=protocol.now())
         protocol.write_json_atomic(self.control_dir() / protocol.REPLY, protocol.encode(reply))
+
+
+def _reopen_inherited_stdio(log: Path) -> None:
+    """Reopen stdout/stderr that point at this sandbox's log from inside the sandbox.
+
+    A restore hands the copy its own log through CRIU's inherit_fd, opened by thaw
+    outside the sandbox's mount namespace. CRIU cannot dump a descriptor whose mount
+    belongs to another namespace ("Can't lookup mount=N for fd=1"), so without this a
+    restored copy could not be snapshotted again. Same file, same O_APPEND, new mount.
+    """
+    try:
+        target = os.stat(log)
+    except OSError:
+        return
+    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+        try:
+            current = os.fstat(fd)
+        except OSError:
+            continue
+        if (current.st_dev, current.st_ino) != (target.st_dev, target.st_ino):
+            continue  # the worker sends its output elsewhere: not ours to touch
+        if stream is not None:
+            stream.flush()
+        new = os.open(log, os.O_WRONLY | os.O_APPEND)
+        os.dup2(new, fd)
+        os.close(new)
 
 
 def _default_name() -> str:

@@ -1,0 +1,130 @@
+"""Snapshot and restore for real: a warmed worker's memory, open files and post-thaw sockets survive."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from thaw import pipeline
+from thaw.config import Settings
+from thaw.pipeline import RestoreResult
+from thaw.store import Store
+from workers import client, processes_of, state
+
+pytestmark = pytest.mark.criu
+
+
+def warm_token(log: Path) -> str:
+    """The random token the worker generated during warm-up (it logs it before parking)."""
+    [line] = [line for line in log.read_text().splitlines() if line.startswith("warm ")]
+    return line.split()[1]
+
+
+def test_a_restored_worker_has_its_state_its_log_file_and_serves(settings: Settings, store: Store,
+                                                                   launch_worker, tmp_path: Path) -> None:
+    original = launch_worker()
+    token = warm_token(tmp_path / "w.data.log")
+
+    snap = pipeline.snapshot(settings, "w", "a1", store=store)
+
+    assert not original.alive()  # snapshotted without --leave-running: the original is gone
+    assert pipeline.find(settings, original.id).state == "snapshotted"
+    assert snap.manifest.worker.canary is not None
+    restored = pipeline.restore(settings, "a1", store=store, name="copy")
+    got = state(restored.instance.dir)
+    # in-memory state: the token and the table built from it during warm-up
+    assert got["token"] == token
+    assert {"digest": got["digest"]} == snap.manifest.worker.canary
+    assert got["outcome"] == "thawed"
+    assert got["info"]["artifact"] == "a1" and got["info"]["restore_id"] == restored.instance.id
+    assert got["info"]["canary"] == "passed" and restored.canary_checked
+    assert got["hooks"] == ["freeze:snapshot", "thaw:thaw"]
+    # the log file opened before the snapshot is still open, at its end
+    with client(restored.instance.dir) as http:
+        assert http.post("/log", content="written after restore").json() == {"ok": True}
+        assert http.post("/incr").json() == {"counter": 1}
+    assert (tmp_path / "w.data.log").read_text().splitlines() == [f"warm {token}", "written after restore"]
+    # the restored copy is pid 1 of new namespaces, known to thaw as a running instance
+    assert got["pid"] == 1
+    inst = pipeline.find(settings, "copy")
+    assert (inst.id, inst.state, inst.origin, inst.artifact, inst.owner_pid) == (
+        restored.instance.id, "running", "restored", "a1", 0)
+    assert inst.alive() and processes_of(settings.home) == [inst.host_pid]
+
+
+def test_two_restores_of_one_artifact_at_the_same_time_both_answer(settings: Settings, store: Store,
+                                                                   launch_worker) -> None:
+    launch_worker()
+    pipeline.snapshot(settings, "w", "a1", store=store)
+    results: dict[str, RestoreResult] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def restore(name: str) -> None:
+        start.wait()
+        try:
+            results[name] = pipeline.restore(settings, "a1", store=store, name=name)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=restore, args=(n,)) for n in ("one", "two")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+    assert not errors, errors
+    one, two = (results[n].instance for n in ("one", "two"))
+    assert one.host_pid != two.host_pid and one.pidns != two.pidns and one.dir != two.dir
+    a, b = state(one.dir), state(two.dir)
+    assert a["token"] == b["token"] and a["digest"] == b["digest"]
+    # two processes, not one: their counters move apart
+    with client(one.dir) as http:
+        http.post("/incr")
+        http.post("/incr")
+    with client(two.dir) as http:
+        assert http.post("/incr").json() == {"counter": 1}
+    assert state(one.dir)["counter"] == 2
+
+
+def test_leave_running_keeps_the_original_serving(settings: Settings, store: Store, launch_worker) -> None:
+    original = launch_worker()
+
+    snap = pipeline.snapshot(settings, "w", "a1", store=store, leave_running=True)
+
+    assert original.alive()
+    assert "resume_original" in snap.timings
+    served = state(original.dir)
+    assert served["outcome"] == "released" and served["info"]["artifact"] == "a1"
+    assert served["hooks"] == ["freeze:snapshot", "thaw:release"]  # the freeze was undone before it serves
+    copy = pipeline.restore(settings, "a1", store=store, name="copy")
+    assert state(copy.instance.dir)["token"] == served["token"]
+    assert state(original.dir)["outcome"] == "released"  # the original still answers
+
+
+def test_a_restored_worker_can_be_snapshotted_and_restored_again(settings: Settings, store: Store,
+                                                                launch_worker) -> None:
+    launch_worker()
+    pipeline.snapshot(settings, "w", "gen1", store=store)
+    first = pipeline.restore(settings, "gen1", store=store, name="gen1-copy")
+    token = state(first.instance.dir)["token"]
+    with client(first.instance.dir) as http:
+        http.post("/incr")
+        assert http.post("/park").json() == {"ok": True}  # back to its quiesce point
+    pipeline.wait_ready(settings, first.instance, timeout=10)
+
+    pipeline.snapshot(settings, "gen1-copy", "gen2", store=store)
+    second = pipeline.restore(settings, "gen2", store=store, name="gen2-copy")
+
+    assert not first.instance.alive()
+    got = state(second.instance.dir)
+    # each copy's stdout goes to its own log, also after the worker reopened it inside its sandbox
+    assert "(thawed)" in first.instance.log.read_text()
+    assert "(thawed)" in second.instance.log.read_text()
+    assert got["token"] == token
+    assert got["counter"] == 0  # the counter belongs to a serving session that ended when it parked
+    assert got["outcome"] == "thawed" and got["info"]["artifact"] == "gen2"
+    assert store.manifest("gen2").worker.canary == store.manifest("gen1").worker.canary
+

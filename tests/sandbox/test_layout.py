@@ -1,0 +1,102 @@
+"""Sandbox layout planning: which mounts a worker keeps, and how CRIU is told about them.
+
+One Layout serves launch and restore; what dump marks external, restore must bind
+back under the same key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from thaw.sandbox import layout
+from thaw.sandbox.layout import Layout, plan
+
+HOST = ["/", "/proc", "/sys", "/dev", "/dev/shm", "/dev/pts", "/sys/fs/cgroup", "/data", "/data/models", "/opt/venv",
+        "/usr/local/nvidia"]
+
+
+@pytest.fixture
+def host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(layout, "host_mountpoints", lambda: list(HOST))
+
+
+def test_a_worker_keeps_the_base_mounts_and_those_its_paths_live_on(host: None) -> None:
+    got = plan(["/data/models/llama/weights.bin", "/opt/venv/bin/python", "/home/me/work"])
+
+    assert got.keep == ["/data/models", "/dev", "/dev/shm", "/opt/venv", "/sys", "/usr/local/nvidia"]
+    assert got.private_net is True
+
+
+def test_paths_on_the_root_or_proc_add_no_mount(host: None) -> None:
+    assert plan(["/tmp/x", "/proc/self/status"]).keep == ["/dev", "/dev/shm", "/sys", "/usr/local/nvidia"]
+
+
+def test_extra_mounts_are_kept_only_when_they_exist(host: None) -> None:
+    got = plan([], ["/data", "/not/mounted"])
+
+    assert "/data" in got.keep and "/not/mounted" not in got.keep
+
+
+def test_optional_mounts_are_left_out_where_the_host_has_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(layout, "host_mountpoints", lambda: ["/", "/proc", "/dev", "/sys"])
+
+    assert plan(["/anything"]).keep == ["/dev", "/sys"]
+
+
+def test_the_deepest_mountpoint_wins() -> None:
+    mounts = {"/", "/data", "/data/models"}
+
+    assert layout.mountpoint_of(Path("/data/models/a/b"), mounts) == "/data/models"
+    assert layout.mountpoint_of(Path("/data/other"), mounts) == "/data"
+    assert layout.mountpoint_of(Path("/elsewhere"), mounts) == "/"
+
+
+def test_symlinks_are_followed_to_the_mount_they_point_into(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+
+    assert layout.mountpoint_of(tmp_path / "link" / "f", {"/", str(tmp_path / "real")}) == str(tmp_path / "real")
+
+
+def test_mountinfo_escapes_are_decoded(tmp_path: Path) -> None:
+    info = tmp_path / "mountinfo"
+    info.write_text("22 1 8:1 / / rw - ext4 /dev/vda rw\n"
+                    "23 22 0:5 / /mnt/with\\040space rw - tmpfs tmpfs rw\n")
+
+    assert layout.host_mountpoints(str(info)) == ["/", "/mnt/with space"]
+
+
+def test_the_real_host_plan_keeps_what_this_interpreter_needs() -> None:
+    import sys
+
+    got = plan([sys.prefix])
+
+    mounts = set(layout.host_mountpoints())
+    assert set(got.keep) <= mounts
+    assert {"/", "/proc"}.isdisjoint(got.keep)
+    assert layout.mountpoint_of(Path(sys.prefix), mounts) in {*got.keep, "/"}
+
+
+def test_dump_and_restore_name_the_same_external_mounts() -> None:
+    lay = Layout(keep=["/dev", "/sys", "/usr/local/nvidia", "/data:x"])
+
+    assert lay.external() == ["/dev", "/usr/local/nvidia", "/data:x"]  # /sys is recreated by CRIU, not bound
+    assert lay.dump_externals() == ["mnt[/dev]:thaw_dev", "mnt[/usr/local/nvidia]:thaw_usr_local_nvidia",
+                                    "mnt[/data:x]:thaw_data_x"]
+    assert lay.restore_externals() == ["mnt[thaw_dev]:/dev", "mnt[thaw_usr_local_nvidia]:/usr/local/nvidia",
+                                       "mnt[thaw_data_x]:/data:x"]
+
+
+def test_keys_are_free_of_criu_s_separators() -> None:
+    for mountpoint in ("/a:b/c", "/x/y:z"):
+        key = Layout.key(mountpoint)
+        assert "/" not in key and ":" not in key
+
+
+def test_a_layout_survives_the_manifest() -> None:
+    lay = Layout(keep=["/dev", "/opt"], private_net=False)
+
+    assert Layout.from_dict(lay.to_dict()) == lay
+    assert Layout.from_dict({}) == Layout(keep=[], private_net=True)  # an older manifest without the fields
