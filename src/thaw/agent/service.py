@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,8 @@ from thaw.worker.protocol import Action
 PUBLISHED_PHASES = ("resume_original", "stop_original")
 #: how long recovery waits for a worker to answer ABORT / RELEASE
 RECOVERY_REPLY_S = 15.0
+#: how long recovery waits for a CRIU process started by the previous agent to finish
+CRIU_GRACE_S = 60.0
 #: the environment a launched worker gets besides what the request names (never the agent's own)
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
@@ -256,31 +259,36 @@ class Agent:
         self.book.start(job.id)
         self.metrics.jobs_running.labels(op).inc()
         t0 = time.perf_counter()
+        result: dict[str, Any] | None = None
+        error: JobError | None = None
         try:
             result = body(run)
         except ThawError as exc:
             error = JobError(reason=exc.reason, message=exc.message, hint=exc.hint, detail=_error_detail(exc))
-            self._finish_failed(run, error, time.perf_counter() - t0)
         except Exception as exc:  # a bug, not an expected failure: still a clear, recorded job error
             error = JobError(reason="internal", message=f"{type(exc).__name__}: {exc}")
-            self._finish_failed(run, error, time.perf_counter() - t0)
-        else:
-            self.book.succeed(job.id, result)
-            self.metrics.operation_seconds.labels(op, "succeeded").observe(time.perf_counter() - t0)
-            self.audit.record(op, "succeeded", caller=job.caller, worker=result.get("worker_id", job.worker),
-                              artifact=job.artifact, artifact_id=result.get("artifact_id"),
-                              digest=result.get("digest"), job=job.id)
         finally:
+            # free the worker and artifact before the job reads as finished: a client that saw it
+            # finish may start the next operation on them at once
             self.holds.drop(job.id)
             self.metrics.jobs_running.labels(op).dec()
+        seconds = time.perf_counter() - t0
+        if error is not None or result is None:
+            self._finish_failed(run, error or JobError(reason="internal", message="no result"), seconds)
+            return
+        self.metrics.operation_seconds.labels(op, "succeeded").observe(seconds)
+        self.audit.record(op, "succeeded", caller=job.caller, worker=result.get("worker_id", job.worker),
+                          artifact=job.artifact, artifact_id=result.get("artifact_id"),
+                          digest=result.get("digest"), job=job.id)
+        self.book.succeed(job.id, result)
 
     def _finish_failed(self, run: _Running, error: JobError, seconds: float) -> None:
         job = run.job
-        self.book.fail(job.id, error)
         self.metrics.failures.labels(job.kind.value, error.reason).inc()
         self.metrics.operation_seconds.labels(job.kind.value, "failed").observe(seconds)
         self.audit.record(job.kind.value, "failed", caller=job.caller, worker=job.worker, artifact=job.artifact,
                           job=job.id, reason=error.reason, message=error.message)
+        self.book.fail(job.id, error)
 
     def _progress(self, run: _Running) -> Callable[[str, float | None, str], None]:
         def progress(phase: str, fraction: float | None, detail: str) -> None:
@@ -374,6 +382,10 @@ class Agent:
         notes = []
         staged = journal.get("staged")
         published = phase in PUBLISHED_PHASES
+        pid = journal.get("worker_pid", 0)
+        # a CRIU dump outlives the agent that started it: let it finish writing before anything is removed
+        if pid and not _wait_untraced(pid, CRIU_GRACE_S):
+            notes.append(f"CRIU still held the worker after {CRIU_GRACE_S:.0f}s")
         if staged and not published:
             # the publish may have landed in the instant before the crash, unconfirmed: take it back
             try:
@@ -422,11 +434,18 @@ class Agent:
         for inst in self._instances():
             if (inst.origin == "restored" and inst.artifact == job.artifact and inst.id not in completed
                     and inst.created_at >= since and inst.state not in ("stopped", "failed")):
+                # a CRIU restore outlives the agent that started it: wait for it, then kill what it made.
+                # Its processes are found by their open files (CRIU's log, the copy's stdout in the
+                # instance directory), since the instance record may not have the pid yet.
+                deadline = time.monotonic() + CRIU_GRACE_S
+                while _holders(inst.dir / "ops") and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                killed = [pid for pid in _holders(inst.dir) if _kill(pid)]
                 was_alive = inst.alive()
                 inst.kill()
                 inst.state = "failed"
                 inst.save()
-                if was_alive:
+                if was_alive or killed:
                     notes.append(f"the half-restored worker {inst.id} was killed")
         return notes
 
@@ -476,6 +495,49 @@ class Agent:
                                 pass
             except Exception:
                 continue
+
+
+def _wait_untraced(pid: int, timeout: float) -> bool:
+    """Wait until no tracer (CRIU) holds ``pid``; True if it is free (or gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                tracer = next((int(line.split()[1]) for line in f if line.startswith("TracerPid:")), 0)
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if tracer == 0:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _holders(directory: Path) -> list[int]:
+    """Processes with a file under ``directory`` open."""
+    prefix = str(directory).rstrip("/") + "/"
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                if os.readlink(f"/proc/{entry}/fd/{fd}").startswith(prefix):
+                    found.append(int(entry))
+                    break
+        except OSError:
+            continue  # gone, or not ours to look at
+    return found
+
+
+def _kill(pid: int) -> bool:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    reap(pid, timeout=5)
+    return True
 
 
 def _summary(m: Manifest) -> ArtifactSummary:
