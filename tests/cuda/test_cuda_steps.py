@@ -236,3 +236,13 @@ def test_a_gpuinfo_from_this_fake_matches_what_plan_expects(fake_cuda) -> None:
     [local] = gpus.devices()
     assert local.uuid == uuid_of(H200[1])
     assert plan_gpu_pairs([record(local.uuid, GIB)], None) == []
+
+
+def test_record_gpus_says_unknown_when_nvml_sees_no_process_that_proc_shows(monkeypatch) -> None:
+    # NVML reports host pids; an agent in another pid namespace matches none of them
+    monkeypatch.setattr(gpus, "devices", lambda: [gpu(0, A), gpu(1, B)])
+    monkeypatch.setattr(gpus, "process_memory", lambda uuid, pids: 0)
+    monkeypatch.setattr(steps, "_holds_gpu", lambda pid: True)
+    assert [r.used_bytes for r in steps.record_gpus(1, pids=[1])] == [None, None]
+    monkeypatch.setattr(steps, "_holds_gpu", lambda pid: False)
+    assert [r.used_bytes for r in steps.record_gpus(1, pids=[1])] == [0, 0]

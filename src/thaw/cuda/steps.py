@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from thaw.cuda import checkpointing, gpus, process
 from thaw.cuda.checkpointing import DEFAULT_LOCK_TIMEOUT_MS, GpuPair, ProcessState
 from thaw.cuda.gpus import GpuInfo
-from thaw.errors import CheckpointError, ConfigError, CudaError, RestoreError
+from thaw.errors import CheckpointError, ConfigError, CudaError, RestoreError, ThawError
 
 
 class GpuRecord(BaseModel):
@@ -68,19 +68,23 @@ def record_gpus(pid: int, *, pids: Sequence[int] | None = None) -> list[GpuRecor
     probe restored onto another GPU with.
     """
     tree = set(pids) if pids is not None else set(process.descendants(pid))
-    records = []
-    for gpu in _visible_to(pid, gpus.devices()):
-        records.append(
-            GpuRecord(
-                index=gpu.index,
-                uuid=gpu.uuid,
-                name=gpu.name,
-                memory_total=gpu.memory_total,
-                used_bytes=gpus.process_memory(gpu.uuid, tree),
-                compute_capability=gpu.compute_capability,
-            )
+    visible = _visible_to(pid, gpus.devices())
+    used = [gpus.process_memory(gpu.uuid, tree) for gpu in visible]
+    if used and all(u == 0 for u in used) and any(_holds_gpu(p) for p in tree):
+        # NVML names no GPU although /proc shows one in use: NVML reports pids of the host pid
+        # namespace, so an agent in another one matches none. Unknown, then, not "unused".
+        used = [None] * len(used)
+    return [
+        GpuRecord(
+            index=gpu.index,
+            uuid=gpu.uuid,
+            name=gpu.name,
+            memory_total=gpu.memory_total,
+            used_bytes=used_bytes,
+            compute_capability=gpu.compute_capability,
         )
-    return records
+        for gpu, used_bytes in zip(visible, used)
+    ]
 
 
 def checkpoint_gpu(pid: int, lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS) -> dict[str, float]:
@@ -288,6 +292,13 @@ def _visible_to(pid: int, candidates: list[GpuInfo]) -> list[GpuInfo]:
         if match[0] not in picked:
             picked.append(match[0])
     return picked
+
+
+def _holds_gpu(pid: int) -> bool:
+    try:
+        return process.process_uses_gpu(pid)
+    except ThawError:
+        return False  # exited, or not ours to read
 
 
 def _roll_back_after(pid: int) -> str:

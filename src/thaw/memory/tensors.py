@@ -68,7 +68,10 @@ class TorchTagAllocator:
         alloc_ptr = ctypes.cast(self._alloc, ctypes.c_void_p).value
         free_ptr = ctypes.cast(self._free, ctypes.c_void_p).value
         self.allocator = make(alloc_ptr, free_ptr)
-        self.mempool = torch.cuda.MemPool(self.allocator)
+        # a MemPool binds its allocator on the device current at construction; use_mem_pool on
+        # another device would silently fall back to torch's own cudaMalloc there
+        with torch.cuda.device(device):
+            self.mempool = torch.cuda.MemPool(self.allocator)
         # Never collect this object: if the MemPool were destroyed during interpreter shutdown, torch
         # would call back into a half-torn-down interpreter through callbacks that may be gone.
         # One pool per (tag, device) lives as long as the process, as the memory does.
@@ -115,7 +118,7 @@ def region(pool: Pool, tag: str, device: int | None = None) -> Iterator[None]:
     with torch.cuda.use_mem_pool(allocator.mempool, device=index):
         try:
             yield
-        except torch.OutOfMemoryError as exc:
+        except torch.cuda.OutOfMemoryError as exc:  # what torch raises when our callback returned NULL
             cause = pool.last_error
             if isinstance(cause, ThawError):
                 pool.last_error = None
@@ -140,15 +143,17 @@ def buffer(pool: Pool, nbytes: int, tag: str, device: int | None = None) -> Any:
     """A uint8 tensor of ``nbytes`` over its own VMM range in ``tag``; freed when the tensor is.
 
     torch keeps a reference to the ``__cuda_array_interface__`` object for as long as the
-    tensor's storage lives (probe: ``torch.as_tensor(obj, device="cuda")``); a finalizer
-    on that object gives the range back to the pool.
+    tensor's storage lives (``tensor_from_cuda_array_interface``: Py_INCREF, and a
+    from_blob deleter that DECREFs); a finalizer on that object gives the range back to
+    the pool. The probe wrapped its VMM range the same way.
     """
     torch = _torch()
     index = torch.cuda.current_device() if device is None else int(device)
     va = pool.allocate(tag, nbytes, index, origin="buffer")
     try:
         holder = _CudaArray(va, nbytes)
-        tensor = torch.as_tensor(holder, device=f"cuda:{index}")
+        with torch.cuda.device(index):  # torch wraps the pointer on the current device
+            tensor = torch.as_tensor(holder, device=f"cuda:{index}")
     except BaseException:
         pool.free(va)
         raise
