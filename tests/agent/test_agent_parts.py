@@ -1,0 +1,107 @@
+"""The agent's parts on their own: holds, the job book, tokens, the audit log, canary differences."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from thaw.agent.audit import AuditLog
+from thaw.agent.auth import Tokens
+from thaw.agent.holds import Holds
+from thaw.agent.jobs import JobBook
+from thaw.agent.models import JobError, JobKind, JobState
+from thaw.agent.service import differences
+from thaw.errors import BusyError, ConfigError
+
+
+def test_one_operation_per_worker_and_exclusive_artifact_writes():
+    holds = Holds()
+    holds.take("j1", "snapshot", worker="w-1", worker_label="w", artifact="a", exclusive=True)
+    with pytest.raises(BusyError, match=r"worker 'w' is busy: snapshot \(job j1\)"):
+        holds.take("j2", "snapshot", worker="w-1", worker_label="w", artifact="b", exclusive=True)
+    with pytest.raises(BusyError, match="being written by job j1"):
+        holds.take("j3", "restore", artifact="a")
+    holds.take("j4", "restore", artifact="b")  # j2 failed before taking anything
+    holds.take("j5", "verify", artifact="b")
+    with pytest.raises(BusyError, match="in use"):
+        holds.take("j6", "delete", artifact="b", exclusive=True)
+    assert holds.worker_holder("w-1") == "j1"
+    for j in ("j1", "j4", "j5"):
+        holds.drop(j)
+    holds.take("j7", "delete", artifact="b", exclusive=True)
+    holds.take("j8", "snapshot", worker="w-1", artifact="a", exclusive=True)
+
+
+def test_job_book_is_durable_and_lists_unfinished_jobs(tmp_path):
+    db = tmp_path / "jobs.db"
+    book = JobBook(db)
+    done = book.create(JobKind.VERIFY, worker=None, artifact="a", request={}, caller={"uid": 0}, node="n")
+    book.start(done.id)
+    book.succeed(done.id, {"ok": True})
+    cut = book.create(JobKind.SNAPSHOT, worker="w", artifact="b", request={"artifact": "b"}, caller={}, node="n")
+    book.start(cut.id)
+    book.progress(cut.id, "dump", 0.5, "CRIU dump")
+    book.journal(cut.id, worker_id="w-1")
+    book.journal(cut.id, phases=["quiesce", "dump"])
+    book.close()
+
+    again = JobBook(db)  # a new agent process
+    [unfinished] = again.list(unfinished=True)
+    assert unfinished.id == cut.id and unfinished.progress.phase == "dump"
+    assert again.journal_of(cut.id) == {"worker_id": "w-1", "phases": ["quiesce", "dump"]}
+    assert again.get(done.id).result == {"ok": True} and again.get(done.id).state is JobState.SUCCEEDED
+    again.fail(cut.id, JobError(reason="agent_restarted", message="agent restarted during dump"))
+    assert again.list(unfinished=True) == []
+    assert again.get(cut.id).error.message == "agent restarted during dump"
+
+
+def test_wait_finished_returns_as_soon_as_the_job_ends(tmp_path):
+    book = JobBook(tmp_path / "jobs.db")
+    job = book.create(JobKind.VERIFY, worker=None, artifact="a", request={}, caller={}, node="n")
+    threading.Timer(0.2, lambda: book.succeed(job.id, {})).start()
+    assert book.wait_finished(job.id, 30).state is JobState.SUCCEEDED
+    other = book.create(JobKind.VERIFY, worker=None, artifact="a", request={}, caller={}, node="n")
+    assert book.wait_finished(other.id, 0.1).state is JobState.PENDING
+
+
+def test_tokens_file(tmp_path):
+    f = tmp_path / "tokens"
+    f.write_text("# comment\n\noperator:abcdefghijklmnopqrstuvwxyz\n0123456789abcdef0123\n")
+    tokens = Tokens.load(f)
+    assert tokens.identify("Bearer abcdefghijklmnopqrstuvwxyz") == "operator"
+    assert tokens.identify("bearer 0123456789abcdef0123").startswith("token-")
+    assert tokens.identify("Bearer nope") is None and tokens.identify(None) is None
+    assert tokens.identify("Basic abcdefghijklmnopqrstuvwxyz") is None
+    assert not Tokens.load(None)
+    f.write_text("short\n")
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        Tokens.load(f)
+
+
+def test_audit_log_appends_json_lines_from_many_threads(tmp_path):
+    log = AuditLog(tmp_path / "audit.log")
+    threads = [threading.Thread(target=lambda i=i: [log.record("restore", "succeeded", caller={"uid": i},
+                                                                artifact="a", artifact_id="id", digest="d")
+                                                     for _ in range(20)]) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    entries = log.read()
+    assert len(entries) == 160
+    assert set(entries[0]) == {"time", "caller", "operation", "worker", "artifact", "artifact_id", "digest",
+                               "outcome"}
+    (tmp_path / "audit.log").rename(tmp_path / "audit.log.1")  # rotation: a fresh file at once
+    log.record("delete", "succeeded")
+    assert json.loads((tmp_path / "audit.log").read_text())["operation"] == "delete"
+
+
+def test_canary_differences_name_the_paths():
+    assert differences({"t": [1, 2, 3], "s": "x"}, {"t": [1, 5, 3], "s": "x"}) == ["$.t[1]: expected 2, got 5"]
+    assert differences({"a": 1}, {"b": 1}) == ["$.a: missing in the restored output",
+                                               "$.b: not in the recorded output"]
+    assert differences([1, 2], [1]) == ["$: expected 2 items, got 1"]
+    assert differences(1, 1.0) == ["$: expected 1, got 1.0"]
+    assert differences({"x": 1}, {"x": 1}) == []
