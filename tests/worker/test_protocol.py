@@ -35,7 +35,7 @@ def test_a_value_that_is_not_json_fails_and_leaves_the_old_file(tmp_path: Path) 
 
 def test_readers_never_see_a_partial_file(tmp_path: Path) -> None:
     path = tmp_path / "ready.json"
-    big = {"canary": list(range(20_000))}
+    big = {"canary": list(range(5_000))}
     protocol.write_json_atomic(path, big)
     stop = threading.Event()
     seen: list[object] = []
