@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,64 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+from engine_serving import Server, start_server
 
 from thaw.engine import canary
-
-READY_TIMEOUT_S = 120
-LISTENING = "thaw-engine listening "
-
-
-class Server:
-    def __init__(self, proc: subprocess.Popen[str], listen: dict[str, str], lines: list[str]) -> None:
-        self.proc = proc
-        self.listen = listen
-        self.lines = lines
-        self.http = httpx.Client(base_url=f"http://{listen['tcp']}", timeout=30)
-
-    def complete(self, **body: Any) -> dict[str, Any]:
-        r = self.http.post("/v1/completions", json=body)
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def stream(self, **body: Any) -> list[dict[str, Any]]:
-        events = []
-        with self.http.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
-            assert r.status_code == 200
-            assert r.headers["content-type"].startswith("text/event-stream")
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    events.append(line[len("data: "):])
-        assert events[-1] == "[DONE]"
-        return [json.loads(e) for e in events[:-1]]
-
-
-def start_server(weights: Path, *extra: str) -> Server:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("THAW_RUN_DIR", None)  # not under thaw
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "thaw.engine", "serve", "--weights", str(weights), "--device", "cpu", "--port", "0",
-         "--log-level", "warning", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    lines: list[str] = []
-    found: dict[str, Any] = {}
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith(LISTENING):
-                found.update(json.loads(line[len(LISTENING):]))
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not found:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("the engine did not start listening:\n" + "".join(lines))
-        time.sleep(0.02)
-    return Server(proc, found, lines)
-
 
 @pytest.fixture(scope="module")
 def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:

@@ -17,9 +17,10 @@ namespace, so it also serves HTTP on ``<control dir>/http.sock`` — the control
 is how the host reaches it.
 
 The freeze/thaw hooks are registered before the KV cache is allocated, i.e. before
-``thaw.memory`` registers its own: freeze hooks run in registration order, so the
-engine synchronises the GPU *before* thaw.memory releases the cache; thaw hooks run in
-reverse, so the engine resets its block allocator *after* the cache is mapped again.
+``thaw.memory`` registers its own on first use: freeze hooks run in registration order,
+so the engine (idle check, synchronise, empty_cache) and ``thaw.cuda.worker_hooks`` (GPU
+report) run *before* thaw.memory releases the cache; thaw hooks run in reverse, so the
+engine resets and zeroes its cache *after* thaw.memory mapped it again.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ def serve(opts: ServeOptions, clock: StartupClock) -> int:
     hooks = _Hooks(device)
     thaw.worker.on_freeze(hooks.freeze, name="thaw-engine:freeze")
     thaw.worker.on_thaw(hooks.thaw, name="thaw-engine:thaw")
+    if device.type == "cuda":
+        from thaw.cuda import worker_hooks  # reports the GPU and torch's reserved bytes into the manifest
+
+        worker_hooks.install()
 
     with clock.phase("weights") as d:
         model = Qwen3.load(opts.weights, config, device=device, dtype=dtype, max_len=max_len)
