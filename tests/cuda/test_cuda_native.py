@@ -130,3 +130,16 @@ def test_a_symbol_the_driver_lacks_is_named(fake_cuda) -> None:
     assert not checkpointing.supported()
     with pytest.raises(CudaError, match="SYMBOL_NOT_FOUND"):
         checkpointing.lock(1)
+
+
+def test_the_public_api_is_pinned_and_no_submodule_is_shadowed() -> None:
+    import importlib
+
+    assert sorted(thaw.cuda.__all__) == [
+        "GpuInfo", "GpuPair", "ProcessState", "available", "checkpoint", "cuda_version", "devices", "driver_version",
+        "get_state", "gpu_processes", "lock", "normalize_uuid", "process_uses_gpu", "restore", "restore_thread_id",
+        "unlock",
+    ]
+    for name in ("native", "gpus", "checkpointing", "process", "steps", "worker_hooks"):
+        module = importlib.import_module(f"thaw.cuda.{name}")
+        assert name not in thaw.cuda.__all__ and module.__name__ == f"thaw.cuda.{name}"

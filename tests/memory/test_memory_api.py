@@ -29,12 +29,20 @@ def fake_pool(monkeypatch) -> Pool:
 
 def test_the_public_api_is_pinned() -> None:
     assert sorted(thaw.memory.__all__) == [
-        "DEFAULT_CHUNK_BYTES", "ENV_POISON", "POISON_PATTERN", "Policy", "Pool", "buffer", "pool", "reacquire",
+        "DEFAULT_CHUNK_BYTES", "ENV_POISON", "POISON_PATTERN", "Policy", "Pool", "buffer", "default_pool", "reacquire",
         "region", "release", "set_poison", "set_policy", "stats", "tags", "use_pool",
     ]
 
 
+def test_the_pool_module_is_not_shadowed_by_a_function() -> None:
+    import importlib
+
+    assert importlib.import_module("thaw.memory.pool").Pool is Pool
+    assert not callable(thaw.memory.pool)
+
+
 def test_module_functions_act_on_the_process_pool(fake_pool: Pool) -> None:
+    assert thaw.memory.default_pool() is fake_pool
     thaw.memory.set_policy("state", "backup")
     fake_pool.allocate("kv", 8 * MIB, device=0)
     assert thaw.memory.tags() == ["state", "kv"]

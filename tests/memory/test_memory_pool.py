@@ -311,3 +311,10 @@ def test_allocations_from_many_threads_are_all_recorded(pool: Pool, driver: Fake
     assert len(set(vas)) == 80 and pool.stats()["kv"]["allocations"] == 80
     pool.release("kv")
     assert clean(driver)
+
+
+def test_a_failed_reservation_names_the_tag(pool: Pool, driver: FakeDriver) -> None:
+    driver.fail("cuMemAddressReserve")
+    with pytest.raises(CudaError, match="cuMemAddressReserve failed.*reserving 4.0 MiB of addresses for tag 'kv'"):
+        pool.allocate("kv", 4 * MIB, device=0)
+    assert clean(driver) and not driver.reservations

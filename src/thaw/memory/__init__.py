@@ -39,7 +39,7 @@ _pool: Pool | None = None
 _pool_lock = threading.Lock()
 
 
-def pool() -> Pool:
+def default_pool() -> Pool:
     """The process's pool (over the real driver), created on first use; its hooks are registered then."""
     global _pool
     with _pool_lock:
@@ -47,7 +47,7 @@ def pool() -> Pool:
             from thaw.memory.driver import CudaDriver
 
             _pool = Pool(CudaDriver(), poison=_poison_from_env())
-            hooks.install(pool)
+            hooks.install(default_pool)
         return _pool
 
 
@@ -56,48 +56,48 @@ def use_pool(replacement: Pool) -> None:
     global _pool
     with _pool_lock:
         _pool = replacement
-        hooks.install(pool)
+        hooks.install(default_pool)
 
 
 @contextmanager
 def region(tag: str, *, device: int | None = None) -> Iterator[None]:
     """Route this thread's torch CUDA allocations on ``device`` (default: current) into ``tag``."""
-    with tensors.region(pool(), tag, device):
+    with tensors.region(default_pool(), tag, device):
         yield
 
 
 def buffer(nbytes: int, tag: str, *, device: int | None = None) -> Any:
     """A uint8 CUDA tensor of ``nbytes`` on its own VMM range in ``tag``."""
-    return tensors.buffer(pool(), nbytes, tag, device)
+    return tensors.buffer(default_pool(), nbytes, tag, device)
 
 
 def release(tag: str) -> dict[str, Any]:
     """Drop ``tag``'s physical memory, keep its addresses. Returns {tag, policy, bytes, chunks, seconds}."""
-    return pool().release(tag)
+    return default_pool().release(tag)
 
 
 def reacquire(tag: str) -> dict[str, Any]:
     """Map fresh memory at ``tag``'s addresses (restoring a backup-policy tag's contents)."""
-    return pool().reacquire(tag)
+    return default_pool().reacquire(tag)
 
 
 def set_policy(tag: str, policy: Policy | str | None = None, *, chunk_bytes: int | None = None) -> None:
     """``policy``: "discard" (default: contents are lost) or "backup" (copied to host memory and back)."""
-    pool().set_policy(tag, policy, chunk_bytes=chunk_bytes)
+    default_pool().set_policy(tag, policy, chunk_bytes=chunk_bytes)
 
 
 def tags() -> list[str]:
-    return pool().tags()
+    return default_pool().tags()
 
 
 def stats() -> dict[str, dict[str, Any]]:
     """Per tag: policy, state ("held", "released", "partial", "empty"), bytes, held_bytes, chunks, ..."""
-    return pool().stats()
+    return default_pool().stats()
 
 
 def set_poison(enabled: bool = True, pattern: int = POISON_PATTERN) -> None:
     """Fill reacquired discard-policy memory with ``pattern`` (a 32-bit word), or stop doing so."""
-    pool().poison = (pattern & 0xFFFFFFFF) if enabled else None
+    default_pool().poison = (pattern & 0xFFFFFFFF) if enabled else None
 
 
 def _poison_from_env() -> int | None:
@@ -119,7 +119,7 @@ __all__ = [
     "Policy",
     "Pool",
     "buffer",
-    "pool",
+    "default_pool",
     "reacquire",
     "region",
     "release",

@@ -178,7 +178,11 @@ class Pool:
             size = _round_up(nbytes, granularity)
             step = max(granularity, _round_up(tag.chunk_bytes, granularity))
             chunks = [Chunk(offset, min(step, size - offset)) for offset in range(0, size, step)]
-            va = self.driver.reserve(device, size)
+            try:
+                va = self.driver.reserve(device, size)
+            except CudaError as exc:
+                raise CudaError(exc.call, exc.code, exc.name,
+                                detail=f"reserving {_size(size)} of addresses for tag {name!r} on device {device}") from exc
             alloc = Allocation(name, device, va, size, nbytes, origin, chunks)
             try:
                 self._map(list(enumerate((alloc, c) for c in chunks)), len(chunks),

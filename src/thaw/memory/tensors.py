@@ -54,10 +54,11 @@ class TorchTagAllocator:
     def __init__(self, pool: Pool, tag: str, device: int) -> None:
         torch = _torch()
         make = getattr(torch._C, "_cuda_customAllocator", None)
-        if make is None or not hasattr(torch.cuda, "MemPool"):
+        if make is None or not hasattr(torch.cuda, "MemPool") or not hasattr(torch.cuda, "use_mem_pool"):
             raise HostError(
                 f"this torch ({torch.__version__}) has no CUDA pluggable allocator or MemPool",
-                hint="thaw.memory.region needs a CUDA build of torch >= 2.5; buffer() works without it",
+                hint="thaw.memory.region needs a CUDA build of torch with torch.cuda.MemPool and use_mem_pool "
+                "(2.6 or later); buffer() works without them",
             )
         self.pool = pool
         self.tag = tag
