@@ -119,8 +119,8 @@ def region(pool: Pool, tag: str, device: int | None = None) -> Iterator[None]:
     with torch.cuda.use_mem_pool(allocator.mempool, device=index):
         try:
             yield
-        except torch.cuda.OutOfMemoryError as exc:  # what torch raises when our callback returned NULL
-            cause = pool.last_error
+        except RuntimeError as exc:  # torch.OutOfMemoryError (a RuntimeError) when our callback returned NULL
+            cause = pool.last_error  # set only by a callback that failed inside this region
             if isinstance(cause, ThawError):
                 pool.last_error = None
                 raise cause from exc
