@@ -1,0 +1,1 @@
+"""Sandboxes: the namespaces and mounts a worker lives in, the same at launch and at restore."""
