@@ -14,6 +14,9 @@ from typing import Any
 import httpx
 
 READY_TIMEOUT_S = 120
+#: the tiny model's matmuls are too small to share: with several OpenMP threads on a busy CI machine
+#: every op waits at a barrier for a descheduled thread (seen: a 10 ms canary taking 1-2 s)
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 LISTENING = "thaw-engine listening "
 
 
@@ -42,7 +45,7 @@ class Server:
 
 
 def start_server(weights: Path, *extra: str) -> Server:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD}
     env.pop("THAW_RUN_DIR", None)  # not under thaw
     proc = subprocess.Popen(
         [sys.executable, "-m", "thaw.engine", "serve", "--weights", str(weights), "--device", "cpu", "--port", "0",

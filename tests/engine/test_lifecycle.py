@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from engine_serving import ONE_THREAD
 
 from thaw.worker import protocol
 from thaw.worker.protocol import Action
@@ -37,7 +38,7 @@ class Managed:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "thaw.engine", "serve", "--weights", str(weights), "--device", "cpu",
              "--port", "0", "--name", "llm"],
-            env={**os.environ, protocol.ENV_RUN_DIR: str(run_dir)}, stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, protocol.ENV_RUN_DIR: str(run_dir), **ONE_THREAD}, stdout=self.log, stderr=subprocess.STDOUT,
         )
 
     def output(self) -> str:

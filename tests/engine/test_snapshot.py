@@ -1,4 +1,7 @@
-"""The tiny engine snapshotted at its quiesce point and restored with real CRIU, through thaw's CLI.
+"""The engine snapshotted at its quiesce point and restored with real CRIU, through thaw's CLI.
+
+On the CPU with the tiny config; on a GPU (marked ``gpu``) also with qwen3-0.6b, its
+KV cache released from the snapshot by thaw.memory.
 
 ``thaw run`` → ``thaw snapshot --leave-running`` → ``thaw restore``: the restored copy —
 and the original, released — answer on their control sockets with exactly the canary
@@ -19,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from engine_serving import ONE_THREAD
 
 pytest.importorskip("thaw.pipeline", reason="needs thaw's snapshot pipeline")
 
@@ -29,7 +33,7 @@ TIMEOUT_S = 180
 
 def thaw_cli(home: Path, command: str, *args: str) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "thaw.cli.main", command, "--json", *args], capture_output=True,
-                          text=True, timeout=TIMEOUT_S, env={**os.environ, "THAW_HOME": str(home)})
+                          text=True, timeout=TIMEOUT_S, env={**os.environ, "THAW_HOME": str(home), **ONE_THREAD})
     assert proc.returncode == 0, f"thaw {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return json.loads(proc.stdout)
 
@@ -78,15 +82,44 @@ def home(tmp_path: Path) -> Iterator[Path]:
             pass
 
 
-def test_a_restored_engine_answers_with_exactly_its_canary_tokens(home: Path, tiny_weights: Path) -> None:
+@pytest.fixture(scope="module")
+def checkpoints(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Checkpoints by config name, written on first use."""
+    return {"tiny": tiny_weights}
+
+
+def weights_of(config: str, checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if config not in checkpoints:
+        from thaw.engine.config import get_config
+        from thaw.engine.weights import make_weights
+
+        checkpoints[config] = make_weights(get_config(config), tmp_path_factory.mktemp("w") / config).path
+    return checkpoints[config]
+
+
+@pytest.mark.parametrize(("config", "device"), [
+    pytest.param("tiny", "cpu", id="tiny-cpu"),
+    pytest.param("tiny", "cuda", id="tiny-gpu", marks=pytest.mark.gpu),
+    pytest.param("qwen3-0.6b", "cuda", id="qwen3-0.6b-gpu", marks=pytest.mark.gpu),
+])
+def test_a_restored_engine_answers_with_exactly_its_canary_tokens(
+        config: str, device: str, home: Path, checkpoints: dict[str, Path],
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    weights = weights_of(config, checkpoints, tmp_path_factory)
+    extra = ["--kv-gb", "2"] if device == "cuda" else []
     original = thaw_cli(home, "run", "--name", "llm", "--wait", "--",
-                        sys.executable, "-m", "thaw.engine", "serve", "--weights", str(tiny_weights),
-                        "--device", "cpu", "--port", "0")
+                        sys.executable, "-m", "thaw.engine", "serve", "--weights", str(weights),
+                        "--device", device, "--port", "0", *extra)
     original_dir = Path(original["dir"])
     canary = json.loads((original_dir / "ready.json").read_text())["canary"]
     assert len(canary["tokens"]) == len(canary["prompts"]) > 0
 
-    thaw_cli(home, "snapshot", "llm", "--artifact", "llm-v1", "--leave-running")
+    snap = thaw_cli(home, "snapshot", "llm", "--artifact", "llm-v1", "--leave-running")
+    if device == "cuda":
+        # the KV cache left the snapshot: thaw.memory released at least what the engine allocated
+        kv_bytes = snap["manifest"]["worker"]["freeze_report"]["thaw-engine:freeze"]["kv_bytes"]
+        released = sum(m["bytes"] for m in snap["manifest"]["memory_released"] if m["tag"] == "kv")
+        assert released >= kv_bytes >= 2 * 1024**3 * 0.99
     restored = thaw_cli(home, "restore", "llm-v1", "--name", "llm-copy")
     assert restored["canary"] == "passed"
     copy_dir = Path(restored["instance"]["dir"])

@@ -67,34 +67,16 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torc
 def serve(opts: ServeOptions, clock: StartupClock) -> int:
     """Warm up, quiesce, serve until stopped (by thaw, or by SIGINT/SIGTERM). Returns the exit status."""
     _logging(opts.log_level)
-    config = _config(opts)
-    device, dtype = _device(opts)
-    max_len = min(opts.max_model_len or (4096 if device.type == "cuda" else 1024), config.max_position_embeddings)
-    hooks = _Hooks(device)
+    device, _ = _device(opts)
+    hooks = _Hooks()
     thaw.worker.on_freeze(hooks.freeze, name="thaw-engine:freeze")
     thaw.worker.on_thaw(hooks.thaw, name="thaw-engine:thaw")
     if device.type == "cuda":
         from thaw.cuda import worker_hooks  # reports the GPU and torch's reserved bytes into the manifest
 
         worker_hooks.install()
-
-    with clock.phase("weights") as d:
-        model = Qwen3.load(opts.weights, config, device=device, dtype=dtype, max_len=max_len)
-        _synchronize(device)
-        d["bytes"] = weights.checkpoint_bytes(opts.weights)
-    with clock.phase("kv") as d:
-        num_blocks = _kv_blocks(opts, config, device, dtype, max_len)
-        kv = KVCache(config, num_blocks=num_blocks, block_size=opts.block_size, dtype=dtype, device=device)
-        _synchronize(device)
-        d |= {"blocks": num_blocks, "bytes": kv.nbytes}
-    engine = hooks.engine = Engine(model, kv, ByteTokenizer(config.vocab_size), max_batch=opts.max_batch,
-                                   max_model_len=max_len)
-    with clock.phase("graphs" if device.type == "cuda" else "warmup") as d:
-        if device.type == "cuda" and opts.cuda_graphs:
-            d["graphs"] = engine.capture_graphs([b for b in opts.graph_batch_sizes if b <= opts.max_batch]
-                                                or [1])
-        engine.warm_up()
-        _synchronize(device)
+    engine = hooks.engine = build(opts, clock)
+    config, max_len = engine.model.config, engine.max_model_len
     canary = Canary(engine, config.name)
     with clock.phase("canary"):
         recorded = canary.record()
@@ -112,7 +94,8 @@ def serve(opts: ServeOptions, clock: StartupClock) -> int:
     _publish({"startup": startup, "listen": listen, "outcome": outcome.kind.value, "restore": restore})
     metrics = EngineMetrics()
     metrics.record_startup(startup, restored=outcome.thawed)
-    info = {"model": config.name, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+    info = {"model": config.name, "device": str(engine.model.device),
+            "dtype": str(engine.model.dtype).removeprefix("torch."),
             "max_batch": opts.max_batch, "max_model_len": max_len, "listen": listen,
             "restored": outcome.thawed, "restore": restore, "startup": startup, "canary": recorded}
     loop = EngineLoop(engine, metrics).start()
@@ -154,18 +137,45 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def build(opts: ServeOptions, clock: StartupClock) -> Engine:
+    """Load the weights, allocate the KV cache, capture graphs / warm up: a ready engine, each phase timed."""
+    config = _config(opts)
+    device, dtype = _device(opts)
+    max_len = min(opts.max_model_len or (4096 if device.type == "cuda" else 1024), config.max_position_embeddings)
+    if device.type == "cuda":
+        with clock.phase("cuda_context"):  # created lazily by torch; a restore skips this too
+            torch.cuda.init()
+            torch.zeros(1, device=device)
+            _synchronize(device)
+    with clock.phase("weights") as d:
+        model = Qwen3.load(opts.weights, config, device=device, dtype=dtype, max_len=max_len)
+        _synchronize(device)
+        d["bytes"] = weights.checkpoint_bytes(opts.weights)
+    with clock.phase("kv") as d:
+        num_blocks = _kv_blocks(opts, config, device, dtype, max_len)
+        kv = KVCache(config, num_blocks=num_blocks, block_size=opts.block_size, dtype=dtype, device=device)
+        _synchronize(device)
+        d |= {"blocks": num_blocks, "bytes": kv.nbytes}
+    engine = Engine(model, kv, ByteTokenizer(config.vocab_size), max_batch=opts.max_batch, max_model_len=max_len)
+    with clock.phase("graphs" if device.type == "cuda" else "warmup") as d:
+        if device.type == "cuda" and opts.cuda_graphs:
+            d["graphs"] = engine.capture_graphs([b for b in opts.graph_batch_sizes if b <= opts.max_batch] or [1])
+        engine.warm_up()
+        _synchronize(device)
+    return engine
+
+
 class _Hooks:
     """The engine's freeze/thaw hooks; registered before the engine exists, so they find it when they run."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self) -> None:
         self.engine: Engine | None = None
 
     def freeze(self, ctx: thaw.worker.HookContext) -> dict[str, Any]:
         if self.engine is None or not self.engine.idle:
             # quiesce() runs between start-up and serving, so this is a bug, not a busy server
             raise WorkerError("the engine has work in flight at its quiesce point; refusing to be snapshotted")
-        if self.device.type == "cuda":
+        if self.engine.model.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
         return {"kv_bytes": self.engine.kv.nbytes, "kv_blocks": self.engine.allocator.num_blocks}
@@ -174,7 +184,7 @@ class _Hooks:
         # runs after thaw.memory mapped the KV cache again (thaw hooks run in reverse): its contents are gone
         assert self.engine is not None
         self.engine.reset_cache()
-        if self.device.type == "cuda":
+        if self.engine.model.device.type == "cuda":
             torch.cuda.synchronize()
         return {"kv_blocks_free": self.engine.allocator.free}
 
@@ -197,7 +207,7 @@ def _device(opts: ServeOptions) -> tuple[torch.device, torch.dtype]:
     if kind == "cuda" and not torch.cuda.is_available():
         raise HostError("--device cuda, but torch sees no CUDA device")
     dtype = opts.dtype if opts.dtype != "auto" else ("bfloat16" if kind == "cuda" else "float32")
-    device = torch.device("cuda", torch.cuda.current_device()) if kind == "cuda" else torch.device("cpu")
+    device = torch.device(kind)  # "cuda": torch's current device; naming an index here would create the context
     return device, _DTYPES[dtype]
 
 

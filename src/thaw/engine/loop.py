@@ -112,24 +112,24 @@ class EngineLoop:
         info = self.engine.last_step
         if info.prefills == 0 and info.decoded:
             self.metrics.decode_step.labels(str(info.decoded)).observe(time.perf_counter() - start)
+        self._update_gauges()
         for out in outputs:
             if out.token is not None:
                 self.metrics.generation_tokens.inc()
                 if out.index == 0 and out.request.first_token_at is not None:
                     self.metrics.ttft.observe(out.request.first_token_at - out.request.arrived)
-            sink = self._sinks.get(out.request.id)
-            if sink is not None:
-                self._deliver(sink, out)
             if out.finish_reason is not None:
-                self._retire(out, deliver=False)
-        self._update_gauges()
+                self._retire(out)
+            elif (sink := self._sinks.get(out.request.id)) is not None:
+                self._deliver(sink, out)
 
-    def _retire(self, out: Output, *, deliver: bool = True) -> None:
-        sink = self._sinks.pop(out.request.id, None)
-        if deliver and sink is not None:
-            self._deliver(sink, out)
+    def _retire(self, out: Output) -> None:
+        # count first, deliver last: a client that got its last token may read /metrics at once
         self.metrics.requests.labels(out.finish_reason or "unknown").inc()
         self.metrics.latency.observe(time.monotonic() - out.request.arrived)
+        sink = self._sinks.pop(out.request.id, None)
+        if sink is not None:
+            self._deliver(sink, out)
 
     def _fail_all(self, reason: str) -> None:
         for r in [*self.engine.waiting, *self.engine.running]:

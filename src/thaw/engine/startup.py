@@ -7,7 +7,7 @@ This is the baseline every restore is compared with. The clock starts when the k
 created the process (``/proc/self/stat``), so ``interpreter`` covers Python's own start
 and whatever ran before the engine's entry point; the phases follow in order::
 
-    interpreter → imports → weights → kv → graphs (GPU) | warmup (CPU) → canary
+    interpreter → imports → [cuda_context] → weights → kv → graphs (GPU) | warmup (CPU) → canary
 
 ``total`` runs from process creation to the end of the last phase (the moment the
 worker parks at its quiesce point); ``unaccounted`` is what no phase claimed.
