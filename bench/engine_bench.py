@@ -242,7 +242,8 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", help="where to write the JSON results")
-    p.add_argument("--configs", help="comma-separated config names (default: qwen3-0.6b,qwen3-8b on a GPU, tiny on CPU)")
+    p.add_argument("--configs",
+                   help="comma-separated config names (default: qwen3-0.6b,qwen3-8b on a GPU, tiny on the CPU)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     p.add_argument("--weights-root", default=os.environ.get("THAW_BENCH_WEIGHTS", "/var/tmp/thaw-bench-weights"),
                    help="checkpoints live in ROOT/<config> (written if missing) [env THAW_BENCH_WEIGHTS]")

@@ -95,8 +95,8 @@ def test_serving_on_the_gpu_captures_graphs_before_quiesce(tiny_weights: Path) -
     try:
         health = s.http.get("/health").json()
         assert health["device"].startswith("cuda") and health["dtype"] == "bfloat16"
-        assert list(health["startup"]["phases"]) == ["interpreter", "imports", "cuda_context", "weights", "kv", "graphs",
-                                                       "canary"]
+        phases = ["interpreter", "imports", "cuda_context", "weights", "kv", "graphs", "canary"]
+        assert list(health["startup"]["phases"]) == phases
         assert health["startup"]["details"]["graphs"]["graphs"] >= 4
         body = s.complete(prompt=health["canary"]["prompts"][0], max_tokens=health["canary"]["max_tokens"],
                           temperature=0, ignore_eos=True, return_token_ids=True)

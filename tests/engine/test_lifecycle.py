@@ -38,7 +38,8 @@ class Managed:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "thaw.engine", "serve", "--weights", str(weights), "--device", "cpu",
              "--port", "0", "--name", "llm"],
-            env={**os.environ, protocol.ENV_RUN_DIR: str(run_dir), **ONE_THREAD}, stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, protocol.ENV_RUN_DIR: str(run_dir), **ONE_THREAD}, stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
 
     def output(self) -> str:

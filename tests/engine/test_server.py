@@ -17,6 +17,7 @@ from engine_serving import Server, start_server
 
 from thaw.engine import canary
 
+
 @pytest.fixture(scope="module")
 def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     sock = tmp_path_factory.mktemp("uds") / "http.sock"
@@ -96,7 +97,8 @@ def test_metrics_count_requests_and_tokens(server: Server) -> None:
     before = server.http.get("/metrics").text
     server.complete(prompt="count me", max_tokens=5, temperature=0, ignore_eos=True)
     after = server.http.get("/metrics").text
-    assert value(after, "thaw_engine_generation_tokens_total") - value(before, "thaw_engine_generation_tokens_total") == 5
+    tokens = "thaw_engine_generation_tokens_total"
+    assert value(after, tokens) - value(before, tokens) == 5
     assert value(after, 'thaw_engine_requests_total{finish_reason="length"}') == \
         value(before, 'thaw_engine_requests_total{finish_reason="length"}') + 1
     assert 'thaw_engine_startup_seconds{phase="weights"}' in after

@@ -131,7 +131,8 @@ class Engine:
     def reset_cache(self) -> None:
         """Forget the cache's contents: every block free and zeroed (after a thaw). Only when idle."""
         if self.has_work():
-            raise RuntimeError(f"cannot reset the KV cache with {len(self.running) + len(self.waiting)} requests in flight")
+            in_flight = len(self.running) + len(self.waiting)
+            raise RuntimeError(f"cannot reset the KV cache with {in_flight} requests in flight")
         self.allocator.reset()
         self.kv.clear()
 
@@ -181,10 +182,11 @@ class Engine:
         shape = self.graphs.shape_for(n, width) if self.graphs else None
         if shape is not None:
             width = shape[1]
+        bs = self.block_size
         rows = torch.tensor([
             [r.output[-1] for r in batch],
             positions,
-            [r.blocks[p // self.block_size] * self.block_size + p % self.block_size for r, p in zip(batch, positions)],
+            [r.blocks[p // bs] * bs + p % bs for r, p in zip(batch, positions, strict=True)],
             [p + 1 for p in positions],
         ], dtype=torch.int64)
         tables = torch.tensor([(r.blocks + [NULL_BLOCK] * width)[:width] for r in batch], dtype=torch.int64)
@@ -201,7 +203,7 @@ class Engine:
         tokens, logprobs = self._sample(batch, logits)
         now = time.monotonic()
         outputs = []
-        for r, token, logprob in zip(batch, tokens, logprobs):
+        for r, token, logprob in zip(batch, tokens, logprobs, strict=True):
             r.output.append(token)
             r.first_token_at = r.first_token_at or now
             reason = None

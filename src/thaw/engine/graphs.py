@@ -43,7 +43,8 @@ class DecodeGraphs:
     def capture(self) -> int:
         """Capture every shape, largest first (so that smaller ones reuse its pool memory). Returns how many."""
         self._pad(0, self.max_batch)
-        shapes = sorted(((b, w) for b in self.batch_sizes for w in self.widths), key=lambda s: s[0] * s[1], reverse=True)
+        shapes = sorted(((b, w) for b in self.batch_sizes for w in self.widths), key=lambda s: s[0] * s[1],
+                        reverse=True)
         for b, w in shapes:
             # run once outside capture so that lazy initialisation (cuBLAS handles, kernel choice) is not captured
             side = torch.cuda.Stream()

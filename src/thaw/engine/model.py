@@ -189,12 +189,14 @@ class Qwen3(nn.Module):
             if rows is not None:
                 dest = dest[rows[0]:rows[1]]
             if dest.shape != tensor.shape:
-                raise ConfigError("weights", f"{name} has shape {tuple(tensor.shape)}, the config says {tuple(dest.shape)}")
+                raise ConfigError("weights", f"{name} has shape {tuple(tensor.shape)}, "
+                                  f"the config says {tuple(dest.shape)}")
             dest.copy_(tensor)
             loaded[param_name] += tensor.numel()
         incomplete = [n for n, p in params.items() if loaded[n] != p.numel()]
         if incomplete:
-            raise ConfigError("weights", f"the checkpoint does not fill {len(incomplete)} parameters, e.g. {incomplete[:3]}")
+            raise ConfigError("weights", f"the checkpoint does not fill {len(incomplete)} parameters, "
+                              f"e.g. {incomplete[:3]}")
 
     def _destination(self, name: str) -> tuple[str, tuple[int, int] | None]:
         """Map an HF tensor name to (parameter, row range) in this model's layout.

@@ -108,7 +108,8 @@ def read_config(path: Path) -> ModelConfig:
     try:
         raw = json.loads(file.read_text())
     except FileNotFoundError:
-        raise ConfigError("weights", f"{file} does not exist", hint="write one with `thaw engine make-weights`") from None
+        raise ConfigError("weights", f"{file} does not exist",
+                          hint="write one with `thaw engine make-weights`") from None
     except json.JSONDecodeError as exc:
         raise ConfigError("weights", f"{file} is not valid JSON: {exc}") from exc
     return ModelConfig.from_hf(raw)
