@@ -57,15 +57,6 @@ def test_job_book_is_durable_and_lists_unfinished_jobs(tmp_path):
     assert again.get(cut.id).error.message == "agent restarted during dump"
 
 
-def test_wait_finished_returns_as_soon_as_the_job_ends(tmp_path):
-    book = JobBook(tmp_path / "jobs.db")
-    job = book.create(JobKind.VERIFY, worker=None, artifact="a", request={}, caller={}, node="n")
-    threading.Timer(0.2, lambda: book.succeed(job.id, {})).start()
-    assert book.wait_finished(job.id, 30).state is JobState.SUCCEEDED
-    other = book.create(JobKind.VERIFY, worker=None, artifact="a", request={}, caller={}, node="n")
-    assert book.wait_finished(other.id, 0.1).state is JobState.PENDING
-
-
 def test_tokens_file(tmp_path):
     f = tmp_path / "tokens"
     f.write_text("# comment\n\noperator:abcdefghijklmnopqrstuvwxyz\n0123456789abcdef0123\n")

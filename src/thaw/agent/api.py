@@ -26,6 +26,8 @@ artifact, or the name is taken), 422 (malformed request or invalid name) or 500.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from fastapi import FastAPI, Query, Request, Response
@@ -44,6 +46,8 @@ from thaw.agent.service import Agent, NotFound
 from thaw.errors import ArtifactNotFound, BusyError, ConfigError, HostError, ThawError
 
 CALLER_KEY = "thaw_caller"
+#: how often a long-polling GET /v1/jobs/{id}?wait=S looks at its job
+JOB_POLL_S = 0.05
 
 #: HTTP status for each kind of error the agent raises on purpose
 STATUS: list[tuple[type[ThawError], int]] = [
@@ -113,7 +117,13 @@ def create_app(agent: Agent, tokens: Tokens | None = None) -> FastAPI:
 
     @app.get("/v1/jobs/{job_id}", response_model=Job)
     async def job(job_id: str, wait: float = Query(0.0, ge=0, le=300, description="long-poll seconds")) -> Job:
-        return await run_in_threadpool(agent.job, job_id, wait)
+        # polled on the event loop, not on a thread: many long-polling clients must not use up the thread pool
+        deadline = time.monotonic() + wait
+        while True:
+            current = agent.job(job_id)
+            if current.state.finished or time.monotonic() >= deadline:
+                return current
+            await asyncio.sleep(JOB_POLL_S)
 
     # ---- artifacts ----
     @app.get("/v1/artifacts", response_model=list[ArtifactSummary])

@@ -64,7 +64,6 @@ class JobBook:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
 
     def close(self) -> None:
         with self._lock:
@@ -83,7 +82,6 @@ class JobBook:
                 (job.id, kind.value, job.state.value, worker, artifact, json.dumps(request), json.dumps(caller),
                  node, job.created_at.isoformat()),
             )
-            self._changed.notify_all()
         return job
 
     def start(self, job_id: str) -> None:
@@ -117,7 +115,6 @@ class JobBook:
         names = ", ".join(f"{k} = ?" for k in cols)
         with self._lock:
             self._db.execute(f"UPDATE jobs SET {names} WHERE id = ?", (*cols.values(), job_id))
-            self._changed.notify_all()
 
     # ---- reading ----------------------------------------------------------------------
 
@@ -141,19 +138,6 @@ class JobBook:
     def verified(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT instance_id FROM verified")}
-
-    def wait_finished(self, job_id: str, timeout: float) -> Job | None:
-        """The job once it has finished, or as it is when ``timeout`` seconds have passed."""
-        import time
-
-        deadline = time.monotonic() + timeout
-        while True:
-            job = self.get(job_id)
-            left = deadline - time.monotonic()
-            if job is None or job.state.finished or left <= 0:
-                return job
-            with self._lock:
-                self._changed.wait(min(left, 1.0))
 
 
 _COLUMNS = ("id, kind, state, worker, artifact, request, caller, node, created_at, started_at, finished_at, "

@@ -188,8 +188,8 @@ class Agent:
 
     # ---- jobs -----------------------------------------------------------------------------
 
-    def job(self, job_id: str, wait: float = 0.0) -> Job:
-        job = self.book.wait_finished(job_id, wait) if wait > 0 else self.book.get(job_id)
+    def job(self, job_id: str) -> Job:
+        job = self.book.get(job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r} on node {self.settings.node}")
         return job
