@@ -159,6 +159,11 @@ def test_the_canary_given_to_quiesce_reuses_the_start_up_run_once(engine: Engine
     assert check() == recorded and len(calls) == 2  # after a restore it runs again
 
 
+def test_a_canary_of_more_prompts_than_there_are_is_refused(engine: Engine) -> None:
+    with pytest.raises(ConfigError, match="canary_prompts"):
+        canary.Canary(engine, "tiny", prompts=len(canary.PROMPTS) + 1)
+
+
 def test_reset_cache_refuses_while_requests_are_in_flight(engine: Engine) -> None:
     engine.add(Request([1, 2, 3], greedy(5)))
     with pytest.raises(RuntimeError, match="in flight"):

@@ -92,6 +92,7 @@ def test_a_thawed_engine_checks_its_canary_then_serves_exactly_its_tokens_on_the
     assert marker.name == "llm"
     assert set(marker.hooks) >= {"thaw-engine:freeze"}
     recorded = marker.canary
+    assert (len(recorded["prompts"]), recorded["max_tokens"]) == (1, 4)  # the CPU's default: it runs at every restore
     # the cold-start breakdown is in the control dir by the time the worker parks
     startup = protocol.read_json(managed.dir / "engine-startup.json")["startup"]
     assert {"weights", "kv", "warmup", "canary"} <= set(startup["phases"])

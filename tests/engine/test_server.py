@@ -21,7 +21,8 @@ from thaw.engine import canary
 @pytest.fixture(scope="module")
 def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     sock = tmp_path_factory.mktemp("uds") / "http.sock"
-    s = start_server(tiny_weights, "--uds", str(sock), "--max-batch", "4", "--graph-batch-sizes", "1,2,4")
+    s = start_server(tiny_weights, "--uds", str(sock), "--max-batch", "4", "--graph-batch-sizes", "1,2,4",
+                     "--canary-prompts", "3", "--canary-tokens", "6")
     yield s
     if s.proc.poll() is None:
         s.proc.kill()
@@ -36,7 +37,8 @@ def test_health_reports_the_cold_start_breakdown_and_the_canary(server: Server) 
     assert all(v >= 0 for v in startup["phases"].values())
     assert startup["total"] == pytest.approx(sum(startup["phases"].values()) + startup["unaccounted"], abs=1e-3)
     assert startup["details"]["weights"]["bytes"] > 0 and startup["details"]["kv"]["blocks"] > 1
-    assert health["canary"]["prompts"] == list(canary.PROMPTS)
+    assert health["canary"]["prompts"] == list(canary.PROMPTS)  # as asked: 3 prompts, 6 tokens each
+    assert [len(t) for t in health["canary"]["tokens"]] == [6, 6, 6]
     summary = [line for line in server.lines if line.startswith("thaw-engine cold start")]
     assert len(summary) == 1 and all(f"{p} " in summary[0] for p in startup["phases"])
 

@@ -90,6 +90,8 @@ def serve(
     gpu_memory_utilization: float = 0.9,
     graph_batch_sizes: str = "1,2,4,8",
     cuda_graphs: bool = True,
+    canary_prompts: Annotated[int | None, typer.Option(help="how many canary prompts (default: 3 GPU, 1 CPU)")] = None,
+    canary_tokens: Annotated[int | None, typer.Option(help="tokens per canary prompt (default: 8 GPU, 4 CPU)")] = None,
     log_level: str = "info",
 ) -> None:
     """Warm up, park at thaw's quiesce point, then serve OpenAI-style completions."""
@@ -100,7 +102,7 @@ def serve(
         weights=weights, config=config, device=device, dtype=dtype, host=host, port=port, uds=uds, name=name,
         max_batch=max_batch, max_model_len=max_model_len, block_size=block_size, kv_gb=kv_gb,
         gpu_memory_utilization=gpu_memory_utilization, graph_batch_sizes=parse_batch_sizes(graph_batch_sizes),
-        cuda_graphs=cuda_graphs, log_level=log_level,
+        cuda_graphs=cuda_graphs, canary_prompts=canary_prompts, canary_tokens=canary_tokens, log_level=log_level,
     )
     raise typer.Exit(start(opts))
 

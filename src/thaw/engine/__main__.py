@@ -37,6 +37,8 @@ def parse(argv: list[str]) -> ServeOptions:
     s.add_argument("--gpu-memory-utilization", type=float, default=d.gpu_memory_utilization)
     s.add_argument("--graph-batch-sizes", default=",".join(map(str, d.graph_batch_sizes)))
     s.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false")
+    s.add_argument("--canary-prompts", type=int, help="how many of the canary's prompts (default: 3 GPU, 1 CPU)")
+    s.add_argument("--canary-tokens", type=int, help="greedy tokens per canary prompt (default: 8 GPU, 4 CPU)")
     s.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])
     a = p.parse_args(argv)
     return ServeOptions(
@@ -44,7 +46,7 @@ def parse(argv: list[str]) -> ServeOptions:
         name=a.name, max_batch=a.max_batch, max_model_len=a.max_model_len, block_size=a.block_size,
         kv_gb=a.kv_gb, gpu_memory_utilization=a.gpu_memory_utilization,
         graph_batch_sizes=parse_batch_sizes(a.graph_batch_sizes), cuda_graphs=a.cuda_graphs,
-        log_level=a.log_level,
+        canary_prompts=a.canary_prompts, canary_tokens=a.canary_tokens, log_level=a.log_level,
     )
 
 

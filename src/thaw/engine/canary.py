@@ -9,8 +9,8 @@ so that an HTTP client sending the same prompts one by one (temperature 0,
 The result::
 
     {"version": 1, "model": "qwen3-0.6b", "max_tokens": 8,
-     "prompts": ["The capital of France is", ...],
-     "tokens": [[..8 ids..], ...],
+     "prompts": ["The capital of France is", ...],          (3 prompts × 8 tokens on the GPU,
+     "tokens": [[..8 ids..], ...],                           1 × 4 on the CPU by default)
      "digest": "sha256:<hex of the chosen tokens' logprobs, rounded to 1e-4, as float32>"}
 
 The process is identical in memory after a restore and the kernels are deterministic
@@ -24,6 +24,7 @@ import struct
 from typing import Any
 
 from thaw.engine.engine import Engine, Request, SamplingParams
+from thaw.errors import ConfigError
 
 VERSION = 1
 PROMPTS = ("The capital of France is", "def fibonacci(n):", "thaw: a snapshot restores in")
@@ -57,14 +58,19 @@ class Canary:
     time. Every later call (after a restore) runs it afresh.
     """
 
-    def __init__(self, engine: Engine, model_name: str) -> None:
+    def __init__(self, engine: Engine, model_name: str, *, prompts: int = len(PROMPTS),
+                 max_tokens: int = MAX_TOKENS) -> None:
+        if not 1 <= prompts <= len(PROMPTS):
+            raise ConfigError("canary_prompts", f"{prompts} is not between 1 and {len(PROMPTS)}")
         self.engine = engine
         self.model_name = model_name
+        self.prompts = PROMPTS[:prompts]
+        self.max_tokens = max_tokens
         self.recorded: dict[str, Any] | None = None
         self._fresh = False
 
     def record(self) -> dict[str, Any]:
-        self.recorded = run(self.engine, self.model_name)
+        self.recorded = self._run()
         self._fresh = True
         return self.recorded
 
@@ -72,4 +78,7 @@ class Canary:
         if self._fresh and self.recorded is not None:
             self._fresh = False
             return self.recorded
-        return run(self.engine, self.model_name)
+        return self._run()
+
+    def _run(self) -> dict[str, Any]:
+        return run(self.engine, self.model_name, prompts=self.prompts, max_tokens=self.max_tokens)

@@ -242,11 +242,11 @@ class Engine:
         return self.graphs.capture()
 
     def warm_up(self) -> None:
-        """Run a short request of each captured batch size through prefill and decode, then free everything."""
-        sizes = self.graphs.batch_sizes if self.graphs else [min(2, self.max_batch)]
+        """Run short requests through prefill and decode — a batch of each captured size — then free everything."""
+        sizes = self.graphs.batch_sizes if self.graphs else [1]
         for size in sizes:
             for _ in range(min(size, self.max_batch)):
-                self.add(Request(self.tokenizer.encode("warm-up"), SamplingParams(max_tokens=3, temperature=0)))
+                self.add(Request(self.tokenizer.encode("warm-up"), SamplingParams(max_tokens=2, temperature=0)))
             while self.has_work():
                 self.step()
 

@@ -35,6 +35,10 @@ class ServeOptions:
     gpu_memory_utilization: float = 0.9
     graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
     cuda_graphs: bool = True
+    #: the canary's size: its first N prompts, M greedy tokens each. It runs at start-up and again at every
+    #: restore, so on the CPU — where a decode step of qwen3-0.6b reads 2.4 GB of weights — it is smaller.
+    canary_prompts: int | None = None  # default: 3 on the GPU, 1 on the CPU
+    canary_tokens: int | None = None  # default: 8 on the GPU, 4 on the CPU
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -42,7 +46,7 @@ class ServeOptions:
             raise ConfigError("device", f"{self.device!r} is not auto, cuda or cpu")
         if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
             raise ConfigError("dtype", f"{self.dtype!r} is not auto, bfloat16, float16 or float32")
-        for name in ("max_batch", "max_model_len", "block_size"):
+        for name in ("max_batch", "max_model_len", "block_size", "canary_prompts", "canary_tokens"):
             if (getattr(self, name) or 1) < 1:
                 raise ConfigError(name, f"{getattr(self, name)} < 1")
         if not 0 < self.gpu_memory_utilization <= 1:
