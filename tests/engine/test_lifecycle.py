@@ -90,7 +90,7 @@ def test_a_thawed_engine_checks_its_canary_then_serves_exactly_its_tokens_on_the
         managed: Managed) -> None:
     marker = managed.ready()
     assert marker.name == "llm"
-    assert set(marker.hooks) >= {"thaw-engine:freeze"}
+    assert set(marker.hooks) >= {"thaw.engine"}
     recorded = marker.canary
     assert (len(recorded["prompts"]), recorded["max_tokens"]) == (1, 4)  # the CPU's default: it runs at every restore
     # the cold-start breakdown is in the control dir by the time the worker parks
@@ -100,10 +100,10 @@ def test_a_thawed_engine_checks_its_canary_then_serves_exactly_its_tokens_on_the
 
     frozen = managed.send(Action.FREEZE)
     assert frozen.ok, frozen.error
-    assert frozen.data["thaw-engine:freeze"]["kv_bytes"] > 0
+    assert frozen.data["thaw.engine"]["kv_bytes"] > 0
     thawed = managed.send(Action.THAW, verify=True)
     assert thawed.ok, thawed.error
-    assert thawed.data["thaw-engine:thaw"]["kv_blocks_free"] > 0
+    assert thawed.data["thaw.engine"]["kv_blocks_free"] > 0
     assert thawed.canary == recorded  # the cache was reset and zeroed; the answers did not change
     assert managed.send(Action.GO).ok
 
@@ -124,3 +124,27 @@ def test_a_stopped_engine_exits_0_without_listening(managed: Managed) -> None:
     assert managed.proc.wait(TIMEOUT_S) == 0
     assert not (managed.dir / "http.sock").exists()
     assert "listening" not in managed.output()
+
+
+def test_the_freeze_hook_refuses_an_engine_with_work_in_flight_and_the_thaw_hook_empties_the_cache(
+        make_engine) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from thaw.engine.engine import Request, SamplingParams
+    from thaw.engine.lifecycle import _Hooks
+    from thaw.errors import WorkerError
+    from thaw.worker import HookContext
+
+    hooks = _Hooks()
+    hooks.engine = engine = make_engine()
+    engine.add(Request([1, 2, 3], SamplingParams(max_tokens=4)))
+    engine.step()
+    with pytest.raises(WorkerError, match="in flight"):
+        hooks.freeze(HookContext("snapshot"))
+    while engine.has_work():
+        engine.step()
+    assert hooks.freeze(HookContext("snapshot"))["kv_bytes"] == engine.kv.nbytes
+    engine.kv.data.fill_(float("nan"))  # what re-mapped memory may hold
+    report = hooks.thaw(HookContext("thaw"))
+    assert report["kv_blocks_free"] == engine.kv.num_blocks - 1
+    assert torch.count_nonzero(engine.kv.data) == 0

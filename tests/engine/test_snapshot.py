@@ -117,7 +117,7 @@ def test_a_restored_engine_answers_with_exactly_its_canary_tokens(
     snap = thaw_cli(home, "snapshot", "llm", "--artifact", "llm-v1", "--leave-running")
     if device == "cuda":
         # the KV cache left the snapshot: thaw.memory released at least what the engine allocated
-        kv_bytes = snap["manifest"]["worker"]["freeze_report"]["thaw-engine:freeze"]["kv_bytes"]
+        kv_bytes = snap["manifest"]["worker"]["freeze_report"]["thaw.engine"]["kv_bytes"]
         released = sum(m["bytes"] for m in snap["manifest"]["memory_released"] if m["tag"] == "kv")
         assert released >= kv_bytes >= 2 * 1024**3 * 0.99
     restored = thaw_cli(home, "restore", "llm-v1", "--name", "llm-copy")

@@ -56,6 +56,7 @@ from thaw.worker import protocol
 
 log = logging.getLogger("thaw.engine")
 
+HOOK = "thaw.engine"
 GiB = 1024**3
 CPU_KV_BYTES = 256 * 1024**2
 STARTUP_JSON = "engine-startup.json"  # in the control dir: the cold-start breakdown and where this copy listens
@@ -69,8 +70,9 @@ def serve(opts: ServeOptions, clock: StartupClock) -> int:
     _logging(opts.log_level)
     device, _ = _device(opts)
     hooks = _Hooks()
-    thaw.worker.on_freeze(hooks.freeze, name="thaw-engine:freeze")
-    thaw.worker.on_thaw(hooks.thaw, name="thaw-engine:thaw")
+    # one name for both: thaw.worker undoes a completed freeze hook with the thaw hook of the same name
+    thaw.worker.on_freeze(hooks.freeze, name=HOOK)
+    thaw.worker.on_thaw(hooks.thaw, name=HOOK)
     if device.type == "cuda":
         from thaw.cuda import worker_hooks  # reports the GPU and torch's reserved bytes into the manifest
 
