@@ -236,3 +236,6 @@ class AgentStatus(BaseModel):
     started_at: datetime
     jobs_running: int
     workers_alive: int
+    gpus: list[dict[str, Any]] = Field(default_factory=list,
+                                       description="thaw.cuda.GpuInfo of each GPU: index, uuid, name, memory_total, "
+                                                   "memory_free, driver_version, compute_capability")

@@ -118,7 +118,7 @@ class Agent:
         return AgentStatus(node=self.settings.node, version=__version__, store=self.store.url,
                            staging=str(self.staging), pid=os.getpid(), started_at=self.started_at,
                            jobs_running=len(self.book.list(unfinished=True)),
-                           workers_alive=sum(1 for i in self._instances() if i.alive()))
+                           workers_alive=sum(1 for i in self._instances() if i.alive()), gpus=_gpus())
 
     # ---- workers --------------------------------------------------------------------------
 
@@ -132,14 +132,18 @@ class Agent:
         cwd = Path(req.cwd)
         if not cwd.is_dir():
             raise ConfigError("cwd", f"{req.cwd} is not a directory on node {self.settings.node}")
-        if any(i.name == req.name and i.alive() for i in self._instances()):
-            raise BusyError(f"a worker named {req.name!r} is already running on {self.settings.node}",
-                            hint="pick another name, or stop it first")
-        try:
-            inst = pipeline.launch(self.settings, req.argv, name=req.name, env={**BASE_ENV, **req.env}, cwd=cwd)
-        except ThawError as exc:
-            self.audit.record("launch", "failed", caller=caller, worker=req.name, reason=exc.reason, message=str(exc))
-            raise
+        # held by name while the check and the launch run: two launches of one name cannot both pass
+        with self.holds.held(f"launch-{req.name}", "launch", worker=f"name:{req.name}", worker_label=req.name):
+            if any(i.name == req.name and i.alive() for i in self._instances()):
+                raise BusyError(f"a worker named {req.name!r} is already running on {self.settings.node}",
+                                hint="pick another name, or stop it first")
+            try:
+                inst = pipeline.launch(self.settings, req.argv, name=req.name, env={**BASE_ENV, **req.env},
+                                       cwd=cwd)
+            except ThawError as exc:
+                self.audit.record("launch", "failed", caller=caller, worker=req.name, reason=exc.reason,
+                                  message=str(exc))
+                raise
         self.audit.record("launch", "succeeded", caller=caller, worker=inst.id)
         return self.view(inst)
 
@@ -250,7 +254,12 @@ class Agent:
                                               "dir": str(staged.dir)})
 
         run = _Running(job=job, store=JournaledStore(self.store, on_stage))
-        self._pool.submit(self._execute, run, body)
+        try:
+            self._pool.submit(self._execute, run, body)
+        except RuntimeError:  # the pool was shut down between accepting and queueing: the agent is stopping
+            self.holds.drop(job.id)
+            self.book.fail(job.id, JobError(reason="busy", message=f"agent on {self.settings.node} is shutting down"))
+            raise BusyError(f"agent on {self.settings.node} is shutting down") from None
         return job
 
     def _execute(self, run: _Running, body: Callable[[_Running], dict[str, Any]]) -> None:
@@ -538,6 +547,16 @@ def _kill(pid: int) -> bool:
         return False
     reap(pid, timeout=5)
     return True
+
+
+def _gpus() -> list[dict[str, Any]]:
+    """This node's GPUs for placement decisions (the operator); [] without a driver or on any error."""
+    try:
+        from thaw.cuda import devices
+
+        return [g.to_dict() for g in devices()]
+    except Exception:  # a broken driver must not break /v1/status
+        return []
 
 
 def _summary(m: Manifest) -> ArtifactSummary:
