@@ -7,7 +7,7 @@ import itertools
 from typing import Any
 
 from thaw.errors import ArtifactNotFound
-from thaw.k8s.agents import AgentUnavailable
+from thaw.agent.client import AgentUnavailable
 from thaw.k8s.status import PodPatch
 
 

@@ -51,6 +51,7 @@ def run(
         envvar="THAW_DELETE_TIMEOUT", help="seconds to keep trying to delete a deleted snapshot's artifact")] = 600.0,
     liveness: Annotated[Optional[str], typer.Option(
         envvar="THAW_LIVENESS", help="serve a liveness probe here, e.g. http://0.0.0.0:8080/healthz")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every handler call")] = False,
 ) -> None:
     """Run the operator until stopped."""
     from thaw.k8s.cluster import AgentLookup
@@ -61,7 +62,7 @@ def run(
     config = OperatorConfig(poll=poll, agents=AgentLookup(agent_namespace, agent_selector, agent_port),
                             token_file=agent_token_file, namespaces=namespaces, delete_timeout=delete_timeout,
                             liveness=liveness)
-    run_operator(config, kubeconfig=kubeconfig)
+    run_operator(config, kubeconfig=kubeconfig, verbose=verbose)
 
 
 if __name__ == "__main__":

@@ -21,17 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from thaw.errors import ThawError
+from thaw.agent.client import AgentUnavailable
 from thaw.k8s.resources import AGENT_URL
+
+__all__ = ["AgentPort", "AgentUnavailable", "Connect", "Job", "agent_url", "http_connector", "is_temporary"]
 
 #: job states as the agent reports them (thaw.agent.models.JobState)
 PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed"
-
-
-class AgentUnavailable(ThawError):
-    """No agent could be reached for a node (none runs there, or it does not answer). Temporary."""
-
-    reason = "agent_unavailable"
 
 
 class AgentPort(Protocol):
@@ -54,7 +50,7 @@ class AgentPort(Protocol):
         ...
 
     def node_info(self) -> dict[str, Any]:
-        """``{"node", "gpus": [{"uuid", "name", "memory_free", ...}]}``."""
+        """The agent's status; with ``"gpus": [{"uuid", "name", "memory_free"}]`` when it reports its GPUs."""
         ...
 
     def delete_artifact(self, name: str) -> None:
@@ -130,6 +126,9 @@ def is_temporary(exc: BaseException) -> bool:
 
     if isinstance(exc, (AgentUnavailable, BusyError, ConnectionError, TimeoutError)):
         return True
+    status = getattr(exc, "status", None)  # thaw.agent.client.AgentError: the agent's HTTP status
+    if isinstance(status, int) and (status >= 500 or status in (408, 429)):
+        return True
     try:
         import httpx
     except ImportError:  # pragma: no cover - httpx is a core dependency
@@ -137,8 +136,19 @@ def is_temporary(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)
 
 
-def http_connector(token: str | None) -> Connect:
-    """Connect to agents over HTTP with the shared bearer token (thaw.agent.client.AgentClient)."""
+def http_connector(token: str | None, *, timeout: float = 10.0) -> Connect:
+    """Connect to agents over HTTP with the bearer token; one client (and its connection pool) per agent URL."""
+    import threading
+
     from thaw.k8s.agent_http import HttpAgent
 
-    return lambda url: HttpAgent(url, token=token)
+    clients: dict[str, HttpAgent] = {}
+    lock = threading.Lock()
+
+    def connect(url: str) -> AgentPort:
+        with lock:
+            if url not in clients:
+                clients[url] = HttpAgent(url, token=token, timeout=timeout)
+            return clients[url]
+
+    return connect

@@ -32,4 +32,11 @@ class OperatorConfig:
                               hint="mount the thaw-agent-token Secret, or leave it unset for agents without a token")
 
     def token(self) -> str | None:
-        return Path(self.token_file).read_text().strip() if self.token_file else None
+        """The first token of the token file (``identity:token`` or a bare token; # comments skipped)."""
+        if self.token_file is None:
+            return None
+        for line in Path(self.token_file).read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                return line.partition(":")[2].strip() if ":" in line else line
+        raise ConfigError("token_file", f"{self.token_file} holds no token")

@@ -25,7 +25,7 @@ from thaw.k8s.agents import Connect
 from thaw.k8s.cluster import Cluster
 from thaw.k8s.config import OperatorConfig
 from thaw.k8s.resources import FINALIZER, GROUP, RESTORE_FROM, RESTORES, SNAPSHOTS, TERMINAL, VERSION
-from thaw.k8s.status import Step
+from thaw.k8s.status import Step, fit_status
 
 
 class Memo(kopf.Memo):
@@ -34,16 +34,29 @@ class Memo(kopf.Memo):
     cluster: Cluster
     connect: Connect
     config: OperatorConfig
+    kube_config: Any  # kubernetes.client.Configuration: kopf logs in with the same credentials
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     """Declare thaw's handlers on ``registry``."""
+    # a fresh registry has no login handler: kopf uses the credentials the kubernetes client was given
+    kopf.on.login(registry=registry)(login)
     kopf.on.startup(registry=registry)(configure)
     kopf.timer(GROUP, VERSION, SNAPSHOTS, registry=registry, interval=config.poll, when=in_progress)(snapshot_tick)
     kopf.on.delete(GROUP, VERSION, SNAPSHOTS, registry=registry, timeout=config.delete_timeout)(snapshot_deleted)
     kopf.timer(GROUP, VERSION, RESTORES, registry=registry, interval=config.poll, when=in_progress)(restore_tick)
     kopf.timer("", "v1", "pods", registry=registry, interval=config.poll, annotations={RESTORE_FROM: kopf.PRESENT},
                when=wants_restore)(pod_tick)
+
+
+def login(memo: Memo, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's connection, from the kubernetes client configuration runner.run loaded (one source of credentials)."""
+    cfg = memo.kube_config
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization") or ""
+    scheme, _, token = header.partition(" ")
+    return kopf.ConnectionInfo(server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
+                               scheme=scheme or None, token=token or None, certificate_path=cfg.cert_file,
+                               private_key_path=cfg.key_file)
 
 
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -87,7 +100,7 @@ def apply(step: Step, body: kopf.Body, patch: kopf.Patch, memo: Memo) -> None:
     for event in step.events:
         kopf.event(event.target or body, type=event.type, reason=event.reason, message=event.message[:1024])
     if step.status:
-        patch.setdefault("status", {}).update(step.status)
+        patch.setdefault("status", {}).update(fit_status(step.status))
     if step.retry_in is not None:
         raise kopf.TemporaryError(step.message or "retrying", delay=step.retry_in)
 

@@ -131,10 +131,13 @@ def choose_node(nodes: Iterable[dict[str, Any]], pods: Iterable[dict[str, Any]],
 def choose_gpu(node_info: dict[str, Any], need: GpuNeed, *, wanted: str | None = None) -> str | None:
     """The UUID of the GPU to restore onto, from the agent's report; None when the agent should choose.
 
-    None for CPU-only snapshots and for multi-GPU ones (the agent maps every recorded GPU).
+    None for CPU-only snapshots, for multi-GPU ones, and when the agent does not report
+    its GPUs: the agent then maps the GPUs as recorded in the snapshot (``wanted`` is passed on).
     """
     if need.count != 1:
         return None
+    if "gpus" not in node_info:
+        return wanted
     gpus = [g for g in node_info.get("gpus") or [] if normalize_product(str(g.get("name", ""))) == need.product]
     if wanted:
         if not any(g.get("uuid") == wanted for g in gpus):

@@ -141,7 +141,8 @@ def _start(spec: RestoreSpec, body: dict[str, Any], status: dict[str, Any], clus
     conds = set_condition(conds, COND_SCHEDULED, True, "NodeChosen", f"{fit.node}: {fit.why}", now=now)
     conds = set_condition(conds, COND_AGENT, True, "Reachable", f"agent on {fit.node}", now=now)
     conds = set_condition(conds, COND_READY, False, "Restoring", f"job {job_id} on {fit.node}", now=now)
-    step.status = {"phase": RESTORING_PHASE, "node": fit.node, "gpu": gpu or "", "worker": spec.worker,
+    # None, not "": a merge patch deletes the field (the API server refuses an empty string here)
+    step.status = {"phase": RESTORING_PHASE, "node": fit.node, "gpu": gpu, "worker": spec.worker,
                    "artifact": art["name"], "agentJob": job_id, "startedAt": now_iso(now), "conditions": conds,
                    "message": f"restoring {art['name']} on {fit.node}"}
     on_gpu = f" onto GPU {gpu}" if gpu else ""
@@ -200,7 +201,7 @@ def _ready(spec: RestoreSpec, status: dict[str, Any], job: Job, canary: str, too
         conds = set_condition(conds, COND_CANARY, None, "NotRecorded", "the snapshot recorded no canary to check", now=now)
     conds = set_condition(conds, COND_READY, True, "Restored", f"worker {worker} runs on {node}", now=now)
     step = Step(status={"phase": READY, "worker": worker, "canary": canary, "completedAt": now_iso(now),
-                        "duration": human_duration(took), "timings": _timings(job.result), "progress": "",
+                        "duration": human_duration(took), "timings": _timings(job.result), "progress": None,
                         "message": f"worker {worker} restored on {node}", "conditions": conds})
     checked = "canary passed" if canary == PASSED else "no canary recorded"
     step.event(NORMAL, "Restored", f"worker {worker} restored from {status.get('artifact')} on {node} in "

@@ -8,7 +8,7 @@ from pathlib import Path
 from thaw.k8s.config import OperatorConfig
 
 
-def run(config: OperatorConfig, *, kubeconfig: Path | None = None) -> None:
+def run(config: OperatorConfig, *, kubeconfig: Path | None = None, verbose: bool = False) -> None:
     """Run the operator until it is stopped (SIGTERM/SIGINT). Blocks."""
     import kopf
     from kubernetes import client, config as kube_config
@@ -17,15 +17,15 @@ def run(config: OperatorConfig, *, kubeconfig: Path | None = None) -> None:
     from thaw.k8s.agents import http_connector
     from thaw.k8s.cluster import KubeCluster
 
-    if kubeconfig is not None:
-        os.environ["KUBECONFIG"] = str(kubeconfig)  # kopf's own login reads the same file
+    cfg = client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST") and kubeconfig is None:
-        kube_config.load_incluster_config()
+        kube_config.load_incluster_config(client_configuration=cfg)
     else:
-        kube_config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None)
+        kube_config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None, client_configuration=cfg)
+    kopf.configure(verbose=verbose, log_prefix=True)  # kopf.run() alone sets up no logging
     registry = kopf.OperatorRegistry()
     handlers.register(registry, config)
-    memo = handlers.Memo(cluster=KubeCluster(client.ApiClient(), config.agents),
-                         connect=http_connector(config.token()), config=config)
+    memo = handlers.Memo(cluster=KubeCluster(client.ApiClient(cfg), config.agents),
+                         connect=http_connector(config.token()), config=config, kube_config=cfg)
     kopf.run(registry=registry, memo=memo, standalone=True, clusterwide=not config.namespaces,
              namespaces=list(config.namespaces), liveness_endpoint=config.liveness)

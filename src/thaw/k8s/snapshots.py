@@ -206,7 +206,7 @@ def _ready(spec: SnapshotSpec, status: dict[str, Any], job: Job, manifest: dict[
     conds = set_condition(status.get("conditions"), COND_AGENT, True, "Reachable", f"agent on {status.get('node')}", now=now)
     conds = set_condition(conds, COND_READY, True, "ArtifactPublished", f"artifact {art['name']} ({art['size']})", now=now)
     step = Step(status={"phase": READY, "artifact": art, "timings": job_timings(job.result),
-                        "completedAt": now_iso(now), "duration": human_duration(took), "progress": "",
+                        "completedAt": now_iso(now), "duration": human_duration(took), "progress": None,
                         "message": f"artifact {art['name']} published", "conditions": conds})
     gpu = f" on {art['gpuCount']} x {art['gpuProduct']}" if art.get("gpuProduct") else ""
     return step.event(NORMAL, "SnapshotReady", f"artifact {art['name']} ({art['size']}, {art.get('digest', '?')}){gpu} "

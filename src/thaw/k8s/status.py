@@ -132,7 +132,7 @@ def failed(conds: Any, reason: str, message: str, now: datetime, step: Step | No
            took: float | None = None) -> Step:
     """Phase Failed with Ready=False for ``reason``, and a Warning Event saying why."""
     step = step or Step()
-    step.status.update({"phase": FAILED, "message": message, "completedAt": now_iso(now), "progress": "",
+    step.status.update({"phase": FAILED, "message": message, "completedAt": now_iso(now), "progress": None,
                         "conditions": set_condition(step.status.get("conditions", conds), COND_READY, False, reason,
                                                     message, now=now)})
     if took is not None:
@@ -155,6 +155,20 @@ def flapped(conds: Any, type: str) -> bool:
 def camel(reason: str) -> str:
     """``quiesce_timeout`` → ``QuiesceTimeout``: thaw's error reasons as Kubernetes reasons."""
     return "".join(part[:1].upper() + part[1:] for part in reason.replace("-", "_").split("_") if part)
+
+
+#: string limits of the CRDs' status schemas: a status the API server would reject must never be written
+#: (kopf would drop the patch, and the object would look stuck in its previous phase)
+STATUS_LIMITS = {"message": 4096, "progress": 256}
+
+
+def fit_status(status: dict[str, Any]) -> dict[str, Any]:
+    """``status`` with its free-text fields cut to what the CRD schema allows (a CRIU log tail can be long)."""
+    out = dict(status)
+    for key, limit in STATUS_LIMITS.items():
+        if isinstance(out.get(key), str) and len(out[key]) > limit:
+            out[key] = out[key][:limit - 15] + " ... (cut)"
+    return out
 
 
 def human_size(n: int) -> str:
