@@ -1,10 +1,13 @@
 """Phase timings of snapshot and restore for real CUDA workers (run on a GPU machine).
 
-    python bench/gpu_pipeline.py OUT.json [--sizes small,8gb] [--home /dev/shm/thaw-bench]
+    python bench/gpu_pipeline.py OUT.json [--sizes small,8gb,engine-qwen3-0.6b,engine-qwen3-8b]
 
-For each worker size: cold start (launch → parked), snapshot phases (freeze hooks, CUDA lock,
-CUDA checkpoint, CRIU dump, publish), restore phases (verify, CRIU restore, CUDA restore, unlock,
-thaw hooks + canary) and the first answer after restore. Writes JSON; bench/report.py renders it.
+For each worker: cold start (launch → parked), snapshot phases (freeze hooks, CUDA lock, CUDA
+checkpoint, CRIU dump, publish), restore phases (verify, CRIU restore, CUDA restore, unlock, thaw
+hooks + canary) and the first answer after restore, checked against the outputs recorded before
+the snapshot. ``small``/``8gb`` are the torch graph worker of tests/gpu (8 GB of filler state);
+``engine-*`` are thaw's reference LLM engine with its KV cache in thaw.memory (released at
+snapshot), weights from bench/engine_bench.py's directory. Writes JSON; bench/report.py renders it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+import httpx  # noqa: E402
 from gpu.conftest import get, start_worker  # noqa: E402
 
 from thaw import pipeline  # noqa: E402
@@ -29,24 +34,61 @@ SIZES = {
     "small": {"filler_gib": "0"},  # model + graph only
     "8gb": {"filler_gib": "8"},
 }
+WEIGHTS_ROOT = Path(os.environ.get("THAW_BENCH_WEIGHTS", "/var/tmp/thaw-bench-weights"))
 
 
-def bench_size(settings: Settings, label: str, env: dict[str, str]) -> dict:
+def start_engine(settings: Settings, label: str, config: str) -> pipeline.Instance:
+    weights = WEIGHTS_ROOT / config
+    if not (weights / "config.json").exists():
+        subprocess.run([sys.executable, "-m", "thaw", "engine", "make-weights", config, str(weights)], check=True)
+    inst = pipeline.launch(settings, [sys.executable, "-m", "thaw.engine", "serve", "--weights", str(weights),
+                                      "--device", "cuda", "--port", "0"], name=f"bench-{label}")
+    pipeline.wait_ready(settings, inst, timeout=900)
+    return inst
+
+
+def engine_answer(inst: pipeline.Instance, canary: dict) -> list[list[int]]:
+    """Greedy token ids for the canary's prompts, over HTTP on the worker's unix socket."""
+    sock = inst.dir / "http.sock"
+    deadline = time.monotonic() + 120
+    while not sock.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{inst.id} never opened {sock}; log:\n{inst.log_tail(30)}")
+        time.sleep(0.01)
+    out = []
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=120) as c:
+        for prompt in canary["prompts"]:
+            r = c.post("http://engine/v1/completions", json={
+                "prompt": prompt, "max_tokens": canary["max_tokens"], "temperature": 0,
+                "ignore_eos": True, "return_token_ids": True})
+            r.raise_for_status()
+            out.append(r.json()["choices"][0]["token_ids"])
+    return out
+
+
+def bench_size(settings: Settings, label: str) -> dict:
     t0 = time.perf_counter()
-    inst = start_worker(settings, name=f"bench-{label}", **env)
+    if label.startswith("engine-"):
+        inst = start_engine(settings, label, label.removeprefix("engine-"))
+    else:
+        inst = start_worker(settings, name=f"bench-{label}", **SIZES[label])
     cold = time.perf_counter() - t0
+    recorded = inst.ready().canary
     snap = pipeline.snapshot(settings, inst.id, f"bench-{label}")
     t1 = time.perf_counter()
     res = pipeline.restore(settings, f"bench-{label}", name=f"bench-{label}-r")
     restored = time.perf_counter() - t1
-    answer = get(res.instance, "/infer")
+    if label.startswith("engine-"):
+        ok = engine_answer(res.instance, recorded) == recorded["tokens"]
+    else:
+        ok = get(res.instance, "/infer") == recorded
     first_answer = time.perf_counter() - t1
-    ok = answer == inst.ready().canary if inst.ready() else res.canary_got == answer
     pipeline.stop(settings, res.instance)
     return {
         "worker": label,
         "cold_start_to_parked_s": round(cold, 3),
         "image_bytes": snap.manifest.size,
+        "kv_released_bytes": sum(r.bytes for r in snap.manifest.memory_released),
         "snapshot": snap.timings,
         "restore": res.timings,
         "restore_wall_s": round(restored, 3),
@@ -58,7 +100,7 @@ def bench_size(settings: Settings, label: str, env: dict[str, str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--sizes", default="small,8gb")
+    ap.add_argument("--sizes", default="small,8gb,engine-qwen3-0.6b,engine-qwen3-8b")
     ap.add_argument("--home", type=Path, default=Path("/dev/shm/thaw-bench"))
     args = ap.parse_args()
     shutil.rmtree(args.home, ignore_errors=True)
@@ -66,7 +108,7 @@ def main() -> None:
     results = []
     try:
         for label in args.sizes.split(","):
-            results.append(bench_size(settings, label, SIZES[label]))
+            results.append(bench_size(settings, label))
             print(json.dumps(results[-1]), flush=True)
     finally:
         for inst in pipeline.list_instances(settings):

@@ -16,6 +16,7 @@ from typing import Any
 PIPELINE_COLUMNS = [
     ("cold start → parked", "cold_start_to_parked_s"),
     ("image", "image_bytes"),
+    ("KV released", "kv_released_bytes"),
     ("freeze hooks", "snapshot.freeze_hooks"),
     ("CUDA lock", "snapshot.cuda_lock"),
     ("CUDA checkpoint", "snapshot.cuda_checkpoint"),

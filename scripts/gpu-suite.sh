@@ -64,7 +64,7 @@ for stage in $stages; do
       [ "${PIPESTATUS[0]}" = 0 ] || rc=1 ;;
     bench)
       echo "=== GPU benchmarks ==="
-      for b in ${BENCHES:-memory pipeline engine}; do
+      for b in ${BENCHES:-memory engine pipeline}; do
         case $b in
           memory) "$PY" bench/memory_bench.py "$OUT/bench_memory.json" ;;
           pipeline) "$PY" bench/gpu_pipeline.py "$OUT/bench_pipeline.json" ;;
