@@ -210,7 +210,8 @@ def _exists(read: Callable[[], Any]) -> bool:
 
 @pytest.fixture(scope="session")
 def thaw_installed(control_plane: ControlPlane) -> list[dict[str, Any]]:
-    """The base, applied for real, plus what an installer creates by hand (token Secret, RuntimeClass)."""
+    """The base, applied for real, plus what a cluster provides or an installer creates by hand: the token
+    Secret, the NVIDIA RuntimeClass, and an RWX volume for the artifact claim (NFS; nothing mounts it here)."""
     objects = render(DEPLOY / "base")
     control_plane.apply([o for o in objects if o["kind"] in ("Namespace", "CustomResourceDefinition")])
     for crd in ("workersnapshots.thaw.dev", "workerrestores.thaw.dev"):
@@ -219,6 +220,9 @@ def thaw_installed(control_plane: ControlPlane) -> list[dict[str, Any]]:
         {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "nvidia"}, "handler": "nvidia"},
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "thaw-agent-token", "namespace": "thaw-system"},
          "stringData": {"tokens": f"operator:{secrets.token_hex(32)}"}},
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "thaw-artifacts-nfs"},
+         "spec": {"capacity": {"storage": "4Ti"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                  "persistentVolumeReclaimPolicy": "Retain", "nfs": {"server": "127.0.0.1", "path": "/thaw"}}},
     ])
     control_plane.apply(objects)
     return objects

@@ -81,5 +81,12 @@ def test_choose_gpu_takes_the_right_model_with_most_free_memory():
         choose_gpu(info, H200, wanted="GPU-a")
     with pytest.raises(NoPlacement, match="reports no nvidia-h200"):
         choose_gpu({"gpus": []}, H200)
+    assert choose_gpu(info, GpuNeed("nvidia-h200", 1, memory=40)) == "GPU-c"
+    tight = {"gpus": [{"uuid": "GPU-x", "name": "NVIDIA H200", "memory_free": 10 << 20}]}
+    with pytest.raises(NoPlacement, match="has 20 MiB free .GPU-x: 10 MiB"):
+        choose_gpu(tight, GpuNeed("nvidia-h200", 1, memory=20 << 20))
+    assert choose_gpu({"gpus": [{"uuid": "GPU-y", "name": "NVIDIA H200", "memory_free": None}]},
+                      GpuNeed("nvidia-h200", 1, memory=1)) == "GPU-y"  # NVML unavailable: the agent decides
+    assert choose_gpu({"gpus": []}, GpuNeed()) is None
     assert choose_gpu(info, GpuNeed()) is None  # CPU-only: no GPU to pick
     assert choose_gpu(info, GpuNeed("nvidia-h200", 2)) is None  # several: the agent maps them as recorded

@@ -105,13 +105,14 @@ def test_follows_the_job_to_ready_and_records_the_artifact():
     assert running.status == {"progress": "dump 50% pages"}
     agent.finish("job-1", {"artifact": "ml.snap", "artifact_id": "abc", "digest": "xxh3_128:ff", "bytes": 3 << 30,
                            "timings": {"dump": 1.5, "publish": 0.5}, "original": "running"})
-    agent.artifacts["ml.snap"] = {"name": "ml.snap", "gpus": [{"name": "NVIDIA H200", "uuid": "GPU-1"}],
+    agent.artifacts["ml.snap"] = {"name": "ml.snap", "gpus": [{"name": "NVIDIA H200", "uuid": "GPU-1",
+                                                               "used_bytes": 70 << 30}],
                                   "worker": {"name": "worker-0", "canary": [1, 2, 3]}}
     done = snapshots.reconcile(advance(body, running), cluster, connect, now=T0 + timedelta(seconds=9))
     assert done.status["phase"] == "Ready"
     assert done.status["artifact"] == {"name": "ml.snap", "id": "abc", "digest": "xxh3_128:ff",
                                        "sizeBytes": 3 << 30, "size": "3.0GiB", "gpuCount": 1,
-                                       "gpuProduct": "NVIDIA H200", "hasCanary": True}
+                                       "gpuProduct": "NVIDIA H200", "gpuMemoryBytes": 70 << 30, "hasCanary": True}
     assert done.status["timings"] == {"dump": 1.5, "publish": 0.5}
     assert done.status["duration"] == "9.0s"
     assert condition(done.status["conditions"], "Ready")["status"] == "True"
@@ -206,3 +207,12 @@ def test_deleting_a_failed_snapshot_touches_nothing():
     cluster, agent, connect = world()
     step = snapshots.finalize(snapshot(status={"phase": "Failed"}), cluster, connect)
     assert agent.calls == [] and step.events == []
+
+
+def test_status_text_is_cut_to_what_the_crd_accepts():
+    from thaw.k8s.status import fit_status
+
+    long = "criu log tail\n" * 1000
+    fitted = fit_status({"message": long, "progress": "p" * 300, "phase": "Failed"})
+    assert len(fitted["message"]) <= 4096 and fitted["message"].endswith("(cut)")
+    assert len(fitted["progress"]) <= 256 and fitted["phase"] == "Failed"

@@ -36,11 +36,13 @@ class GpuNeed:
 
     product: str = ""
     count: int = 0
+    #: GPU memory the worker held at snapshot time (bytes; 0 = unknown): the chosen GPU must have it free
+    memory: int = 0
 
     @classmethod
-    def of(cls, product: str | None, count: int | None) -> GpuNeed:
+    def of(cls, product: str | None, count: int | None, memory: int | None = None) -> GpuNeed:
         product = normalize_product(product or "")
-        return cls(product, max(int(count or 0), 1 if product else 0))
+        return cls(product, max(int(count or 0), 1 if product else 0), int(memory or 0))
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,11 @@ def choose_gpu(node_info: dict[str, Any], need: GpuNeed, *, wanted: str | None =
         return wanted
     if not gpus:
         raise NoPlacement(f"the agent reports no {need.product} GPU on this node")
-    best = max(gpus, key=lambda g: (int(g.get("memory_free") or 0), str(g.get("uuid"))))
+    roomy = [g for g in gpus if not need.memory or g.get("memory_free") is None or g["memory_free"] >= need.memory]
+    if not roomy:
+        free = ", ".join(f"{g.get('uuid')}: {int(g['memory_free']) >> 20} MiB" for g in gpus)
+        raise NoPlacement(f"no {need.product} on this node has {need.memory >> 20} MiB free ({free})")
+    best = max(roomy, key=lambda g: (int(g.get("memory_free") or 0), str(g.get("uuid"))))
     return str(best.get("uuid")) if best.get("uuid") else None
 
 

@@ -108,7 +108,7 @@ def _start(spec: RestoreSpec, body: dict[str, Any], status: dict[str, Any], clus
             return _give_up(spec, conds, "SnapshotNotReady", why, now)
         return pending(conds, "SnapshotNotReady", f"{why}; waiting for it", now)
 
-    need = GpuNeed.of(art.get("gpuProduct"), art.get("gpuCount"))
+    need = GpuNeed.of(art.get("gpuProduct"), art.get("gpuCount"), art.get("gpuMemoryBytes"))
     pinned = spec.node
     if spec.pod and not pinned:
         pod = cluster.get_pod(spec.namespace, spec.pod)

@@ -233,6 +233,9 @@ def artifact_record(result: dict[str, Any], manifest: dict[str, Any], name: str)
     record["gpuCount"] = len(gpus)
     if gpus:
         record["gpuProduct"] = str(gpus[0].get("name") or gpus[0].get("product") or "")
+        used = [g.get("used_bytes") for g in gpus if isinstance(g.get("used_bytes"), int)]
+        if used:  # what the restore's GPU must have free (NVML's count at snapshot time)
+            record["gpuMemoryBytes"] = max(used)
     record["hasCanary"] = (manifest.get("worker") or {}).get("canary") is not None
     if result.get("store") or (manifest.get("source") or {}).get("store"):
         record["store"] = str(result.get("store") or manifest["source"]["store"])
