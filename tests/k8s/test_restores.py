@@ -208,3 +208,17 @@ def test_a_restore_that_never_finishes_times_out():
     body, _ = started(cluster, connect, restore())
     step = restores.reconcile(body, cluster, connect, now=T0 + timedelta(seconds=901))
     assert condition(step.status["conditions"], "Ready")["reason"] == "Timeout"
+
+
+def test_a_pod_on_a_node_whose_agent_is_not_up_yet_waits_a_little_then_starts_cold():
+    p = annotated(node_name="node-new")
+    cluster, a, b, connect = world(ready_snapshot(), pods=[p])
+    cluster.nodes.append(node("node-new"))  # an autoscaler just added it; its agent pod is still starting
+    body = restores.restore_for_pod(p)
+    body["metadata"]["creationTimestamp"] = "2026-11-28T10:00:00Z"
+    early = restores.reconcile(body, cluster, connect, now=T0)
+    assert early.retry_in is not None and early.pod is None
+    assert condition(early.status["conditions"], "Ready")["reason"] == "AgentNotReady"
+    late = restores.reconcile(body, cluster, connect, now=T0 + timedelta(seconds=restores.AGENT_GRACE_S))
+    assert late.pod.annotations["thaw.dev/restore-state"] == "ColdStart"
+    assert "node-new: no thaw agent runs there" in late.pod.annotations["thaw.dev/restore-reason"]

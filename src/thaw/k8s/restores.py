@@ -42,6 +42,10 @@ from thaw.k8s.status import (
     retry_later, set_condition, unreachable,
 )
 
+#: a pod on a node whose agent is not up yet waits this long before starting cold: when an autoscaler adds
+#: a node, the pod and the agent DaemonSet's pod arrive together, and the agent needs a few seconds to start
+AGENT_GRACE_S = 120.0
+
 #: canary outcomes (status.canary)
 PASSED, CANARY_FAILED, NOT_RECORDED = "Passed", "Failed", "NotRecorded"
 
@@ -125,6 +129,9 @@ def _start(spec: RestoreSpec, body: dict[str, Any], status: dict[str, Any], clus
         gpu = choose_gpu(agent.node_info(), need, wanted=spec.gpu)
         job_id = agent.restore(art["name"], gpu=gpu, name=spec.worker)
     except NoPlacement as exc:
+        if spec.pod and pinned not in urls and (now - created).total_seconds() < AGENT_GRACE_S:
+            message = f"no thaw agent on {pinned} yet; waiting up to {AGENT_GRACE_S:.0f}s before starting cold"
+            return retry_later(pending(conds, "AgentNotReady", message, now), message, retry)
         if spec.pod:
             return _give_up(spec, conds, "NoPlacement", str(exc), now)
         step = pending(set_condition(conds, COND_SCHEDULED, False, "Unschedulable", str(exc), now=now),
