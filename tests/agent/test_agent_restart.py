@@ -48,6 +48,34 @@ def test_agent_killed_during_a_snapshot(make_node, when, env):
     assert phase in when
 
 
+def test_agent_killed_while_uploading_to_s3(make_node, s3_url, tmp_path):
+    """Killed mid-upload: the manifest never lands, and recovery removes the files and open multipart uploads."""
+    from thaw.store.s3 import S3Store
+
+    bucket, _, query = s3_url[len("s3://"):].partition("?")
+    url = f"s3://{bucket}/{tmp_path.name}?{query}&chunk_mib=8&workers=2"
+    node = make_node("a", store=url)
+    worker = launch_worker(node, "w1", AGENT_TEST_BALLAST_MIB="512")
+    with node.client() as c:
+        job = c.snapshot("w1", "w1-v1")
+    wait_phase(node, job.id, ("publish",), timeout=60)
+    s3 = S3Store.from_url(url)
+    wait_until(lambda: s3._client.list_objects_v2(Bucket=bucket, Prefix=s3.prefix).get("KeyCount"), 30,
+               "the upload to start")
+    node.kill()
+    node.start()
+
+    with node.client() as c:
+        after = c.job(job.id)
+        assert after.error.reason == "agent_restarted" and "during publish" in after.error.message
+        assert "staged files removed" in after.error.message
+        assert c.artifacts() == []
+        assert wait_until(lambda: c.worker(worker.id).parked, 30, "the worker to be parked again")
+    assert s3._client.list_objects_v2(Bucket=bucket, Prefix=s3.prefix).get("KeyCount") == 0
+    assert s3._client.list_multipart_uploads(Bucket=bucket, Prefix=s3.prefix).get("Uploads", []) == []
+    assert list(node.staging.iterdir()) == [], "the local copy is gone"
+
+
 def test_agent_killed_during_a_restore(make_node):
     a, b = make_node("a"), make_node("b")
     original = launch_worker(a, "w1", AGENT_TEST_THAW_SLEEP="20")

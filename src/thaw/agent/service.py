@@ -416,15 +416,17 @@ class Agent:
             inst.state = "snapshotted"
             inst.save()
             notes.append("the original worker was stopped, as requested")
-        elif phase == "resume_original":
-            self._tell(inst, Action.RELEASE, notes, "released the original worker")
+            return notes
+        if "gpu_checkpoint" in journal.get("phases", []):
+            # its device state may still be checkpointed into host memory: bring it back first
+            try:
+                pipeline_gpu.rollback(inst.host_pid)
+                notes.append("GPU state rolled back")
+            except (ThawError, ImportError, OSError) as exc:
+                notes.append(f"GPU rollback: {exc}")
+        if phase == "resume_original":
+            self._tell(inst, Action.RELEASE, notes, "released the original worker, as requested")
         else:
-            if "gpu_checkpoint" in journal.get("phases", []):
-                try:
-                    pipeline_gpu.rollback(inst.host_pid)
-                    notes.append("GPU state rolled back")
-                except (ThawError, ImportError, OSError) as exc:
-                    notes.append(f"GPU rollback: {exc}")
             self._tell(inst, Action.ABORT, notes, "the worker was told to ABORT and is parked again")
         return notes
 
