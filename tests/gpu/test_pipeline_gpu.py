@@ -73,7 +73,10 @@ def test_restore_onto_the_other_gpu(settings) -> None:
     assert get(moved.instance, "/infer") == recorded
     from thaw.cuda.steps import record_gpus
 
-    assert [g.uuid for g in record_gpus(moved.instance.host_pid)] == [target.uuid]
+    # every visible GPU is recorded; the worker's memory now sits on the target alone
+    on = {g.uuid: g.used_bytes for g in record_gpus(moved.instance.host_pid)}
+    assert on[target.uuid], on
+    assert not on[source_uuid], on
 
 
 def test_failed_dump_after_gpu_checkpoint_leaves_the_original_running(settings, tmp_path: Path) -> None:
@@ -103,13 +106,15 @@ def test_restore_refused_before_anything_when_gpu_memory_is_short(settings) -> N
     import torch
 
     orig = start_worker(settings, filler_gib="4")
-    pipeline.snapshot(settings, orig.id, "big")
-    free, _ = torch.cuda.mem_get_info()
-    hog = torch.empty(free - (1 << 30), dtype=torch.uint8, device="cuda")  # leave 1 GiB: less than needed
+    snap = pipeline.snapshot(settings, orig.id, "big")
+    index = snap.manifest.gpus[0]["index"]
+    free, _ = torch.cuda.mem_get_info(index)
+    # leave 1 GiB on the recorded GPU: less than the worker needs
+    hog = torch.empty(free - (1 << 30), dtype=torch.uint8, device=f"cuda:{index}")
     try:
         before = {i.id for i in pipeline.list_instances(settings)}
         with pytest.raises(RestoreError) as err:
-            pipeline.restore(settings, "big")
+            pipeline.restore(settings, "big", gpu_target=index)
         assert "memory" in str(err.value)
         assert {i.id for i in pipeline.list_instances(settings)} == before, "nothing was restored"
     finally:
