@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from workers import wait_until
 
 from thaw.agent.client import AgentClient
-from workers import wait_until
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "agent_worker.py"

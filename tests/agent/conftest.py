@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from agent_nodes import Node
-from thaw.store.testing import s3_server
 from workers import kill_all, processes_of
+
+from thaw.store.testing import s3_server
 
 
 @pytest.fixture

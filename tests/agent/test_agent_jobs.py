@@ -5,8 +5,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from agent_nodes import launch_worker, wait_phase
+
 from thaw.agent.client import AgentError
 
 pytestmark = pytest.mark.criu

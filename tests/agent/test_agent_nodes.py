@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from agent_nodes import launch_worker
 
 pytestmark = pytest.mark.criu

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from agent_nodes import launch_worker, wait_phase
 from workers import wait_until
 

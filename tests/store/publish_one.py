@@ -29,8 +29,7 @@ try:
         (staged.dir / "images").mkdir()
         with open(staged.dir / "images" / "pages.img", "wb") as f:
             block = bytes([byte]) * (1 << 20)
-            for _ in range(size >> 20):
-                f.write(block)
+            f.writelines(block for _ in range(size >> 20))
             f.write(bytes([byte]) * (size & ((1 << 20) - 1)))
         if die:
             os.kill(os.getpid(), signal.SIGKILL)

@@ -40,7 +40,15 @@ from thaw import __version__
 from thaw.agent.auth import PEER_KEY, Tokens
 from thaw.agent.metrics import CONTENT_TYPE
 from thaw.agent.models import (
-    AgentStatus, ArtifactSummary, ErrorBody, ErrorDetail, Job, LaunchRequest, RestoreRequest, SnapshotRequest, Worker,
+    AgentStatus,
+    ArtifactSummary,
+    ErrorBody,
+    ErrorDetail,
+    Job,
+    LaunchRequest,
+    RestoreRequest,
+    SnapshotRequest,
+    Worker,
 )
 from thaw.agent.service import Agent, NotFound
 from thaw.errors import ArtifactNotFound, BusyError, ConfigError, HostError, ThawError

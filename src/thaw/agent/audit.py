@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ class AuditLog:
                artifact: str | None = None, artifact_id: str | None = None, digest: str | None = None,
                job: str | None = None, reason: str | None = None, message: str | None = None) -> None:
         entry = {
-            "time": datetime.now(timezone.utc).isoformat(),
+            "time": datetime.now(UTC).isoformat(),
             "caller": caller or {},
             "operation": operation,
             "worker": worker,

@@ -24,7 +24,13 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from thaw.agent.models import (
-    AgentStatus, ArtifactSummary, Job, LaunchRequest, RestoreRequest, SnapshotRequest, Worker,
+    AgentStatus,
+    ArtifactSummary,
+    Job,
+    LaunchRequest,
+    RestoreRequest,
+    SnapshotRequest,
+    Worker,
 )
 from thaw.errors import ConfigError, ThawError
 
@@ -63,7 +69,7 @@ class AgentClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> AgentClient:
+    def __enter__(self) -> AgentClient:  # noqa: PYI034 - a final class in practice
         return self
 
     def __exit__(self, *exc: object) -> None:

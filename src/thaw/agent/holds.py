@@ -12,8 +12,8 @@ theirs shared (any number at once); a delete needs it free.
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from thaw.errors import BusyError

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +34,24 @@ from thaw.agent.jobs import JobBook, new_job_id
 from thaw.agent.journaled import JournaledStore
 from thaw.agent.metrics import Metrics
 from thaw.agent.models import (
-    AgentStatus, ArtifactSummary, CanaryReport, Job, JobError, JobKind, LaunchRequest, RestoreRequest,
-    RestoreResult, SnapshotRequest, SnapshotResult, VerifyResult, Worker,
+    AgentStatus,
+    ArtifactSummary,
+    CanaryReport,
+    Job,
+    JobError,
+    JobKind,
+    LaunchRequest,
+    RestoreRequest,
+    RestoreResult,
+    SnapshotRequest,
+    SnapshotResult,
+    VerifyResult,
+    Worker,
 )
 from thaw.config import Settings
 from thaw.errors import BusyError, CanaryMismatch, ConfigError, ThawError
-from thaw.pipeline import control, gpu as pipeline_gpu
+from thaw.pipeline import control
+from thaw.pipeline import gpu as pipeline_gpu
 from thaw.pipeline.instances import Instance, reap
 from thaw.store import Manifest, Staged, Store, check_name, open_store
 from thaw.worker.protocol import Action
@@ -92,7 +104,7 @@ class Agent:
         self.audit = AuditLog(config.audit_log or config.state / "audit.log")
         self.metrics = Metrics()
         self.holds = Holds()
-        self.started_at = datetime.now(timezone.utc)
+        self.started_at = datetime.now(UTC)
         self._pool = ThreadPoolExecutor(max_workers=config.max_jobs, thread_name_prefix="thaw-job")
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -274,7 +286,7 @@ class Agent:
             result = body(run)
         except ThawError as exc:
             error = JobError(reason=exc.reason, message=exc.message, hint=exc.hint, detail=_error_detail(exc))
-        except Exception as exc:  # a bug, not an expected failure: still a clear, recorded job error
+        except Exception as exc:  # noqa: BLE001 - a bug, not an expected failure: still a clear, recorded job error
             error = JobError(reason="internal", message=f"{type(exc).__name__}: {exc}")
         finally:
             # free the worker and artifact before the job reads as finished: a client that saw it
@@ -375,7 +387,7 @@ class Agent:
                     notes = self._recover_snapshot(job, journal, phase)
                 elif job.kind is JobKind.RESTORE:
                     notes = self._recover_restore(job)
-            except Exception as exc:  # recovery must go on for the other jobs
+            except Exception as exc:  # noqa: BLE001 - recovery must go on for the other jobs
                 notes.append(f"recovery step failed: {type(exc).__name__}: {exc}")
             message = f"agent restarted during {phase}" + (f"; {'; '.join(notes)}" if notes else "")
             error = JobError(reason="agent_restarted", message=message, detail={"phase": phase, "recovery": notes})
@@ -504,7 +516,7 @@ class Agent:
                                 os.waitpid(pid, os.WNOHANG)
                             except ChildProcessError:
                                 pass
-            except Exception:
+            except Exception:  # noqa: BLE001,S112 - reaping is best effort: try again next round
                 continue
 
 
@@ -557,7 +569,7 @@ def _gpus() -> list[dict[str, Any]]:
         from thaw.cuda import devices
 
         return [g.to_dict() for g in devices()]
-    except Exception:  # a broken driver must not break /v1/status
+    except Exception:  # noqa: BLE001 - a broken driver must not break /v1/status
         return []
 
 

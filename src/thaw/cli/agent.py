@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,19 +31,20 @@ SocketOpt = Annotated[Path, typer.Option("--socket", envvar="THAW_AGENT_SOCKET",
 def serve(
     socket: SocketOpt = Path("/run/thaw/agent.sock"),
     no_socket: Annotated[bool, typer.Option("--no-socket", help="serve on TCP only")] = False,
-    listen: Annotated[Optional[str], typer.Option("--listen", envvar="THAW_AGENT_LISTEN", help="also serve on TCP HOST:PORT (needs --token-file: without a token every TCP request gets 401)")] = None,
-    token_file: Annotated[Optional[Path], typer.Option("--token-file", envvar="THAW_AGENT_TOKEN_FILE", help="bearer tokens accepted over TCP, one per line, optionally 'identity:token'")] = None,
-    socket_group: Annotated[Optional[str], typer.Option("--socket-group", help="group allowed to use the socket (mode 0660); default: root only (0600)")] = None,
-    store: Annotated[Optional[str], typer.Option("--store", envvar="THAW_STORE", help="artifact store: a (shared) directory, dir:///path or s3://bucket/prefix?endpoint=URL [default: HOME/artifacts]")] = None,
-    staging: Annotated[Optional[Path], typer.Option("--staging", envvar="THAW_STAGING", help="node-local staging for fetched artifacts (tmpfs or local disk) [default: HOME/staging]")] = None,
-    home: Annotated[Optional[Path], typer.Option("--home", envvar="THAW_HOME", help="thaw's state directory; the same path on every node [default: /var/lib/thaw]")] = None,
-    node: Annotated[Optional[str], typer.Option("--node", envvar="THAW_NODE", help="this node's name [default: hostname]")] = None,
-    criu: Annotated[Optional[str], typer.Option("--criu", envvar="THAW_CRIU", help="CRIU binary or portable tree")] = None,
+    listen: Annotated[str | None, typer.Option("--listen", envvar="THAW_AGENT_LISTEN", help="also serve on TCP HOST:PORT (needs --token-file: without a token every TCP request gets 401)")] = None,
+    token_file: Annotated[Path | None, typer.Option("--token-file", envvar="THAW_AGENT_TOKEN_FILE", help="bearer tokens accepted over TCP, one per line, optionally 'identity:token'")] = None,
+    socket_group: Annotated[str | None, typer.Option("--socket-group", help="group allowed to use the socket (mode 0660); default: root only (0600)")] = None,
+    store: Annotated[str | None, typer.Option("--store", envvar="THAW_STORE", help="artifact store: a (shared) directory, dir:///path or s3://bucket/prefix?endpoint=URL [default: HOME/artifacts]")] = None,
+    staging: Annotated[Path | None, typer.Option("--staging", envvar="THAW_STAGING", help="node-local staging for fetched artifacts (tmpfs or local disk) [default: HOME/staging]")] = None,
+    home: Annotated[Path | None, typer.Option("--home", envvar="THAW_HOME", help="thaw's state directory; the same path on every node [default: /var/lib/thaw]")] = None,
+    node: Annotated[str | None, typer.Option("--node", envvar="THAW_NODE", help="this node's name [default: hostname]")] = None,
+    criu: Annotated[str | None, typer.Option("--criu", envvar="THAW_CRIU", help="CRIU binary or portable tree")] = None,
     max_jobs: Annotated[int, typer.Option("--max-jobs", help="operations run at once")] = 8,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")] = "info",
 ) -> None:
     """Run the agent until SIGTERM: recover interrupted jobs, then serve the API."""
-    from thaw.agent.server import ServeOptions, serve as run_server
+    from thaw.agent.server import ServeOptions
+    from thaw.agent.server import serve as run_server
     from thaw.agent.service import AgentConfig
     from thaw.config import Settings
 
@@ -63,8 +64,8 @@ def serve(
 @friendly
 def status(
     socket: SocketOpt = Path("/run/thaw/agent.sock"),
-    url: Annotated[Optional[str], typer.Option("--url", envvar="THAW_AGENT_URL", help="talk over TCP instead: http://HOST:PORT")] = None,
-    token_file: Annotated[Optional[Path], typer.Option("--token-file", envvar="THAW_AGENT_TOKEN_FILE", help="file whose first token is sent over TCP")] = None,
+    url: Annotated[str | None, typer.Option("--url", envvar="THAW_AGENT_URL", help="talk over TCP instead: http://HOST:PORT")] = None,
+    token_file: Annotated[Path | None, typer.Option("--token-file", envvar="THAW_AGENT_TOKEN_FILE", help="file whose first token is sent over TCP")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
 ) -> None:
     """Is an agent running here, and what is it doing?"""

@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -351,7 +351,7 @@ class S3Store(Store):
 
         Only debris older than ``older_than_s`` goes, so uploads in progress on other nodes survive.
         """
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         n = 0
         for page in self._pages("list_multipart_uploads", Bucket=self.bucket, Prefix=self.prefix):
             for up in page.get("Uploads", []):
@@ -476,7 +476,7 @@ def _describe(root: Path, chunk_size: int, workers: int) -> list[FileEntry]:
 
 def _check_chunks(manifest: Manifest, piece: _Piece, data: bytes, *, what: str) -> None:
     view = memoryview(data)
-    for k in range(0, max(1, -(-len(data) // manifest.chunk_size))):
+    for k in range(max(1, -(-len(data) // manifest.chunk_size))):
         i = piece.first_chunk + k
         if i >= len(piece.entry.chunks):
             break  # an empty file has no chunk digests
@@ -508,7 +508,7 @@ def _run_parallel(fn: Callable[[Any], None], items: list[Any], workers: int) -> 
         return
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items)))) as pool:
         futures = [pool.submit(fn, item) for item in items]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        wait(futures, return_when=FIRST_EXCEPTION)
         for f in futures:
             f.cancel()
         for f in futures:

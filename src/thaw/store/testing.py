@@ -47,7 +47,7 @@ def s3_server(bucket: str = "thaw-test", *, log: Path | None = None, timeout: fl
     os.environ.update({k: os.environ.get(k, v) for k, v in TEST_CREDENTIALS.items()})
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    out = open(log, "ab") if log else subprocess.DEVNULL
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
