@@ -86,6 +86,9 @@ class FakeCluster:
     def get_snapshot(self, namespace: str, name: str) -> dict | None:
         return copy.deepcopy(self.snapshots.get((namespace, name)))
 
+    def get_restore(self, namespace: str, name: str) -> dict | None:
+        return copy.deepcopy(self.restores.get((namespace, name)))
+
     def create_restore(self, namespace: str, body: dict) -> dict:
         key = (namespace, body["metadata"]["name"])
         self.restores.setdefault(key, copy.deepcopy(body))
@@ -152,6 +155,9 @@ class FakeAgent:
         self._call("delete_artifact", name)
         if self.artifacts.pop(name, None) is None:
             raise ArtifactNotFound(f"no artifact {name}")
+
+    def stop_worker(self, name: str) -> None:
+        self._call("stop_worker", name)
 
     # --- test controls
     def finish(self, job_id: str, result: dict) -> None:

@@ -191,6 +191,19 @@ def test_autoscaler_scale_up_restores_new_replicas_or_falls_back_to_cold_start(
         assert ("Normal", "Restored") in [(t, r) for t, r, _ in events_for(cp, namespace, pod.metadata.name)]
     assert {p.metadata.name for p in restored} == {p.metadata.name for p in pods}
 
+    # scaling down stops the restored workers (the pods' finalizer), so their GPUs are free again
+    assert all("thaw.dev/cleanup" in (p.metadata.finalizers or []) for p in restored)
+    cp.apps.patch_namespaced_deployment_scale("llm", namespace, {"spec": {"replicas": 0}})
+    for pod in restored:
+        node, worker = pod.spec.node_name, pod.metadata.annotations["thaw.dev/restored-worker"]
+        wait_for(lambda: not agents[node].client.worker(worker).alive, timeout=60,
+                 what=f"worker {worker} to be stopped on {node}")
+        # what the kubelet would do once the containers are gone: finish the deletion
+        wait_for(lambda: not (cp.core.read_namespaced_pod(pod.metadata.name, namespace).metadata.finalizers or []),
+                 timeout=30, what="the operator to release the pod")
+        cp.core.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=0)
+    wait_for(lambda: not pods_of(cp, namespace, "llm"), timeout=30, what="the replicas to go")
+
     # no valid snapshot behind the annotation: new replicas start cold, and say why
     cp.apps.create_namespaced_deployment(namespace, deployment("cold", "no-such-snapshot"))
     scale_and_play_kubelet(cp, namespace, "cold", 1)
@@ -209,7 +222,7 @@ def test_deleting_a_snapshot_deletes_its_artifact_unless_retained(
     worker_pod(cp, namespace, "kept-pod", node="node-a", worker=kept_worker)
     snapshot_of(cp, namespace, "kept", "kept-pod", retention="Retain")
     kept = wait_phase(cp, namespace, "workersnapshots", "kept", ("Ready", "Failed"), operator=operator)
-    assert gone["metadata"]["finalizers"] == ["thaw.dev/artifact-cleanup"]
+    assert gone["metadata"]["finalizers"] == ["thaw.dev/cleanup"]
     names = {a.name for a in agents["node-a"].client.artifacts()}
     assert {gone["status"]["artifact"]["name"], kept["status"]["artifact"]["name"]} <= names
 

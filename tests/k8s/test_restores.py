@@ -134,7 +134,9 @@ def annotated(name="worker-1", node_name="node-b", **annotations):
 def test_which_pods_the_operator_takes_on():
     assert restores.pod_wants_restore(annotated())
     assert not restores.pod_wants_restore(annotated(node_name=None))  # not scheduled yet
-    assert not restores.pod_wants_restore(annotated(**{"thaw.dev/restore-state": "Restoring"}))  # taken on already
+    assert restores.pod_wants_restore(annotated(**{"thaw.dev/restore-state": "Restoring"}))  # re-checked until decided
+    assert not restores.pod_wants_restore(annotated(**{"thaw.dev/restore-state": "Restored"}))
+    assert not restores.pod_wants_restore(annotated(**{"thaw.dev/restore-state": "ColdStart"}))
     assert not restores.pod_wants_restore(pod("plain"))
     gone = annotated()
     gone["metadata"]["deletionTimestamp"] = "2026-11-28T10:00:00Z"
@@ -150,12 +152,18 @@ def test_a_restore_from_pod_gets_its_own_workerrestore_pinned_to_its_node_and_ow
     assert body["spec"] == {"snapshotName": "snap",
                             "target": {"podName": "worker-1", "nodeName": "node-b", "workerName": "worker-1"}}
     assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-worker-1"
-    assert step.pod.annotations["thaw.dev/restore-state"] == "Restoring"
-    assert step.pod.annotations["thaw.dev/workerrestore"] == "worker-1"
-    assert step.pod.condition["type"] == "thaw.dev/restored" and step.pod.condition["status"] == "False"
-    # taking it on again (operator restarted before the pod patch) reuses the same object
-    restores.take_on_pod(p, cluster, now=T0)
-    assert len(cluster.restores) == 1
+    (marker,) = cluster.pod_patches  # written before the WorkerRestore exists, so it cannot overwrite its outcome
+    assert marker.annotations["thaw.dev/restore-state"] == "Restoring"
+    assert marker.annotations["thaw.dev/workerrestore"] == "worker-1"
+    assert marker.condition["type"] == "thaw.dev/restored" and marker.condition["status"] == "False"
+    assert [e.reason for e in step.events] == ["RestoreRequested"]
+    # looking again while it is under way does nothing
+    assert restores.take_on_pod(cluster.get_pod("ml", "worker-1"), cluster, now=T0).events == []
+    assert len(cluster.pod_patches) == 1
+    # the operator stopped after marking the pod but before creating the WorkerRestore: the next look creates it
+    cluster.restores.clear()
+    restores.take_on_pod(cluster.get_pod("ml", "worker-1"), cluster, now=T0)
+    assert list(cluster.restores) == [("ml", "worker-1")]
 
 
 def test_a_restored_pod_is_told_so_and_its_readiness_gate_opens():
@@ -222,3 +230,37 @@ def test_a_pod_on_a_node_whose_agent_is_not_up_yet_waits_a_little_then_starts_co
     late = restores.reconcile(body, cluster, connect, now=T0 + timedelta(seconds=restores.AGENT_GRACE_S))
     assert late.pod.annotations["thaw.dev/restore-state"] == "ColdStart"
     assert "node-new: no thaw agent runs there" in late.pod.annotations["thaw.dev/restore-reason"]
+
+
+def test_scaling_down_stops_the_worker_restored_for_the_pod():
+    p = annotated(**{"thaw.dev/restore-state": "Restored", "thaw.dev/restored-worker": "worker-1"})
+    cluster, a, b, connect = world(pods=[p])
+    step = restores.release_pod(p, cluster, connect)
+    assert b.calls == [("stop_worker", "worker-1")] and step.retry_in is None
+    assert [e.reason for e in step.events] == ["WorkerStopped"]
+    b.down = True
+    assert restores.release_pod(p, cluster, connect, retry=1).retry_in == 2.0
+    cluster.nodes = [n for n in cluster.nodes if n["metadata"]["name"] != "node-b"]  # the node itself went away
+    assert restores.release_pod(p, cluster, connect).retry_in is None
+
+
+def test_a_pod_deleted_mid_restore_waits_for_the_restore_then_stops_its_worker():
+    p = annotated()
+    cluster, a, b, connect = world(ready_snapshot(), pods=[p])
+    restores.take_on_pod(p, cluster, now=T0)
+    p["metadata"]["annotations"].update({"thaw.dev/restore-state": "Restoring", "thaw.dev/workerrestore": "worker-1"})
+    body = cluster.restores[("ml", "worker-1")]
+    body["metadata"]["creationTimestamp"] = "2026-11-28T10:00:00Z"
+    body, _ = started(cluster, connect, body)
+    cluster.restores[("ml", "worker-1")] = body
+    assert restores.release_pod(p, cluster, connect).retry_in is not None
+    assert ("stop_worker", "worker-1") not in b.calls
+    b.finish("job-1", {"worker": {"name": "worker-1"}, "canary": {"checked": True, "match": True}})
+    assert restores.release_pod(p, cluster, connect).retry_in is None
+    assert b.calls[-1] == ("stop_worker", "worker-1")
+
+
+def test_nothing_to_stop_for_a_cold_started_pod():
+    p = annotated(**{"thaw.dev/restore-state": "ColdStart"})
+    cluster, a, b, connect = world(pods=[p])
+    assert restores.release_pod(p, cluster, connect).events == [] and b.calls == []

@@ -39,6 +39,13 @@ class HttpAgent:
     def delete_artifact(self, name: str) -> None:
         _mapped(lambda: self._client.delete(name))
 
+    def stop_worker(self, name: str) -> None:
+        try:
+            self._client.stop(name)
+        except AgentError as exc:
+            if exc.status != 404:  # no such worker: nothing to stop
+                raise _mapped_error(exc) from exc
+
     def close(self) -> None:
         self._client.close()
 
@@ -47,8 +54,12 @@ def _mapped(call: Callable[[], T]) -> T:
     try:
         return call()
     except AgentError as exc:
-        if exc.status == 409:
-            raise BusyError(exc.message, hint=exc.hint) from exc
-        if exc.status == 404:
-            raise ArtifactNotFound(exc.message, hint=exc.hint) from exc
-        raise
+        raise _mapped_error(exc) from exc
+
+
+def _mapped_error(exc: AgentError) -> Exception:
+    if exc.status == 409:
+        return BusyError(exc.message, hint=exc.hint)
+    if exc.status == 404:
+        return ArtifactNotFound(exc.message, hint=exc.hint)
+    return exc

@@ -57,6 +57,10 @@ class AgentPort(Protocol):
         """Delete an artifact from the store (ArtifactNotFound if it is not there)."""
         ...
 
+    def stop_worker(self, name: str) -> None:
+        """Stop the worker ``name`` on this node; nothing happens if there is no such worker."""
+        ...
+
 
 #: opens an AgentPort for an agent URL (the real client in production, fakes in tests)
 Connect = Callable[[str], AgentPort]

@@ -33,6 +33,8 @@ class Cluster(Protocol):
 
     def get_snapshot(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
+    def get_restore(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
     def create_restore(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create a WorkerRestore; if one of that name exists already, return it instead."""
         ...
@@ -81,6 +83,9 @@ class KubeCluster:
 
     def get_snapshot(self, namespace: str, name: str) -> dict[str, Any] | None:
         return _or_none(lambda: self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, SNAPSHOTS, name))
+
+    def get_restore(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _or_none(lambda: self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, RESTORES, name))
 
     def create_restore(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         from kubernetes.client import ApiException

@@ -47,6 +47,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     kopf.timer(GROUP, VERSION, RESTORES, registry=registry, interval=config.poll, when=in_progress)(restore_tick)
     kopf.timer("", "v1", "pods", registry=registry, interval=config.poll, annotations={RESTORE_FROM: kopf.PRESENT},
                when=wants_restore)(pod_tick)
+    # a finalizer on restore-from pods: scaling down must stop the restored worker, or its GPU leaks
+    kopf.on.delete("", "v1", "pods", registry=registry, annotations={RESTORE_FROM: kopf.PRESENT},
+                   timeout=config.delete_timeout)(pod_deleted)
 
 
 def login(memo: Memo, **_: Any) -> kopf.ConnectionInfo:
@@ -91,6 +94,10 @@ def restore_tick(body: kopf.Body, patch: kopf.Patch, retry: int, memo: Memo, **_
 
 def pod_tick(body: kopf.Body, patch: kopf.Patch, memo: Memo, **_: Any) -> None:
     apply(restores.take_on_pod(_plain(body), memo.cluster), body, patch, memo)
+
+
+def pod_deleted(body: kopf.Body, patch: kopf.Patch, retry: int, memo: Memo, **_: Any) -> None:
+    apply(restores.release_pod(_plain(body), memo.cluster, memo.connect, retry=retry), body, patch, memo)
 
 
 def apply(step: Step, body: kopf.Body, patch: kopf.Patch, memo: Memo) -> None:

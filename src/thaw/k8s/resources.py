@@ -68,5 +68,6 @@ COND_SCHEDULED = "Scheduled"
 #: the restored worker reproduced the canary recorded at snapshot time
 COND_CANARY = "CanaryPassed"
 
-#: the finalizer that lets the operator delete a snapshot's artifact before the object goes
-FINALIZER = f"{GROUP}/artifact-cleanup"
+#: the finalizer that lets the operator clean up before an object goes: a WorkerSnapshot's artifact,
+#: the worker restored for a restore-from pod (so that scaling down frees its GPU)
+FINALIZER = f"{GROUP}/cleanup"

@@ -268,10 +268,14 @@ def _timings(result: dict[str, Any]) -> dict[str, float]:
 # --- pods that ask for a restore ----------------------------------------------------------------------------------
 
 def pod_wants_restore(pod: dict[str, Any]) -> bool:
-    """A bound, live pod annotated restore-from that the operator has not taken on yet."""
+    """A bound, live pod annotated restore-from whose restore has not been decided yet.
+
+    Restoring pods are included: if the operator stopped between marking the pod and creating
+    its WorkerRestore, the next look creates it (take_on_pod does nothing when it exists).
+    """
     meta = pod.get("metadata") or {}
     annotations = meta.get("annotations") or {}
-    return (bool(annotations.get(RESTORE_FROM)) and RESTORE_STATE not in annotations
+    return (bool(annotations.get(RESTORE_FROM)) and annotations.get(RESTORE_STATE) in (None, RESTORING)
             and not meta.get("deletionTimestamp") and bool((pod.get("spec") or {}).get("nodeName")))
 
 
@@ -292,19 +296,59 @@ def restore_for_pod(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 def take_on_pod(pod: dict[str, Any], cluster: Cluster, *, now: datetime | None = None) -> Step:
-    """Create the pod's WorkerRestore and mark the pod Restoring (the restore reconciler does the rest)."""
+    """Mark the pod Restoring, then create its WorkerRestore (the restore reconciler does the rest).
+
+    In that order: the restore may finish (a cold start is decided at once when there is no
+    snapshot) before this step returns, and its outcome must not be overwritten by Restoring.
+    """
     now = now or datetime.now(timezone.utc)
     body = restore_for_pod(pod)
-    created = cluster.create_restore(body["metadata"]["namespace"], body)
-    if (created.get("spec") or {}).get("target", {}).get("podName") != pod["metadata"]["name"]:
-        raise ThawError(f"WorkerRestore {body['metadata']['name']} exists and serves another pod",
-                        hint="delete it, or rename the pod's owner")
     meta = pod["metadata"]
-    spec = RestoreSpec.of(created)
-    step = Step(pod=_pod_patch(spec, RESTORING, f"WorkerRestore {spec.name} created", False, now))
-    step.pod.annotations[RESTORE_OBJECT] = spec.name
-    return step.event(NORMAL, "RestoreRequested", f"restoring from snapshot {meta['annotations'][RESTORE_FROM]} "
-                      f"(WorkerRestore {spec.name})", target=pod)
+    spec = RestoreSpec.of(body)
+    if (meta.get("annotations") or {}).get(RESTORE_STATE) == RESTORING and cluster.get_restore(spec.namespace, spec.name):
+        return Step()  # taken on already; its WorkerRestore is under way
+    marker = _pod_patch(spec, RESTORING, f"WorkerRestore {spec.name} created", False, now)
+    marker.annotations[RESTORE_OBJECT] = spec.name
+    cluster.patch_pod(marker)
+    created = cluster.create_restore(body["metadata"]["namespace"], body)
+    if (created.get("spec") or {}).get("target", {}).get("podName") != meta["name"]:
+        raise ThawError(f"WorkerRestore {spec.name} exists and serves another pod",
+                        hint="delete it, or rename the pod's owner")
+    return Step().event(NORMAL, "RestoreRequested", f"restoring from snapshot {meta['annotations'][RESTORE_FROM]} "
+                        f"(WorkerRestore {spec.name})", target=pod)
+
+
+def release_pod(pod: dict[str, Any], cluster: Cluster, connect: Connect, *, retry: int = 0) -> Step:
+    """Before a restore-from pod goes: stop the worker restored for it, so that scaling down frees its GPU.
+
+    A restore still running is waited for (its worker would otherwise appear after the pod is
+    gone, holding a GPU for nobody). Nothing to do for a cold-started pod, or when its node is gone.
+    """
+    from thaw.k8s.cluster import agent_for
+
+    meta = pod["metadata"]
+    annotations = meta.get("annotations") or {}
+    state, node = annotations.get(RESTORE_STATE), (pod.get("spec") or {}).get("nodeName")
+    step = Step()
+    if state not in (RESTORING, RESTORED) or not node:
+        return step
+    if node not in {n["metadata"]["name"] for n in cluster.list_nodes()}:
+        return step  # the node went (scaled away) and its workers with it
+    worker = annotations.get(RESTORED_WORKER) or short_name(meta["name"], 128)
+    try:
+        agent = agent_for(cluster, connect, node)
+        if state == RESTORING:
+            restore = cluster.get_restore(meta["namespace"], annotations.get(RESTORE_OBJECT) or meta["name"])
+            job_id = ((restore or {}).get("status") or {}).get("agentJob")
+            if job_id and not Job.from_dict(agent.job(job_id)).done:
+                return retry_later(step, f"restore job {job_id} for pod {meta['name']} still running; its worker "
+                                   "is stopped once it finishes", retry)
+        agent.stop_worker(worker)
+    except Exception as exc:
+        if agents.is_temporary(exc):
+            return retry_later(step, f"cannot stop worker {worker} on {node} yet: {exc}", retry)
+        raise
+    return step.event(NORMAL, "WorkerStopped", f"stopped worker {worker} on {node}: its pod is going", target=pod)
 
 
 def _pod_patch(spec: RestoreSpec, state: str, message: str, gate_open: bool, now: datetime, *,
