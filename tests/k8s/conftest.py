@@ -47,8 +47,22 @@ WORKER = REPO / "tests" / "workers" / "serve.py"
 OPERATOR_SA = "system:serviceaccount:thaw-system:thaw-operator"
 
 
+def _kubectl() -> str | None:
+    """A kubectl with kustomize v5: the machine's, else the one scripts/install-kubectl.sh put next to the binaries."""
+    for candidate in (shutil.which("kubectl"), str(TESTBIN / "kubectl")):
+        if candidate and os.access(candidate, os.X_OK):
+            out = subprocess.run([candidate, "version", "--client"], capture_output=True, text=True).stdout
+            if "Kustomize Version: v5" in out:
+                return candidate
+    return None
+
+
+KUBECTL = _kubectl()
+
+
 def kubectl_missing() -> str | None:
-    return None if shutil.which("kubectl") else "needs kubectl (with kustomize) on PATH"
+    return None if KUBECTL else ("needs kubectl with kustomize v5 (on PATH, or in THAW_KUBE_TESTBIN: "
+                                 "scripts/install-kubectl.sh or scripts/build-kube-testbin.sh installs one)")
 
 
 def testbin_missing() -> str | None:
@@ -83,7 +97,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def render(path: Path) -> list[dict[str, Any]]:
-    out = subprocess.run(["kubectl", "kustomize", str(path)], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([KUBECTL, "kustomize", str(path)], check=True, capture_output=True, text=True).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -100,7 +114,7 @@ class ControlPlane:
         # a fresh discovery cache per call: kubectl would otherwise not notice CRDs (and their categories)
         # installed after its first call
         with tempfile.TemporaryDirectory() as cache:
-            proc = subprocess.run(["kubectl", f"--kubeconfig={self.kubeconfig}", f"--cache-dir={cache}", *args],
+            proc = subprocess.run([KUBECTL, f"--kubeconfig={self.kubeconfig}", f"--cache-dir={cache}", *args],
                                   input=input, text=True, capture_output=True, timeout=60)
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
@@ -146,7 +160,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     tokens.write_text(f'{operator_token},{OPERATOR_SA},thaw-operator-uid,"{groups}"\n')
     env = {**os.environ, "D": str(d), "BIN": str(TESTBIN), "PORT": str(free_port()), "EPORT": str(free_port()),
            "PEER_PORT": str(free_port()), "WITH": "controller-manager scheduler", "EXTRA_TOKENS": str(tokens),
-           "KCM_ARGS": "--controllers=*,-nodelifecycle"}
+           "KCM_ARGS": "--controllers=*,-nodelifecycle", "KUBECTL": KUBECTL}
     try:
         subprocess.run(["bash", str(REPO / "scripts" / "start-control-plane.sh")], env=env, check=True,
                        capture_output=True, text=True, timeout=180)

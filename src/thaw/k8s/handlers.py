@@ -10,7 +10,7 @@ their own registry.
 
 Progress and the last handled state are kept in annotations under ``thaw.dev/``
 (not in ``status``, whose schema is the CRD's), and the finalizer is named
-``thaw.dev/artifact-cleanup``.
+``thaw.dev/cleanup`` (artifacts of deleted snapshots, workers of deleted restore-from pods).
 """
 
 from __future__ import annotations
