@@ -37,12 +37,13 @@ SIZES = {
 WEIGHTS_ROOT = Path(os.environ.get("THAW_BENCH_WEIGHTS", "/var/tmp/thaw-bench-weights"))
 
 
-def start_engine(settings: Settings, label: str, config: str) -> pipeline.Instance:
+def start_engine(settings: Settings, label: str, config: str, kv_gb: str | None) -> pipeline.Instance:
     weights = WEIGHTS_ROOT / config
     if not (weights / "config.json").exists():
         subprocess.run([sys.executable, "-m", "thaw", "engine", "make-weights", config, str(weights)], check=True)
+    kv = ["--kv-gb", kv_gb] if kv_gb else []
     inst = pipeline.launch(settings, [sys.executable, "-m", "thaw.engine", "serve", "--weights", str(weights),
-                                      "--device", "cuda", "--port", "0"], name=f"bench-{label}")
+                                      "--device", "cuda", "--port", "0", *kv], name=f"bench-{label}")
     pipeline.wait_ready(settings, inst, timeout=900)
     return inst
 
@@ -67,16 +68,19 @@ def engine_answer(inst: pipeline.Instance, canary: dict) -> list[list[int]]:
 
 
 def bench_size(settings: Settings, label: str) -> dict:
+    """One worker's cold start, snapshot and restore; ``engine-CONFIG[@KV_GB]`` for the LLM engine."""
     t0 = time.perf_counter()
     if label.startswith("engine-"):
-        inst = start_engine(settings, label, label.removeprefix("engine-"))
+        config, _, kv_gb = label.removeprefix("engine-").partition("@")
+        inst = start_engine(settings, label.replace("@", "-kv"), config, kv_gb or None)
     else:
         inst = start_worker(settings, name=f"bench-{label}", **SIZES[label])
     cold = time.perf_counter() - t0
     recorded = inst.ready().canary
-    snap = pipeline.snapshot(settings, inst.id, f"bench-{label}")
+    artifact = f"bench-{label}".replace("@", "-kv")
+    snap = pipeline.snapshot(settings, inst.id, artifact)
     t1 = time.perf_counter()
-    res = pipeline.restore(settings, f"bench-{label}", name=f"bench-{label}-r")
+    res = pipeline.restore(settings, artifact, name=f"{artifact}-r")
     restored = time.perf_counter() - t1
     if label.startswith("engine-"):
         ok = engine_answer(res.instance, recorded) == recorded["tokens"]
@@ -108,8 +112,17 @@ def main() -> None:
     results = []
     try:
         for label in args.sizes.split(","):
-            results.append(bench_size(settings, label))
+            try:
+                results.append(bench_size(settings, label))
+            except Exception as exc:  # record what failed, with the workers' logs, and go on
+                results.append({"worker": label, "error": f"{type(exc).__name__}: {exc}",
+                                "logs": {i.id: i.log_tail(40) for i in pipeline.list_instances(settings)
+                                         if label.replace("@", "-kv") in i.id},
+                                "gpu_memory": subprocess.run(
+                                    ["nvidia-smi", "--query-gpu=index,memory.used,memory.total",
+                                     "--format=csv,noheader"], capture_output=True, text=True).stdout})
             print(json.dumps(results[-1]), flush=True)
+            args.out.write_text(json.dumps({"benchmark": "gpu_pipeline", "results": results}, indent=2))
     finally:
         for inst in pipeline.list_instances(settings):
             try:
