@@ -51,7 +51,7 @@ def _kubectl() -> str | None:
     """A kubectl with kustomize v5: the machine's, else the one scripts/install-kubectl.sh put next to the binaries."""
     for candidate in (shutil.which("kubectl"), str(TESTBIN / "kubectl")):
         if candidate and os.access(candidate, os.X_OK):
-            out = subprocess.run([candidate, "version", "--client"], capture_output=True, text=True).stdout
+            out = subprocess.run([candidate, "version", "--client"], capture_output=True, text=True, check=False).stdout
             if "Kustomize Version: v5" in out:
                 return candidate
     return None
@@ -115,7 +115,7 @@ class ControlPlane:
         # installed after its first call
         with tempfile.TemporaryDirectory() as cache:
             proc = subprocess.run([KUBECTL, f"--kubeconfig={self.kubeconfig}", f"--cache-dir={cache}", *args],
-                                  input=input, text=True, capture_output=True, timeout=60)
+                                  input=input, text=True, capture_output=True, timeout=60, check=False)
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
@@ -151,7 +151,7 @@ class ControlPlane:
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     if reason := testbin_missing():
         pytest.skip(reason)
-    from kubernetes import client, config
+    from kubernetes import config
 
     d = tmp_path_factory.mktemp("control-plane")
     operator_token = secrets.token_hex(16)
@@ -275,12 +275,14 @@ class Agent:
     client: Any = None
 
     def stop_workers(self) -> None:
+        from thaw.errors import ThawError
+
         try:
             for w in self.client.workers():
                 if w.alive:
                     self.client.stop(w.id)
-        except Exception:  # the agent may be gone already; its workers are then cleaned up below
-            pass
+        except ThawError as exc:  # the agent may be gone already (AgentUnavailable)
+            print(f"could not stop the workers on {self.node}: {exc}")
 
 
 @dataclass
@@ -326,7 +328,8 @@ def agents(control_plane: ControlPlane, thaw_installed: list, tmp_path_factory: 
             agent = Agent(node, f"http://{ip}:{port}", proc.pid, home, log,
                           AgentClient(base_url=f"http://{ip}:{port}", token=token, timeout=10))
             group.by_node[node] = agent
-            wait_for(lambda: proc.poll() is not None or agent.client.healthy(), timeout=30, what=f"agent on {node}")
+            wait_for(lambda p=proc, a=agent: p.poll() is not None or a.client.healthy(), timeout=30,
+                     what=f"agent on {node}")
             assert proc.poll() is None, f"agent on {node} exited:\n{log.read_text()}"
             make_node(control_plane, node, labels={"thaw.dev/pool": "gpu", "nvidia.com/gpu.product": product},
                       taints=GPU_POOL_TAINTS, annotations={"thaw.dev/agent-url": agent.url})

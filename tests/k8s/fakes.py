@@ -6,8 +6,8 @@ import copy
 import itertools
 from typing import Any
 
-from thaw.errors import ArtifactNotFound
 from thaw.agent.client import AgentUnavailable
+from thaw.errors import ArtifactNotFound
 from thaw.k8s.status import PodPatch
 
 

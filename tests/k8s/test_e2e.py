@@ -16,7 +16,15 @@ import pytest
 from thaw.store.manifest import Manifest
 
 from .conftest import (
-    Agents, ControlPlane, Operator, events_for, get_object, launch_worker, mark_running, wait_for, wait_phase,
+    Agents,
+    ControlPlane,
+    Operator,
+    events_for,
+    get_object,
+    launch_worker,
+    mark_running,
+    wait_for,
+    wait_phase,
     worker_pod,
 )
 
@@ -196,10 +204,11 @@ def test_autoscaler_scale_up_restores_new_replicas_or_falls_back_to_cold_start(
     cp.apps.patch_namespaced_deployment_scale("llm", namespace, {"spec": {"replicas": 0}})
     for pod in restored:
         node, worker = pod.spec.node_name, pod.metadata.annotations["thaw.dev/restored-worker"]
-        wait_for(lambda: not agents[node].client.worker(worker).alive, timeout=60,
+        client, name = agents[node].client, pod.metadata.name
+        wait_for(lambda c=client, w=worker: not c.worker(w).alive, timeout=60,
                  what=f"worker {worker} to be stopped on {node}")
         # what the kubelet would do once the containers are gone: finish the deletion
-        wait_for(lambda: not (cp.core.read_namespaced_pod(pod.metadata.name, namespace).metadata.finalizers or []),
+        wait_for(lambda n=name: not (cp.core.read_namespaced_pod(n, namespace).metadata.finalizers or []),
                  timeout=30, what="the operator to release the pod")
         cp.core.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=0)
     wait_for(lambda: not pods_of(cp, namespace, "llm"), timeout=30, what="the replicas to go")
@@ -228,10 +237,11 @@ def test_deleting_a_snapshot_deletes_its_artifact_unless_retained(
 
     for name in ("gone", "kept"):
         cp.custom.delete_namespaced_custom_object("thaw.dev", "v1alpha1", namespace, "workersnapshots", name)
-    for name in ("gone", "kept"):
-        wait_for(lambda: not [o for o in cp.custom.list_namespaced_custom_object(
-            "thaw.dev", "v1alpha1", namespace, "workersnapshots")["items"] if o["metadata"]["name"] == name],
-            timeout=60, what=f"WorkerSnapshot {name} to go")
+    def remaining() -> list[str]:
+        items = cp.custom.list_namespaced_custom_object("thaw.dev", "v1alpha1", namespace, "workersnapshots")["items"]
+        return [o["metadata"]["name"] for o in items]
+
+    wait_for(lambda: not remaining(), timeout=60, what="both WorkerSnapshots to go")
     names = {a.name for a in agents["node-a"].client.artifacts()}
     assert gone["status"]["artifact"]["name"] not in names
     assert kept["status"]["artifact"]["name"] in names

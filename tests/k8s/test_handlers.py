@@ -37,7 +37,7 @@ def test_a_step_writes_the_pod_first_then_events_then_status(recorded):
 
 
 def test_a_step_that_asks_to_retry_raises_kopfs_temporary_error_after_writing_its_status(recorded):
-    rec, memo = recorded
+    _rec, memo = recorded
     patch = kopf.Patch()
     step = Step(status={"conditions": []}, retry_in=8.0, message="agent on node-a: connection refused")
     with pytest.raises(kopf.TemporaryError) as info:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from thaw.k8s.placement import (
-    GpuNeed, NoPlacement, choose_gpu, choose_node, free_gpus, normalize_product, requested_gpus,
+    GpuNeed,
+    NoPlacement,
+    choose_gpu,
+    choose_node,
+    free_gpus,
+    normalize_product,
+    requested_gpus,
 )
 
 from .fakes import node, pod

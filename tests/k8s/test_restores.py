@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from thaw.k8s import restores
 from thaw.k8s.status import condition
 
-from .fakes import Agents, FakeAgent, FakeCluster, node, pod, ready_snapshot, restore, snapshot
+from .fakes import (
+    Agents,
+    FakeAgent,
+    FakeCluster,
+    node,
+    pod,
+    ready_snapshot,
+    restore,
+    snapshot,
+)
 
-T0 = datetime(2026, 11, 28, 10, 0, 5, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 28, 10, 0, 5, tzinfo=UTC)
 A, B = "http://127.0.0.2:7070", "http://127.0.0.3:7070"
 GPUS_B = [{"uuid": "GPU-b0", "name": "NVIDIA H200", "memory_free": 100 << 30},
           {"uuid": "GPU-b1", "name": "NVIDIA H200", "memory_free": 140 << 30}]
@@ -37,7 +46,7 @@ def started(cluster, connect, body):
 
 def test_restores_on_a_node_with_the_snapshots_gpu_model_onto_its_freest_gpu():
     cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
-    body, step = started(cluster, connect, restore())
+    _body, step = started(cluster, connect, restore())
     assert a.calls == [] and b.calls == [("node_info",), ("restore", "ml.snap", "GPU-b1", "r1")]
     assert (step.status["node"], step.status["gpu"], step.status["worker"]) == ("node-b", "GPU-b1", "r1")
     assert condition(step.status["conditions"], "Scheduled")["status"] == "True"
@@ -45,7 +54,7 @@ def test_restores_on_a_node_with_the_snapshots_gpu_model_onto_its_freest_gpu():
 
 
 def test_ready_only_after_the_job_passed_its_canary():
-    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
+    cluster, _a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
     body, _ = started(cluster, connect, restore())
     assert restores.reconcile(body, cluster, connect, now=T0).status.get("phase") is None  # job still running
     b.finish("job-1", {"worker": {"name": "r1", "ready": True}, "timings": {"criu_restore": 1.25},
@@ -59,7 +68,7 @@ def test_ready_only_after_the_job_passed_its_canary():
 
 
 def test_a_canary_mismatch_is_never_ready():
-    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
+    cluster, _a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
     body, _ = started(cluster, connect, restore())
     b.fail("job-1", "canary_mismatch", "canary differs: token 3: 17 != 42")
     step = restores.reconcile(body, cluster, connect, now=T0)
@@ -71,14 +80,14 @@ def test_a_canary_mismatch_is_never_ready():
 
 
 def test_a_succeeded_job_reporting_a_canary_mismatch_is_still_not_ready():
-    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
+    cluster, _a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
     body, _ = started(cluster, connect, restore())
     b.finish("job-1", {"worker": {"name": "r1"}, "canary": {"checked": True, "match": False}})
     assert restores.reconcile(body, cluster, connect, now=T0).status["phase"] == "Failed"
 
 
 def test_no_canary_recorded_is_ready_but_says_it_was_not_verified():
-    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1, canary=False))
+    cluster, _a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1, canary=False))
     body, _ = started(cluster, connect, restore())
     b.finish("job-1", {"worker": {"name": "r1"}, "canary": {"checked": False}})
     step = restores.reconcile(body, cluster, connect, now=T0)
@@ -88,7 +97,7 @@ def test_no_canary_recorded_is_ready_but_says_it_was_not_verified():
 
 
 def test_other_job_failures_and_lost_jobs_fail_with_their_reason():
-    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
+    cluster, _a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
     body, _ = started(cluster, connect, restore())
     b.fail("job-1", "integrity", "images/pages-1.img: digest mismatch")
     step = restores.reconcile(body, cluster, connect, now=T0)
@@ -98,7 +107,7 @@ def test_other_job_failures_and_lost_jobs_fail_with_their_reason():
 
 
 def test_waits_for_a_snapshot_in_progress_and_fails_on_a_missing_or_failed_one():
-    cluster, a, b, connect = world(snapshot(status={"phase": "Snapshotting"}))
+    cluster, _a, _b, connect = world(snapshot(status={"phase": "Snapshotting"}))
     step = restores.reconcile(restore(), cluster, connect, now=T0)
     assert step.status["phase"] == "Pending" and step.retry_in is None
     assert condition(step.status["conditions"], "Ready")["reason"] == "SnapshotNotReady"
@@ -109,7 +118,7 @@ def test_waits_for_a_snapshot_in_progress_and_fails_on_a_missing_or_failed_one()
 
 
 def test_no_node_fits_yet_is_retried_and_explained():
-    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA GB200", gpus=1))
+    cluster, _a, _b, connect = world(ready_snapshot(product="NVIDIA GB200", gpus=1))
     step = restores.reconcile(restore(), cluster, connect, now=T0)
     assert step.retry_in is not None and step.status["phase"] == "Pending"
     scheduled = condition(step.status["conditions"], "Scheduled")
@@ -117,10 +126,10 @@ def test_no_node_fits_yet_is_retried_and_explained():
 
 
 def test_a_pinned_node_and_gpu_are_honoured():
-    cluster, a, b, connect = world(ready_snapshot())  # CPU-only snapshot: any node with an agent
-    body, step = started(cluster, connect, restore(target={"nodeName": "node-a", "workerName": "copy-1"}))
+    cluster, a, _b, connect = world(ready_snapshot())  # CPU-only snapshot: any node with an agent
+    _body, _step = started(cluster, connect, restore(target={"nodeName": "node-a", "workerName": "copy-1"}))
     assert a.calls == [("node_info",), ("restore", "ml.snap", None, "copy-1")]
-    cluster2, a2, b2, connect2 = world(ready_snapshot(product="NVIDIA H200", gpus=1))
+    cluster2, _a2, b2, connect2 = world(ready_snapshot(product="NVIDIA H200", gpus=1))
     started(cluster2, connect2, restore(target={"gpu": "GPU-b0"}))
     assert b2.calls[-1] == ("restore", "ml.snap", "GPU-b0", "r1")
 
@@ -145,7 +154,7 @@ def test_which_pods_the_operator_takes_on():
 
 def test_a_restore_from_pod_gets_its_own_workerrestore_pinned_to_its_node_and_owned_by_it():
     p = annotated()
-    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1), pods=[p])
+    cluster, _a, _b, _connect = world(ready_snapshot(product="NVIDIA H200", gpus=1), pods=[p])
     step = restores.take_on_pod(p, cluster, now=T0)
     (key, body), = cluster.restores.items()
     assert key == ("ml", "worker-1")
@@ -168,7 +177,7 @@ def test_a_restore_from_pod_gets_its_own_workerrestore_pinned_to_its_node_and_ow
 
 def test_a_restored_pod_is_told_so_and_its_readiness_gate_opens():
     p = annotated()
-    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1), pods=[p])
+    cluster, _a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1), pods=[p])
     restores.take_on_pod(p, cluster, now=T0)
     body = cluster.restores[("ml", "worker-1")]
     body["metadata"]["creationTimestamp"] = "2026-11-28T10:00:00Z"
@@ -187,7 +196,7 @@ def test_a_restored_pod_is_told_so_and_its_readiness_gate_opens():
 def test_a_pod_falls_back_to_a_cold_start_without_a_valid_snapshot_or_on_a_failed_canary():
     for snap in (None, snapshot(status={"phase": "Snapshotting"}), ready_snapshot(product="NVIDIA A100", gpus=1)):
         p = annotated()
-        cluster, a, b, connect = world(*([snap] if snap else []), pods=[p])
+        cluster, _a, b, connect = world(*([snap] if snap else []), pods=[p])
         body = restores.restore_for_pod(p)
         body["metadata"]["creationTimestamp"] = "2026-11-28T10:00:00Z"
         step = restores.reconcile(body, cluster, connect, now=T0)
@@ -200,7 +209,7 @@ def test_a_pod_falls_back_to_a_cold_start_without_a_valid_snapshot_or_on_a_faile
     assert "node-b: GPU nvidia-h200, the snapshot needs nvidia-a100" in step.pod.annotations["thaw.dev/restore-reason"]
 
     p = annotated()
-    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1), pods=[p])
+    cluster, _a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1), pods=[p])
     body = restores.restore_for_pod(p)
     body["metadata"]["creationTimestamp"] = "2026-11-28T10:00:00Z"
     body, _ = started(cluster, connect, body)
@@ -212,7 +221,7 @@ def test_a_pod_falls_back_to_a_cold_start_without_a_valid_snapshot_or_on_a_faile
 
 
 def test_a_restore_that_never_finishes_times_out():
-    cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
+    cluster, _a, _b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
     body, _ = started(cluster, connect, restore())
     step = restores.reconcile(body, cluster, connect, now=T0 + timedelta(seconds=901))
     assert condition(step.status["conditions"], "Ready")["reason"] == "Timeout"
@@ -220,7 +229,7 @@ def test_a_restore_that_never_finishes_times_out():
 
 def test_a_pod_on_a_node_whose_agent_is_not_up_yet_waits_a_little_then_starts_cold():
     p = annotated(node_name="node-new")
-    cluster, a, b, connect = world(ready_snapshot(), pods=[p])
+    cluster, _a, _b, connect = world(ready_snapshot(), pods=[p])
     cluster.nodes.append(node("node-new"))  # an autoscaler just added it; its agent pod is still starting
     body = restores.restore_for_pod(p)
     body["metadata"]["creationTimestamp"] = "2026-11-28T10:00:00Z"
@@ -234,7 +243,7 @@ def test_a_pod_on_a_node_whose_agent_is_not_up_yet_waits_a_little_then_starts_co
 
 def test_scaling_down_stops_the_worker_restored_for_the_pod():
     p = annotated(**{"thaw.dev/restore-state": "Restored", "thaw.dev/restored-worker": "worker-1"})
-    cluster, a, b, connect = world(pods=[p])
+    cluster, _a, b, connect = world(pods=[p])
     step = restores.release_pod(p, cluster, connect)
     assert b.calls == [("stop_worker", "worker-1")] and step.retry_in is None
     assert [e.reason for e in step.events] == ["WorkerStopped"]
@@ -246,7 +255,7 @@ def test_scaling_down_stops_the_worker_restored_for_the_pod():
 
 def test_a_pod_deleted_mid_restore_waits_for_the_restore_then_stops_its_worker():
     p = annotated()
-    cluster, a, b, connect = world(ready_snapshot(), pods=[p])
+    cluster, _a, b, connect = world(ready_snapshot(), pods=[p])
     restores.take_on_pod(p, cluster, now=T0)
     p["metadata"]["annotations"].update({"thaw.dev/restore-state": "Restoring", "thaw.dev/workerrestore": "worker-1"})
     body = cluster.restores[("ml", "worker-1")]
@@ -262,5 +271,5 @@ def test_a_pod_deleted_mid_restore_waits_for_the_restore_then_stops_its_worker()
 
 def test_nothing_to_stop_for_a_cold_started_pod():
     p = annotated(**{"thaw.dev/restore-state": "ColdStart"})
-    cluster, a, b, connect = world(pods=[p])
+    cluster, _a, b, connect = world(pods=[p])
     assert restores.release_pod(p, cluster, connect).events == [] and b.calls == []

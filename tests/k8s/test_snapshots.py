@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from thaw.errors import BusyError, ConfigError
 from thaw.k8s import snapshots
@@ -11,7 +11,7 @@ from thaw.store.manifest import check_name
 
 from .fakes import Agents, FakeAgent, FakeCluster, node, pod, snapshot
 
-T0 = datetime(2026, 11, 28, 10, 0, 5, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 28, 10, 0, 5, tzinfo=UTC)
 A = "http://127.0.0.2:7070"
 
 
@@ -56,7 +56,7 @@ def test_waits_for_a_pod_that_is_missing_unbound_or_not_running_and_says_so_once
 
 
 def test_gives_up_waiting_after_timeout():
-    cluster, agent, connect = world()
+    cluster, _agent, connect = world()
     late = T0 + timedelta(seconds=1801)
     step = snapshots.reconcile(snapshot(), cluster, connect, now=late)
     assert step.status["phase"] == "Failed"
@@ -65,7 +65,7 @@ def test_gives_up_waiting_after_timeout():
 
 
 def test_unreachable_agent_is_retried_with_growing_back_off_and_one_warning():
-    cluster, agent, connect = world(pod("worker-0"), agent_down=True)
+    cluster, _agent, connect = world(pod("worker-0"), agent_down=True)
     first = snapshots.reconcile(snapshot(), cluster, connect, retry=0, now=T0)
     assert first.retry_in == 1.0
     assert condition(first.status["conditions"], "AgentReachable")["status"] == "False"
@@ -76,7 +76,7 @@ def test_unreachable_agent_is_retried_with_growing_back_off_and_one_warning():
 
 
 def test_a_node_without_agent_is_a_temporary_failure():
-    cluster, agent, connect = world(pod("worker-0", node="node-b"))
+    cluster, _agent, connect = world(pod("worker-0", node="node-b"))
     step = snapshots.reconcile(snapshot(), cluster, connect, now=T0)
     assert step.retry_in is not None and "no thaw agent found for node node-b" in step.message
 

@@ -10,7 +10,7 @@ from the thaw-settings ConfigMap. docs/kubernetes.md describes the resources.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -34,10 +34,10 @@ def _group() -> None:
 @app.command()
 @friendly
 def run(
-    namespace: Annotated[Optional[list[str]], typer.Option(
+    namespace: Annotated[list[str] | None, typer.Option(
         "--namespace", "-n", envvar="THAW_NAMESPACES",
         help="watch only these namespaces (repeat the option) [default: the whole cluster]")] = None,
-    kubeconfig: Annotated[Optional[Path], typer.Option(
+    kubeconfig: Annotated[Path | None, typer.Option(
         envvar="KUBECONFIG", help="kubeconfig to use outside a cluster [default: in-cluster credentials]")] = None,
     poll: Annotated[float, typer.Option(envvar="THAW_POLL_SECONDS", help="seconds between looks at running jobs")] = 1.0,
     agent_namespace: Annotated[str, typer.Option(
@@ -45,11 +45,11 @@ def run(
     agent_selector: Annotated[str, typer.Option(
         envvar="THAW_AGENT_SELECTOR", help="label selector of the agent pods")] = "app.kubernetes.io/name=thaw-agent",
     agent_port: Annotated[int, typer.Option(envvar="THAW_AGENT_PORT", help="TCP port the agents listen on")] = 7070,
-    agent_token_file: Annotated[Optional[Path], typer.Option(
+    agent_token_file: Annotated[Path | None, typer.Option(
         envvar="THAW_AGENT_TOKEN_FILE", help="file with the agents' bearer token")] = None,
     delete_timeout: Annotated[float, typer.Option(
         envvar="THAW_DELETE_TIMEOUT", help="seconds to keep trying to delete a deleted snapshot's artifact")] = 600.0,
-    liveness: Annotated[Optional[str], typer.Option(
+    liveness: Annotated[str | None, typer.Option(
         envvar="THAW_LIVENESS", help="serve a liveness probe here, e.g. http://0.0.0.0:8080/healthz")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every handler call")] = False,
 ) -> None:

@@ -101,10 +101,9 @@ class KubeCluster:
         """Condition first, annotations last: the restore-state annotation is what readers act on. A gone pod is fine."""
         # strategic merge: conditions merge by type, so the kubelet's own conditions are kept
         smp = "application/strategic-merge-patch+json"
-        if patch.condition is not None:
-            if _or_none(lambda: self._core.patch_namespaced_pod_status(
-                    patch.name, patch.namespace, {"status": {"conditions": [patch.condition]}}, _content_type=smp)) is None:
-                return
+        if patch.condition is not None and _or_none(lambda: self._core.patch_namespaced_pod_status(
+                patch.name, patch.namespace, {"status": {"conditions": [patch.condition]}}, _content_type=smp)) is None:
+            return
         if patch.annotations:
             _or_none(lambda: self._core.patch_namespaced_pod(
                 patch.name, patch.namespace, {"metadata": {"annotations": patch.annotations}}, _content_type=smp))
@@ -116,7 +115,7 @@ def agent_for(cluster: Cluster, connect: Connect, node: str | None, *, any_node:
     if node and node in urls:
         return connect(urls[node])
     if any_node and urls:
-        return connect(urls[sorted(urls)[0]])
+        return connect(urls[min(urls)])
     raise AgentUnavailable(f"no thaw agent found for node {node}" if node else "no thaw agent found on any node",
                            hint="is the agent DaemonSet running there, or the node annotated thaw.dev/agent-url?")
 

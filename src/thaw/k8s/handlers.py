@@ -24,7 +24,15 @@ from thaw.k8s import restores, snapshots
 from thaw.k8s.agents import Connect
 from thaw.k8s.cluster import Cluster
 from thaw.k8s.config import OperatorConfig
-from thaw.k8s.resources import FINALIZER, GROUP, RESTORE_FROM, RESTORES, SNAPSHOTS, TERMINAL, VERSION
+from thaw.k8s.resources import (
+    FINALIZER,
+    GROUP,
+    RESTORE_FROM,
+    RESTORES,
+    SNAPSHOTS,
+    TERMINAL,
+    VERSION,
+)
 from thaw.k8s.status import Step, fit_status
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from thaw.errors import BusyError, ThawError
@@ -33,13 +33,41 @@ from thaw.k8s.agents import Connect, Job
 from thaw.k8s.cluster import Cluster
 from thaw.k8s.placement import GpuNeed, NoPlacement, choose_gpu, choose_node
 from thaw.k8s.resources import (
-    API_VERSION, COLD_START, COND_AGENT, COND_CANARY, COND_READY, COND_SCHEDULED, FAILED, POD_CONDITION, READY,
-    RESTORE_FROM, RESTORE_KIND, RESTORE_OBJECT, RESTORE_REASON, RESTORE_STATE, RESTORED, RESTORED_WORKER,
-    RESTORING, RESTORING_PHASE, TERMINAL,
+    API_VERSION,
+    COLD_START,
+    COND_AGENT,
+    COND_CANARY,
+    COND_READY,
+    COND_SCHEDULED,
+    FAILED,
+    POD_CONDITION,
+    READY,
+    RESTORE_FROM,
+    RESTORE_KIND,
+    RESTORE_OBJECT,
+    RESTORE_REASON,
+    RESTORE_STATE,
+    RESTORED,
+    RESTORED_WORKER,
+    RESTORING,
+    RESTORING_PHASE,
+    TERMINAL,
 )
 from thaw.k8s.status import (
-    NORMAL, WARNING, PodPatch, Step, camel, failed, flapped, human_duration, now_iso, parse_iso, pending,
-    retry_later, set_condition, unreachable,
+    NORMAL,
+    WARNING,
+    PodPatch,
+    Step,
+    camel,
+    failed,
+    flapped,
+    human_duration,
+    now_iso,
+    parse_iso,
+    pending,
+    retry_later,
+    set_condition,
+    unreachable,
 )
 
 #: a pod on a node whose agent is not up yet waits this long before starting cold: when an autoscaler adds
@@ -81,7 +109,7 @@ def short_name(name: str, limit: int) -> str:
 def reconcile(body: dict[str, Any], cluster: Cluster, connect: Connect, *, retry: int = 0,
               now: datetime | None = None) -> Step:
     """One step towards Ready (or Failed) for the WorkerRestore ``body``."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     status = body.get("status") or {}
     phase = status.get("phase")
     if phase in TERMINAL:
@@ -301,7 +329,7 @@ def take_on_pod(pod: dict[str, Any], cluster: Cluster, *, now: datetime | None =
     In that order: the restore may finish (a cold start is decided at once when there is no
     snapshot) before this step returns, and its outcome must not be overwritten by Restoring.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     body = restore_for_pod(pod)
     meta = pod["metadata"]
     spec = RestoreSpec.of(body)

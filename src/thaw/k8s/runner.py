@@ -11,7 +11,8 @@ from thaw.k8s.config import OperatorConfig
 def run(config: OperatorConfig, *, kubeconfig: Path | None = None, verbose: bool = False) -> None:
     """Run the operator until it is stopped (SIGTERM/SIGINT). Blocks."""
     import kopf
-    from kubernetes import client, config as kube_config
+    from kubernetes import client
+    from kubernetes import config as kube_config
 
     from thaw.k8s import handlers
     from thaw.k8s.agents import http_connector

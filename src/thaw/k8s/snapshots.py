@@ -17,17 +17,36 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from thaw.errors import ArtifactNotFound, BusyError, ThawError
 from thaw.k8s import agents
 from thaw.k8s.agents import Connect, Job
 from thaw.k8s.cluster import Cluster, agent_for
-from thaw.k8s.resources import COND_AGENT, COND_READY, PENDING, READY, SNAPSHOTTING, TERMINAL, WORKER
+from thaw.k8s.resources import (
+    COND_AGENT,
+    COND_READY,
+    PENDING,
+    READY,
+    SNAPSHOTTING,
+    TERMINAL,
+    WORKER,
+)
 from thaw.k8s.status import (
-    NORMAL, Step, camel, failed, flapped, human_duration, human_size, now_iso, parse_iso, pending, retry_later,
-    set_condition, unreachable,
+    NORMAL,
+    Step,
+    camel,
+    failed,
+    flapped,
+    human_duration,
+    human_size,
+    now_iso,
+    parse_iso,
+    pending,
+    retry_later,
+    set_condition,
+    unreachable,
 )
 
 
@@ -62,7 +81,7 @@ def default_artifact(namespace: str, name: str) -> str:
 def reconcile(body: dict[str, Any], cluster: Cluster, connect: Connect, *, retry: int = 0,
               now: datetime | None = None) -> Step:
     """One step towards Ready (or Failed) for the WorkerSnapshot ``body``."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     status = body.get("status") or {}
     phase = status.get("phase") or PENDING
     if phase in TERMINAL:
@@ -247,9 +266,11 @@ def job_timings(result: dict[str, Any]) -> dict[str, float]:
 
 
 def _parse_manifest(raw: dict[str, Any]) -> Any:
+    from pydantic import ValidationError
+
     from thaw.store.manifest import Manifest
 
     try:
         return Manifest.model_validate(raw)
-    except Exception:
+    except ValidationError:  # a manifest of another schema: the job's own digest and size are used instead
         return None

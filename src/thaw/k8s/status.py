@@ -8,7 +8,7 @@ logic testable without a cluster and the handlers a few lines each.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from thaw.k8s.resources import COND_AGENT, COND_READY, FAILED, PENDING
@@ -61,13 +61,13 @@ class Step:
 
 def now_iso(now: datetime | None = None) -> str:
     """An RFC 3339 timestamp as Kubernetes writes them (seconds, 'Z')."""
-    return (now or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_iso(text: str | None) -> datetime | None:
     if not text:
         return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return datetime.fromisoformat(text)  # Python >= 3.11 reads Kubernetes' trailing 'Z'
 
 
 def set_condition(conditions: list[dict[str, Any]] | None, type: str, status: bool | None, reason: str,
@@ -183,7 +183,7 @@ def human_size(n: int) -> str:
 def human_duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}m{secs:02d}s"
 
 
