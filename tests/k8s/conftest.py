@@ -274,6 +274,11 @@ class Agent:
     log: Path
     client: Any = None
 
+    def stop(self) -> None:
+        self.stop_workers()
+        _terminate(self.pid)
+        self.client.close()
+
     def stop_workers(self) -> None:
         from thaw.errors import ThawError
 
@@ -290,10 +295,36 @@ class Agents:
     token: str
     token_file: Path
     store: Path
+    base: Path
+    mountpoint: Path
+    port: int
     by_node: dict[str, Agent] = field(default_factory=dict)
 
     def __getitem__(self, node: str) -> Agent:
         return self.by_node[node]
+
+    def start(self, node: str, ip: str, *, seccomp: Path | None = None) -> Agent:
+        """``thaw agent serve`` for ``node`` on ``ip``, in a mount namespace of its own in which this node's
+        home is mounted at the path every node shares (as on separate machines); ``seccomp``: under that profile."""
+        from thaw.agent.client import AgentClient
+
+        home = self.base / node
+        home.mkdir()
+        log = self.base / f"{node}.log"
+        wrap = f"{sys.executable} {Path(__file__).parent / 'seccomp_exec.py'} {seccomp} -- " if seccomp else ""
+        script = (f"mount --bind {home} {self.mountpoint} && exec {wrap}{sys.executable} -m thaw agent serve "
+                  f"--no-socket --listen {ip}:{self.port} --token-file {self.token_file} --home {self.mountpoint} "
+                  f"--store {self.store} --node {node}")
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "NODE_NAME": node}
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=env,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://{ip}:{self.port}"
+        agent = Agent(node, url, proc.pid, home, log, AgentClient(base_url=url, token=self.token, timeout=10))
+        self.by_node[node] = agent
+        wait_for(lambda: proc.poll() is not None or agent.client.healthy(), timeout=30, what=f"agent on {node}")
+        assert proc.poll() is None, f"agent on {node} exited:\n{log.read_text()}"
+        return agent
 
 
 @pytest.fixture(scope="session")
@@ -310,27 +341,10 @@ def agents(control_plane: ControlPlane, thaw_installed: list, tmp_path_factory: 
     token_file = base / "tokens"
     token_file.write_text(f"operator:{token}\n")
     port = free_port("127.0.0.2")
-    group = Agents(token=token, token_file=token_file, store=store)
-    from thaw.agent.client import AgentClient
-
+    group = Agents(token=token, token_file=token_file, store=store, base=base, mountpoint=mountpoint, port=port)
     try:
         for node, ip, product in (("node-a", "127.0.0.2", "NVIDIA-H200"), ("node-b", "127.0.0.3", "NVIDIA-H200")):
-            home = base / node
-            home.mkdir()
-            log = base / f"{node}.log"
-            # its own mount namespace, in which this node's home is mounted at the path every node shares
-            script = (f"mount --bind {home} {mountpoint} && exec {sys.executable} -m thaw agent serve --no-socket "
-                      f"--listen {ip}:{port} --token-file {token_file} --home {mountpoint} --store {store} --node {node}")
-            env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "NODE_NAME": node}
-            with open(log, "wb") as out:
-                proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=env,
-                                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-            agent = Agent(node, f"http://{ip}:{port}", proc.pid, home, log,
-                          AgentClient(base_url=f"http://{ip}:{port}", token=token, timeout=10))
-            group.by_node[node] = agent
-            wait_for(lambda p=proc, a=agent: p.poll() is not None or a.client.healthy(), timeout=30,
-                     what=f"agent on {node}")
-            assert proc.poll() is None, f"agent on {node} exited:\n{log.read_text()}"
+            agent = group.start(node, ip)
             make_node(control_plane, node, labels={"thaw.dev/pool": "gpu", "nvidia.com/gpu.product": product},
                       taints=GPU_POOL_TAINTS, annotations={"thaw.dev/agent-url": agent.url})
         # a GPU node whose agent is not running (e.g. its pod is crash-looping)
@@ -339,9 +353,7 @@ def agents(control_plane: ControlPlane, thaw_installed: list, tmp_path_factory: 
         yield group
     finally:
         for agent in group.by_node.values():
-            agent.stop_workers()
-            _terminate(agent.pid)
-            agent.client.close()
+            agent.stop()
 
 
 def _terminate(pid: int, grace: float = 15.0) -> None:

@@ -16,6 +16,7 @@ import pytest
 from thaw.store.manifest import Manifest
 
 from .conftest import (
+    WORKER_SECCOMP,
     Agents,
     ControlPlane,
     Operator,
@@ -245,3 +246,22 @@ def test_deleting_a_snapshot_deletes_its_artifact_unless_retained(
     names = {a.name for a in agents["node-a"].client.artifacts()}
     assert gone["status"]["artifact"]["name"] not in names
     assert kept["status"]["artifact"]["name"] in names
+
+
+def test_why_the_agent_runs_without_seccomp(agents: Agents, tmp_path: Path) -> None:
+    """Any seccomp filter on the agent breaks checkpointing a worker that has one (as every pod's container does).
+
+    CRIU suspends the worker's filter while it dumps it (PTRACE_O_SUSPEND_SECCOMP), which the kernel
+    refuses to a tracer under seccomp itself (ptrace(2)) - even the permissive denylist used here.
+    The DaemonSet's `seccompProfile: Unconfined` rests on this test.
+    """
+    confined = agents.start("node-seccomp", "127.0.0.4", seccomp=WORKER_SECCOMP)
+    try:
+        launch_worker(confined, "w-seccomp", tmp_path)
+        job = confined.client.wait(confined.client.snapshot("w-seccomp", "never-published", leave_running=True).id, 120)
+        assert job.state.value == "failed"
+        assert "suspending seccomp failed: Operation not permitted" in job.error.message
+        assert confined.client.worker("w-seccomp").alive  # a failed snapshot leaves the worker running
+    finally:
+        confined.stop()
+        del agents.by_node["node-seccomp"]
