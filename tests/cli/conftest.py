@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ class Thaw:
         self.home = home
         self.cwd = cwd
         # wide enough that rich never wraps a line: the tests read messages line by line
-        self.env = {**os.environ, "THAW_HOME": str(home), "COLUMNS": "250"}
+        # PYTHONFAULTHANDLER: a command that hangs is sent SIGABRT and shows where it was (see finish)
+        self.env = {**os.environ, "THAW_HOME": str(home), "COLUMNS": "250", "PYTHONFAULTHANDLER": "1"}
         self.env.pop("THAW_STORE", None)
 
     def __call__(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
@@ -51,8 +53,21 @@ class Thaw:
         return json.loads(self.ok(*args, "--json"))
 
     def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
+        # a suite started in the background (`pytest &`) inherits SIGINT ignored, and so would the command:
+        # give it the default disposition, as a terminal user's command has
         return subprocess.Popen([str(THAW), *args], env={**self.env, **env}, cwd=self.cwd, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    @staticmethod
+    def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+        """Wait for a command started with ``start``; if it hangs, fail with the stacks of its threads."""
+        try:
+            return proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            out, err = proc.communicate()
+            raise AssertionError(f"thaw {' '.join(proc.args[1:])} hung for {timeout:.0f}s; its stacks:\n{err}") from None
 
     def run_worker(self, name: str = "w", *options: str, **env: str) -> str:
         """``thaw run --name NAME --wait -- python serve.py``; the worker gets ``env``."""

@@ -48,7 +48,7 @@ def test_an_interrupted_restore_kills_its_copy_and_leaves_the_artifact(thaw, res
     assert copy["state"] == "restoring"
 
     restore.send_signal(sig)
-    out, err = restore.communicate(timeout=20)
+    out, err = thaw.finish(restore, timeout=20)
 
     assert restore.returncode == 1
     assert err.splitlines()[-1] == "error: interrupted"

@@ -216,8 +216,10 @@ def test_an_unknown_manifest_schema_is_refused(settings: Settings, store: Store,
     raw["schema_version"] = 99
     manifest.write_text(json.dumps(raw))
 
-    with pytest.raises(IntegrityError, match="has schema version 99; this thaw reads version 1 only"):
+    with pytest.raises(IntegrityError, match="has schema version 99; this thaw reads version 1 only") as refused:
         pipeline.restore(settings, name, store=store)
+
+    assert str(refused.value).startswith(str(manifest))
 
     assert [i.origin for i in pipeline.list_instances(settings)] == ["launched"]
     assert processes_of(settings.home) == []

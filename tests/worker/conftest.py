@@ -48,8 +48,9 @@ class ParkedWorker:
 
     def ready(self, timeout: float = 10.0) -> protocol.ReadyMarker:
         def marker() -> dict[str, Any] | None:
-            assert self.proc.poll() is None, f"worker exited: {self.output()}"
-            return protocol.read_json(self.dir / protocol.READY)
+            raw = protocol.read_json(self.dir / protocol.READY)
+            assert raw or self.proc.poll() is None, f"worker exited before parking: {self.output()}"
+            return raw
 
         return protocol.decode_ready(wait_until(marker, timeout, "the ready marker"))
 

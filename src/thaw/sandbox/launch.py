@@ -58,7 +58,7 @@ def _first_child(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             kids = f.read().split()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: it exited between open and read
         return None
     return int(kids[0]) if kids else None
 
