@@ -31,7 +31,7 @@ class Managed:
         self.dir = tmp / "ctl"
         self.dir.mkdir()
         run_dir = tmp / "run"
-        link = protocol.ns_link(run_dir, protocol.pidns_inode())
+        link = protocol.ns_link(run_dir, protocol.sandbox_key())
         link.parent.mkdir(parents=True)
         os.symlink(self.dir, link)
         self.log = open(tmp / "worker.log", "w+")

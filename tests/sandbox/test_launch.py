@@ -19,6 +19,7 @@ pytestmark = pytest.mark.criu  # needs root for the namespaces
 
 REPORT = """
 import json, os, socket, fcntl, struct
+from thaw.worker.protocol import sandbox_key
 flags = struct.unpack("16sH14s", fcntl.ioctl(socket.socket(socket.AF_INET, socket.SOCK_DGRAM), 0x8913,
                       struct.pack("16sH14s", b"lo", 0, b"")))[1]
 facts = {
@@ -29,7 +30,7 @@ facts = {
     "mounts": sorted({line.split()[4] for line in open("/proc/self/mountinfo")}),
     "proc_pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
     "lo_up": bool(flags & 1),
-    "control_dir": os.readlink(os.path.join(os.environ["THAW_RUN_DIR"], "ns", str(os.stat("/proc/self/ns/pid").st_ino))),
+    "control_dir": os.readlink(os.path.join(os.environ["THAW_RUN_DIR"], "ns", sandbox_key())),
     "stdin": os.readlink("/proc/self/fd/0"),
     "onednn": os.environ.get("ONEDNN_MAX_CPU_ISA"),
 }

@@ -40,7 +40,7 @@ class ParkedWorker:
 
     def link(self, control_dir: Path) -> None:
         """Point this pid namespace's link at ``control_dir`` (what thaw does for each sandbox)."""
-        link = protocol.ns_link(self.run_dir, protocol.pidns_inode())
+        link = protocol.ns_link(self.run_dir, protocol.sandbox_key())
         link.parent.mkdir(parents=True, exist_ok=True)
         tmp = link.with_name(link.name + ".tmp")
         os.symlink(control_dir, tmp)

@@ -81,7 +81,11 @@ def test_an_unknown_action_is_refused() -> None:
         protocol.decode_command({"id": "c1", "action": "explode"})
 
 
-def test_the_namespace_link_is_named_by_the_pid_namespace_inode(tmp_path: Path) -> None:
+def test_the_namespace_link_is_named_by_the_pid_namespace_inode_and_netns_cookie(tmp_path: Path) -> None:
     inode = protocol.pidns_inode()
     assert inode == os.stat("/proc/self/ns/pid").st_ino
-    assert protocol.ns_link(tmp_path, inode) == tmp_path / "ns" / str(inode)
+    key = protocol.sandbox_key()
+    assert key.startswith(f"{inode}-")
+    # from the host, a sandbox is named by one of its processes: here this process stands in for one
+    assert protocol.sandbox_key(os.getpid()) == key
+    assert protocol.ns_link(tmp_path, key) == tmp_path / "ns" / key

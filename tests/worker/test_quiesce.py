@@ -197,7 +197,7 @@ def test_control_dir_is_none_until_thaw_linked_the_sandbox(tmp_path: Path, monke
     monkeypatch.setenv(protocol.ENV_RUN_DIR, str(tmp_path))
     assert thaw.worker.control_dir() is None
 
-    link = protocol.ns_link(tmp_path, protocol.pidns_inode())
+    link = protocol.ns_link(tmp_path, protocol.sandbox_key())
     link.parent.mkdir()
     link.symlink_to(tmp_path / "ctl")
 

@@ -83,7 +83,10 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
               pairs: Any, verify_canary: bool, reply_timeout: float, phases: Phases) -> RestoreResult:
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     _become_subreaper()
-    fds = _inherited_fds(manifest, inst)
+    net_key = manifest.sandbox.get("net_key", netns.NET_KEY)
+    fds = _inherited_fds(manifest, inst, net_key)
+    inst.netns = os.fstat(fds[net_key]).st_ino  # names the copy before its pid is known (Instance.kill)
+    inst.save()
     try:
         with phases("criu_restore", "CRIU restore"):
             pid, _ = criu_restore(
@@ -91,10 +94,15 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
                                external=layout.restore_externals(), inherit_fds=fds),
                 criu=find_criu(settings.criu),
             )
+    except BaseException:
+        # Interrupted while CRIU worked (Ctrl-C, SIGTERM), CRIU still finishes the tree. Kill it now,
+        # while we hold its network namespace: until we close it, no other namespace can have its inode.
+        inst.kill()
+        raise
     finally:
         for fd in fds.values():
             os.close(fd)
-    inst.host_pid, inst.pidns = pid, protocol.pidns_inode(pid)
+    inst.host_pid, inst.pidns, inst.ns_key = pid, protocol.pidns_inode(pid), protocol.sandbox_key(pid)
     inst.save()  # before anything can fail: `recover` needs the pid to kill
     _link(settings.run_dir, inst)
     if manifest.gpus:
@@ -123,9 +131,9 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
                          canary_got=reply.canary, thaw_report=reply.data)
 
 
-def _inherited_fds(manifest: Manifest, inst: Instance) -> dict[str, int]:
+def _inherited_fds(manifest: Manifest, inst: Instance, net_key: str) -> dict[str, int]:
     """Descriptors CRIU plugs in instead of what the image names: a fresh netns, this copy's own log."""
-    fds = {manifest.sandbox.get("net_key", netns.NET_KEY): netns.fresh()}
+    fds = {net_key: netns.fresh()}
     for path in manifest.sandbox.get("stdio", []):
         if path.startswith("/"):  # CRIU names regular files by their path without the leading '/'
             fds[path.lstrip("/")] = os.open(inst.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -133,7 +141,7 @@ def _inherited_fds(manifest: Manifest, inst: Instance) -> dict[str, int]:
 
 
 def _link(run_dir: Path, inst: Instance) -> None:
-    link = protocol.ns_link(run_dir, inst.pidns)
+    link = protocol.ns_link(run_dir, inst.ns_key)
     link.parent.mkdir(parents=True, exist_ok=True)
     tmp = link.with_name(f"{link.name}.{os.getpid()}.tmp")
     os.symlink(inst.dir, tmp)

@@ -11,6 +11,7 @@ from thaw.pipeline import instances
 from thaw.pipeline.instances import Instance
 from thaw.sandbox.launch import child_env, launch as launch_sandbox
 from thaw.sandbox.layout import plan
+from thaw.worker import protocol
 
 
 def launch(settings: Settings, argv: list[str], *, name: str, env: dict[str, str] | None = None,
@@ -36,6 +37,7 @@ def launch(settings: Settings, argv: list[str], *, name: str, env: dict[str, str
         inst.save()
         raise
     inst.host_pid, inst.pidns, inst.holder_pid = started.host_pid, started.pidns, started.holder_pid
+    inst.ns_key = protocol.sandbox_key(started.host_pid)
     inst.layout = layout.to_dict()
     inst.state = "running"
     inst.save()

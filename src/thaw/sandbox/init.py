@@ -95,8 +95,9 @@ def loopback_up() -> None:
 
 
 def link_control_dir(run_dir: str, control_dir: str) -> None:
-    inode = os.stat("/proc/self/ns/pid").st_ino
-    link = os.path.join(run_dir, "ns", str(inode))
+    from thaw.worker.protocol import ns_link, sandbox_key  # standard library only
+
+    link = str(ns_link(run_dir, sandbox_key()))
     os.makedirs(os.path.dirname(link), exist_ok=True)
     tmp = f"{link}.{os.getpid()}.tmp"
     os.symlink(control_dir, tmp)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -134,9 +136,63 @@ def pidns_inode(pid: int | str = "self") -> int:
     return os.stat(f"/proc/{pid}/ns/pid").st_ino
 
 
-def ns_link(run_dir: Path, pidns: int) -> Path:
-    """Where the symlink from a sandbox's pid namespace to its control directory lives."""
-    return Path(run_dir) / "ns" / str(pidns)
+def sandbox_key(init_pid: int | None = None) -> str:
+    """What names a sandbox in ``<run dir>/ns/``: its pid namespace's inode and its network namespace's cookie.
+
+    The kernel reuses namespace inode numbers once a namespace is gone, so the inode alone
+    could lead a freshly restored copy to a dead sandbox's directory. A network namespace's
+    cookie (SO_NETNS_COOKIE, Linux 5.14) is never reused, and every sandbox has a network
+    namespace of its own. (Start times are no good: CRIU restores into a time namespace that
+    shifts them.) Inside a sandbox call it without arguments; from the host pass the host
+    pid of a process in the sandbox.
+    """
+    if init_pid is None:
+        return f"{pidns_inode()}-{_netns_cookie()}"
+    return f"{pidns_inode(init_pid)}-{_netns_cookie_of(init_pid)}"
+
+
+SO_NETNS_COOKIE = 71
+CLONE_NEWNET = 0x40000000
+
+
+def _netns_cookie() -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            return str(struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0])
+        except OSError:  # kernels before 5.14: fall back to the (reusable) inode
+            return f"i{os.stat('/proc/self/ns/net').st_ino}"
+
+
+def _netns_cookie_of(pid: int) -> str:
+    """The cookie of ``pid``'s network namespace, read from a thread that joins it (setns is per thread)."""
+    import ctypes
+    import threading
+
+    out: dict[str, object] = {}
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+
+    def probe() -> None:
+        try:
+            if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+            out["cookie"] = _netns_cookie()
+        except BaseException as exc:
+            out["error"] = exc
+
+    try:
+        t = threading.Thread(target=probe, name="thaw-netns-cookie")
+        t.start()
+        t.join()
+    finally:
+        os.close(fd)
+    if "error" in out:
+        raise out["error"]  # type: ignore[misc]
+    return str(out["cookie"])
+
+
+def ns_link(run_dir: Path, key: str) -> Path:
+    """Where the symlink from a sandbox (``sandbox_key``) to its control directory lives."""
+    return Path(run_dir) / "ns" / str(key)
 
 
 def now() -> float:

@@ -81,7 +81,7 @@ def control_dir() -> Path | None:
     if not run_dir:
         return None
     try:
-        return Path(os.readlink(protocol.ns_link(Path(run_dir), protocol.pidns_inode())))
+        return Path(os.readlink(protocol.ns_link(Path(run_dir), protocol.sandbox_key())))
     except FileNotFoundError:
         return None
 
@@ -134,7 +134,7 @@ class _Parked:
 
     def control_dir(self, *, wait: bool = False) -> Path:
         """This sandbox's control directory; a restored copy finds a new one under its new pid namespace."""
-        link = protocol.ns_link(self.run_dir, protocol.pidns_inode())
+        link = protocol.ns_link(self.run_dir, protocol.sandbox_key())
         while True:
             try:
                 return Path(os.readlink(link))
