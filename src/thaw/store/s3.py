@@ -45,7 +45,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from thaw.errors import ArtifactNotFound, BusyError, ConfigError, IntegrityError, StorageError, ThawError
 from thaw.store.base import Fetched, Staged, Store
-from thaw.store.digest import chunk_digest, describe_file
+from thaw.store.digest import chunk_digest, describe_tree
 from thaw.store.manifest import CHUNK_SIZE, MANIFEST, FileEntry, Manifest, check_name
 
 #: S3 refuses multipart parts below 5 MiB (except the last one)
@@ -469,9 +469,7 @@ def _make_client(endpoint: str | None, region: str | None, workers: int) -> Any:
 
 
 def _describe(root: Path, chunk_size: int, workers: int) -> list[FileEntry]:
-    rels = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(rels) or 1))) as pool:
-        return list(pool.map(lambda r: describe_file(root, r, chunk_size=chunk_size), rels))
+    return describe_tree(root, chunk_size=chunk_size, workers=workers)
 
 
 def _check_chunks(manifest: Manifest, piece: _Piece, data: bytes, *, what: str) -> None:
