@@ -43,8 +43,10 @@ class Instance(BaseModel):
     dir: Path
     host_pid: int = 0
     pidns: int = 0
+    ns_key: str = ""  # names the sandbox's link in <home>/run/ns (worker/protocol.py)
     holder_pid: int = 0  # `unshare` of a launched sandbox; 0 for restored ones
     owner_pid: int = 0  # the process restoring this instance, while state is "restoring"
+    netns: int = 0  # restored: inode of the network namespace its restore made for it alone (see kill)
     argv: list[str] = Field(default_factory=list)
     origin: str = "launched"  # or "restored"
     artifact: str | None = None  # restored from
@@ -106,15 +108,40 @@ class Instance(BaseModel):
             os.close(fd)  # closing releases the lock, also when this process dies
 
     def kill(self, timeout: float = 10.0) -> None:
-        """SIGKILL the sandbox (pid 1 takes its whole namespace with it) and wait until it is gone."""
-        if self.alive():
+        """SIGKILL the sandbox (pid 1 takes its whole namespace with it) and wait until it is gone.
+
+        A restored copy whose pid thaw never learnt is found by the network namespace its
+        restore made for it alone: CRIU finishes a restore even when nobody waits for its
+        answer any more (the restorer was interrupted or killed while CRIU worked).
+        """
+        pids = [self.host_pid] if self.alive() else []
+        if not self.host_pid and self.netns:
+            pids = _sandboxes_in(self.netns)
+        for pid in pids:
             try:
-                os.kill(self.host_pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        reap(self.host_pid, timeout)
+        for pid in {self.host_pid, *pids}:
+            reap(pid, timeout)
         if self.holder_pid:
             reap(self.holder_pid, timeout)
+        self.unlink()
+
+    def unlink(self) -> None:
+        """Remove this sandbox's ns link if it still points here: no later sandbox may find this directory."""
+        if not self.ns_key:
+            return
+        link = protocol.ns_link(self.dir.parent.parent / "run", self.ns_key)
+        try:
+            if Path(os.readlink(link)) == self.dir:
+                link.unlink()
+        except OSError:
+            pass
+
+
+#: how long recovery waits for a CRIU restore that outlived its restorer
+CRIU_GRACE_S = 60.0
 
 
 def reap(pid: int, timeout: float = 10.0) -> None:
@@ -143,11 +170,48 @@ def recover(settings: Settings) -> list[Instance]:
     for inst in all_instances(settings):
         if inst.state != "restoring" or _running(inst.owner_pid):
             continue
+        if not inst.host_pid:
+            # the restorer died while CRIU worked: let CRIU finish first (it keeps its log open until it exits)
+            deadline = time.monotonic() + CRIU_GRACE_S
+            while _holders(inst.dir / "ops") and time.monotonic() < deadline:
+                time.sleep(0.05)
         inst.kill()
         inst.state = "failed"
         inst.save()
         recovered.append(inst)
     return recovered
+
+
+def _sandboxes_in(netns: int) -> list[int]:
+    """Live processes of thaw sandboxes (THAW_RUN_DIR in their environment) in the network namespace ``netns``."""
+    found = []
+    for pid in _pids():
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino != netns or _zombie(pid):
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if b"\0" + protocol.ENV_RUN_DIR.encode() + b"=" in b"\0" + f.read():
+                    found.append(pid)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+def _holders(directory: Path) -> list[int]:
+    """Processes with a file under ``directory`` open."""
+    prefix = f"{directory}/"
+    holders = []
+    for pid in _pids():
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix) for fd in os.listdir(f"/proc/{pid}/fd")):
+                holders.append(pid)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return holders
+
+
+def _pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
 
 
 def _running(pid: int) -> bool:
