@@ -82,13 +82,34 @@ def processes_of(home: Path) -> list[int]:
 
 
 def stop_everything(home: Path) -> None:
-    """Kill every sandbox of the thaw home ``home``: those thaw knows of, then any it lost track of."""
+    """Kill every sandbox of the thaw home ``home``: those thaw knows of, then any it lost track of.
+
+    A CRIU restore started by a test may outlive it (CRIU finishes even when its caller is
+    gone): wait for it first, so that the copy it makes is not created after the sweep.
+    """
     from thaw.config import Settings
     from thaw.pipeline import list_instances
 
+    wait_until(lambda: not criu_working(home), 60, f"CRIU to finish its work under {home}", interval=0.05)
     for inst in list_instances(Settings(home=home)):
         inst.kill(timeout=10)
     kill_all(processes_of(home))
+
+
+def criu_working(home: Path) -> list[int]:
+    """Processes writing a log in an operation directory of the thaw home ``home`` (CRIU keeps its log open)."""
+    prefix = f"{Path(home) / 'instances'}/"
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            targets = [os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")]
+        except OSError:
+            continue
+        if any(t.startswith(prefix) and "/ops/" in t for t in targets):
+            found.append(int(entry))
+    return found
 
 
 def kill_all(pids: list[int]) -> None:

@@ -18,6 +18,7 @@ Behaviour switches (environment):
     TEST_CANARY_RANDOM=1    the canary's answer differs on every run (a restore fails its canary check)
     TEST_HOLD_SOCKET=PATH   keep a unix socket connected to PATH (a server outside the sandbox) while parked
     TEST_LOG=PATH           the log file [default: worker-data.log in the working directory]
+    TEST_BALLAST_MB=N       hold N MiB more memory (a bigger image: CRIU takes longer to dump and restore it)
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def main() -> None:
     token = os.urandom(16).hex()
     table = [hashlib.sha256(f"{token}{i}".encode()).hexdigest() for i in range(20_000)]
     digest = hashlib.sha256("".join(table).encode()).hexdigest()
+    ballast = bytearray(b"\x5a") * (int(os.environ.get("TEST_BALLAST_MB", "0")) << 20)  # noqa: F841 - held
     log = open(os.environ.get("TEST_LOG", "worker-data.log"), "a", buffering=1)  # noqa: SIM115 - open for life
     log.write(f"warm {token}\n")
     held = None

@@ -116,7 +116,7 @@ class Instance(BaseModel):
         """
         pids = [self.host_pid] if self.alive() else []
         if not self.host_pid and self.netns:
-            pids = _sandboxes_in(self.netns)
+            pids = _sandboxes_in(self.netns, self.dir.parent.parent / "run")
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -167,7 +167,8 @@ def recover(settings: Settings) -> list[Instance]:
     itself; only a restorer that died without unwinding leaves its copy parked.
     """
     recovered = []
-    for inst in all_instances(settings):
+    everyone = all_instances(settings)
+    for inst in everyone:
         if inst.state != "restoring" or _running(inst.owner_pid):
             continue
         if not inst.host_pid:
@@ -175,6 +176,10 @@ def recover(settings: Settings) -> list[Instance]:
             deadline = time.monotonic() + CRIU_GRACE_S
             while _holders(inst.dir / "ops") and time.monotonic() < deadline:
                 time.sleep(0.05)
+            # With its restorer gone, the namespace outlives only in the copy; had CRIU made no copy, the
+            # kernel may have given its inode to a newer sandbox, which then records it too: not ours.
+            if any(other.netns == inst.netns and other.id != inst.id for other in everyone):
+                inst.netns = 0
         inst.kill()
         inst.state = "failed"
         inst.save()
@@ -182,15 +187,16 @@ def recover(settings: Settings) -> list[Instance]:
     return recovered
 
 
-def _sandboxes_in(netns: int) -> list[int]:
-    """Live processes of thaw sandboxes (THAW_RUN_DIR in their environment) in the network namespace ``netns``."""
+def _sandboxes_in(netns: int, run_dir: Path) -> list[int]:
+    """Live processes in the network namespace ``netns`` that are sandboxes of this thaw home (by THAW_RUN_DIR)."""
+    marker = f"{protocol.ENV_RUN_DIR}={run_dir}".encode()
     found = []
     for pid in _pids():
         try:
             if os.stat(f"/proc/{pid}/ns/net").st_ino != netns or _zombie(pid):
                 continue
             with open(f"/proc/{pid}/environ", "rb") as f:
-                if b"\0" + protocol.ENV_RUN_DIR.encode() + b"=" in b"\0" + f.read():
+                if marker in f.read().split(b"\0"):
                     found.append(pid)
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
