@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 PIPELINE_COLUMNS = [
+    ("worker", "worker"),
     ("cold start → parked", "cold_start_to_parked_s"),
     ("image", "image_bytes"),
     ("KV released", "kv_released_bytes"),
@@ -32,6 +33,24 @@ PIPELINE_COLUMNS = [
 ]
 
 
+ENGINE_COLUMNS = [
+    ("config", "config"),
+    ("weights", "weights.bytes"),
+    ("cold start", "cold_start.total"),
+    ("imports", "cold_start.phases.imports"),
+    ("CUDA context", "cold_start.phases.cuda_context"),
+    ("weight load", "cold_start.phases.weights"),
+    ("KV alloc", "cold_start.phases.kv"),
+    ("graph capture", "cold_start.phases.graphs"),
+    ("canary", "cold_start.phases.canary"),
+    ("KV cache", "cold_start.details.kv.bytes"),
+    ("decode tok/s, batch 1", "decode.1.tokens_per_s"),
+    ("decode tok/s, batch 8", "decode.8.tokens_per_s"),
+    ("served canary tokens", "served_canary_tokens"),
+]
+COLUMNS = {"gpu_pipeline": PIPELINE_COLUMNS, "engine": ENGINE_COLUMNS}
+
+
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(obj, dict):
         out: dict[str, Any] = {}
@@ -45,9 +64,11 @@ def fmt(key: str, value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "NO"
     if isinstance(value, float):
-        if key.endswith("_s") or key.split(".")[0] in ("snapshot", "restore") or "seconds" in key:
+        seconds = (key.endswith("_s") and not key.endswith("per_s")) or "seconds" in key or \
+            key.split(".")[0] in ("snapshot", "restore") or key.startswith("cold_start.")
+        if seconds:
             return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
-        return f"{value:.3g}"
+        return f"{value:,.1f}" if value >= 100 else f"{value:.3g}"
     if isinstance(value, int) and ("bytes" in key):
         return f"{value / 2**30:.2f} GiB"
     return str(value)
@@ -90,15 +111,14 @@ def main(directory: Path) -> None:
     system = json.loads((directory / "system.json").read_text())
     merged: dict[str, Any] = {"system": system, "benchmarks": {}}
     md = [f"# thaw GPU results, {system['date'][:10]}", "",
-          f"GPU: {system.get('gpus')}; driver {system.get('driver')}; kernel {system.get('kernel')}; "
+          "GPU: " + "; ".join(str(system.get("gpus")).splitlines()) + f"; driver {system.get('driver')}; kernel {system.get('kernel')}; "
           f"torch {system.get('torch')} (CUDA {system.get('cuda_runtime')}); CRIU {system.get('criu')}; "
           f"{system.get('cpu_count')} CPUs.", ""]
-    xml = directory / "gpu-tests.xml"
-    if xml.exists():
+    for xml in sorted(directory.glob("gpu-tests*.xml")):  # a suite run, then any re-runs
         t = tests_summary(xml)
-        merged["tests"] = t
-        md += [f"## GPU tests: {t['passed']} passed, {t['failed']} failed, {t['error']} errors, {t['skipped']} skipped", "",
-               "| test | outcome | time | note |", "|---|---|---|---|"]
+        merged.setdefault("tests", {})[xml.stem] = t
+        md += [f"## GPU tests ({xml.stem}): {t['passed']} passed, {t['failed']} failed, {t['error']} errors, "
+               f"{t['skipped']} skipped", "", "| test | outcome | time | note |", "|---|---|---|---|"]
         md += [f"| {c['test']} | {c['outcome']} | {c['seconds']:.1f} s | {c['reason']} |" for c in t["cases"]]
         md.append("")
     for path in sorted(directory.glob("bench_*.json")):
@@ -106,7 +126,7 @@ def main(directory: Path) -> None:
         name = data.get("benchmark", path.stem.removeprefix("bench_"))
         merged["benchmarks"][name] = data
         rows = data.get("results", [data])
-        md += [f"## {name}", "", table(rows, PIPELINE_COLUMNS if name == "gpu_pipeline" else None), ""]
+        md += [f"## {name}", "", table(rows, COLUMNS.get(name)), ""]
     (directory / "results.json").write_text(json.dumps(merged, indent=2))
     (directory / "results.md").write_text("\n".join(md))
     print("\n".join(md))
