@@ -99,11 +99,16 @@ def test_a_harmless_first_error_is_replaced_by_the_real_one(tmp_path: Path, fake
     assert RLIMIT in (tmp_path / "work" / "restore.log").read_text()  # it was there, and was left out
 
 
-def test_criu_s_own_message_is_kept(tmp_path: Path, fake) -> None:
-    criu, _ = fake("fail")
+def test_a_generic_criu_message_gives_way_to_the_first_real_error_of_its_log(tmp_path: Path, fake) -> None:
+    criu, _ = fake("fail")  # cr_errmsg "Restoring FAILED.", a real error earlier in the log
 
-    with pytest.raises(CriuError, match=r"^criu restore failed: Restoring FAILED\.\n--- criu log \(tail\) ---\n"):
+    with pytest.raises(CriuError) as err:
         restore(RestoreOptions(images_dir=tmp_path / "img", work_dir=tmp_path / "work"), criu=criu)
+    headline = str(err.value).splitlines()[0]
+    assert headline.startswith("criu restore failed: ") and "FAILED" not in headline
+    assert headline == "criu restore failed: mnt: No mapping for 123:(null) mountpoint"  # fake_criu.REAL
+    assert err.value.criu_message == headline.removeprefix("criu restore failed: ")
+    assert "--- criu log (tail) ---" in str(err.value)
 
 
 def test_criu_exiting_without_an_answer_reports_its_stderr(tmp_path: Path, fake) -> None:

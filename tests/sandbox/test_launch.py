@@ -59,7 +59,7 @@ def test_a_launched_worker_lives_in_its_own_namespaces(tmp_path: Path) -> None:
     assert facts["netns"] != os.stat("/proc/self/ns/net").st_ino
     assert facts["lo_up"]
     assert facts["proc_pids"] == [1]  # /proc is this namespace's own
-    assert set(facts["mounts"]) == {"/", "/proc", *lay.keep}
+    assert set(facts["mounts"]) == {"/", "/proc", *lay.keep, *(["/dev/shm"] if lay.private_shm else [])}
     assert facts["control_dir"] == str(control)
     assert facts["stdin"] == "/dev/null"
     assert facts["onednn"] == "AVX512_CORE_BF16"  # AMX is off for restored torch workers (SIGILL otherwise)

@@ -25,12 +25,20 @@ def host(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_worker_keeps_the_base_mounts_and_those_its_paths_live_on(host: None) -> None:
     got = plan(["/data/models/llama/weights.bin", "/opt/venv/bin/python", "/home/me/work"])
 
-    assert got.keep == ["/data/models", "/dev", "/dev/shm", "/opt/venv", "/sys", "/usr/local/nvidia"]
+    assert got.keep == ["/data/models", "/dev", "/opt/venv", "/sys", "/usr/local/nvidia"]
     assert got.private_net is True
+    assert got.private_shm is True  # the worker gets a /dev/shm of its own, dumped with it
+
+
+def test_the_host_s_dev_shm_is_kept_when_thaw_s_paths_live_on_it(host: None) -> None:
+    got = plan(["/dev/shm/thaw-home"])
+
+    assert "/dev/shm" in got.keep and got.private_shm is False
+    assert "mnt[/dev/shm]:thaw_dev_shm" in got.dump_externals()
 
 
 def test_paths_on_the_root_or_proc_add_no_mount(host: None) -> None:
-    assert plan(["/tmp/x", "/proc/self/status"]).keep == ["/dev", "/dev/shm", "/sys", "/usr/local/nvidia"]
+    assert plan(["/tmp/x", "/proc/self/status"]).keep == ["/dev", "/sys", "/usr/local/nvidia"]
 
 
 def test_extra_mounts_are_kept_only_when_they_exist(host: None) -> None:

@@ -308,13 +308,12 @@ def doctor(home: HomeOpt = None, store: StoreOpt = None) -> None:
 @friendly
 def demo(
     home: Annotated[Path, typer.Option("--home", help="where the demo keeps its state")] = Path("/var/lib/thaw/demo"),
-    config: Annotated[str, typer.Option("--config", help="engine model config (see `thaw engine configs`)")] = "qwen3-0.6b",
     keep: Annotated[bool, typer.Option("--keep", help="leave the demo's workers running")] = False,
 ) -> None:
-    """Cold-start a real LLM worker on the CPU, snapshot it, restore two copies at once, compare answers."""
+    """Cold-start a real inference worker (torch.compile'd encoder + index, CPU), snapshot it, restore copies, compare."""
     from thaw.demo import run_demo
 
-    run_demo(home, config=config, keep=keep)
+    run_demo(home, keep=keep)
 
 
 def _phases(timings: dict[str, float]) -> str:

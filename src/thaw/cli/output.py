@@ -16,7 +16,8 @@ from rich.status import Status
 from thaw.errors import ThawError
 
 console = Console()
-err = Console(stderr=True)
+# soft_wrap: an error stays one line in logs and pipes, whatever the terminal width
+err = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -161,9 +161,10 @@ def _call(req: object, operation: str, log: Path | None, *, criu: Criu | None, t
         resp.ParseFromString(data)
         if not resp.success:
             msg = resp.cr_errmsg or "(no message)"
-            if any(h in msg for h in HARMLESS):  # CRIU keeps its *first* error, which may be a harmless one
-                tail = log_tail(log, lines=1)
-                msg = tail.split(": ", 1)[-1] if tail else "see the log"
+            # CRIU's message is its first error (often the harmless RLIMIT line) or a generic
+            # "Dumping FAILED."; the first real error line of its log says what went wrong
+            if any(h in msg for h in HARMLESS) or msg.rstrip(".").endswith("FAILED"):
+                msg = first_error(log) or msg
             raise CriuError(operation, msg, errno=resp.cr_errno, log_tail=log_tail(log))
         return resp
     finally:
@@ -175,6 +176,14 @@ def _call(req: object, operation: str, log: Path | None, *, criu: Criu | None, t
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+def first_error(log: Path | None) -> str:
+    """The first error line of a CRIU log that is neither harmless nor a generic 'FAILED', without its prefix."""
+    for line in log_tail(log, lines=1000).splitlines():
+        if "Error" in line and "FAILED" not in line:
+            return line.split("): ", 1)[-1].strip()
+    return ""
 
 
 def log_tail(log: Path | None, lines: int = 25) -> str:

@@ -8,7 +8,8 @@ uses the standard library only and keeps its work short:
 2. replace /proc with this pid namespace's procfs;
 3. lazily unmount every mount the layout does not keep (innermost first, stacked
    duplicates too), so CRIU sees only mounts it can dump or re-bind;
-4. bring loopback up in the new network namespace;
+4. mount a /dev/shm of its own (unless thaw's paths need the host's) and bring
+   loopback up in the new network namespace;
 5. link ``<run dir>/ns/<pid-namespace inode>`` to the control directory, so the
    worker SDK finds it;
 6. reopen stdio inside the namespace (descriptors opened outside point at mounts the
@@ -87,6 +88,13 @@ def trim_mounts(keep: set[str]) -> None:
     raise RuntimeError(f"could not trim mounts; left: {mounts}")
 
 
+def private_shm() -> None:
+    """A /dev/shm of this sandbox's own: a tmpfs that CRIU dumps and restores with the worker."""
+    ms_nosuid, ms_nodev = 0x2, 0x4
+    if _libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", ms_nosuid | ms_nodev, b"mode=1777") != 0:
+        raise OSError(ctypes.get_errno(), "mount tmpfs on /dev/shm")
+
+
 def loopback_up() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         req = struct.pack("16sH14s", b"lo", 0, b"")
@@ -122,6 +130,8 @@ def main(argv: list[str]) -> None:
     os.setsid()
     remount_proc()
     trim_mounts(set(spec["keep"]))
+    if spec.get("private_shm"):
+        private_shm()
     if spec.get("private_net", True):
         loopback_up()
     link_control_dir(spec["run_dir"], spec["control_dir"])

@@ -30,6 +30,7 @@ def launch(argv: list[str], *, control_dir: Path, run_dir: Path, layout: Layout,
     spec = {
         "keep": layout.keep,
         "private_net": layout.private_net,
+        "private_shm": layout.private_shm,
         "run_dir": str(run_dir),
         "control_dir": str(control_dir),
         "log": str(control_dir / protocol.WORKER_LOG),

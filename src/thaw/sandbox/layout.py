@@ -11,6 +11,8 @@ dumped is exactly what a restore rebuilds:
   be able to dump or re-bind each remaining one. Kept mounts other than ``/``,
   ``/proc`` and ``/sys`` are *external*: CRIU records only a key and a restore binds
   the same host path again (e.g. ``/dev``, the driver's ``/usr/local/nvidia``);
+* a **/dev/shm of its own** (a tmpfs CRIU dumps with the worker), as containers have, so that
+  restored copies never share semaphores or shared-memory files;
 * a new **network namespace** (loopback only), dumped with the process: each restored
   copy gets its own, so copies never collide on ports or on libcuda's abstract socket
   (``@cuda-uvmfd-<pidns>-<pid>``). Workers serve on a unix socket in their control
@@ -24,7 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 #: mounts every sandbox keeps; / and /proc are handled apart (root and a fresh procfs)
-BASE_KEEP = ("/dev", "/dev/shm", "/sys")
+BASE_KEEP = ("/dev", "/sys")
+#: a sandbox gets a /dev/shm of its own (a tmpfs CRIU dumps with the worker), unless thaw's own
+#: paths live on the host's: concurrent restores sharing the host's /dev/shm collide on the names
+#: CRIU gives deleted-but-open files (POSIX semaphores) while it restores them
+SHM = "/dev/shm"
 #: kept mounts CRIU recreates itself rather than binding from the host
 NATIVE = ("/", "/proc", "/sys")
 #: mounts kept when present: the NVIDIA driver's libraries on GPU hosts (a squashfs CRIU cannot dump)
@@ -37,6 +43,7 @@ class Layout:
 
     keep: list[str] = field(default_factory=list)  # mountpoints kept besides / and /proc
     private_net: bool = True
+    private_shm: bool = False  # a fresh tmpfs on /dev/shm, dumped and restored with the worker
 
     def external(self) -> list[str]:
         """Kept mountpoints that CRIU must treat as external bind mounts."""
@@ -58,7 +65,8 @@ class Layout:
 
     @classmethod
     def from_dict(cls, raw: dict) -> Layout:
-        return cls(keep=list(raw.get("keep", [])), private_net=bool(raw.get("private_net", True)))
+        return cls(keep=list(raw.get("keep", [])), private_net=bool(raw.get("private_net", True)),
+                   private_shm=bool(raw.get("private_shm", False)))
 
 
 def plan(paths: list[str | Path], extra_keep: list[str] | None = None, *, private_net: bool = True) -> Layout:
@@ -74,7 +82,8 @@ def plan(paths: list[str | Path], extra_keep: list[str] | None = None, *, privat
         m = mountpoint_of(Path(p), mounts)
         if m not in ("/", "/proc"):
             keep.add(m)
-    return Layout(keep=sorted(keep), private_net=private_net)
+    private_shm = SHM not in keep and Path(SHM).is_dir()
+    return Layout(keep=sorted(keep), private_net=private_net, private_shm=private_shm)
 
 
 def host_mountpoints(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
