@@ -33,6 +33,8 @@ app = typer.Typer(
 HomeOpt = Annotated[Optional[Path], typer.Option("--home", envvar="THAW_HOME", help="thaw's state directory (same path on every node) [default: /var/lib/thaw]", show_default=False)]
 StoreOpt = Annotated[Optional[str], typer.Option("--store", envvar="THAW_STORE", help="artifact store: a directory, dir:///path or s3://bucket/prefix [default: HOME/artifacts]", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+AgentOpt = Annotated[Optional[str], typer.Option("--agent", envvar="THAW_AGENT", help="go through this node agent: a unix socket path or http://HOST:PORT ($THAW_AGENT_TOKEN) [default: /run/thaw/agent.sock when an agent serves it]", show_default=False)]
+LocalOpt = Annotated[bool, typer.Option("--local", help="run in this process even when an agent runs")]
 
 
 def _settings(home: Path | None, store: str | None) -> Settings:
@@ -154,11 +156,24 @@ def snapshot(
     ready_timeout: Annotated[float, typer.Option(help="seconds to wait for the worker's quiesce point")] = 600.0,
     home: HomeOpt = None,
     store: StoreOpt = None,
+    agent: AgentOpt = None,
+    local: LocalOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Snapshot a parked worker into an artifact (GPU state, process tree, canary)."""
     from thaw import pipeline
+    from thaw.cli.remote import agent_for, run_job
 
+    if client := agent_for(agent, local=local):
+        with progress(not json_out) as cb:
+            result = run_job(client, client.snapshot(worker, artifact, leave_running=leave_running,
+                                                     ready_timeout=ready_timeout), cb)
+        if json_out:
+            emit_json(result)
+        else:
+            console.print(f"[green]snapshot[/] [bold]{result['artifact']}[/] ({human_bytes(result['bytes'])}, "
+                          f"{result['digest']}) through the agent: " + _phases(result.get("timings", {})))
+        return
     settings = _settings(home, store)
     with _unwind_on_sigterm(), progress(not json_out) as cb:
         res = pipeline.snapshot(settings, worker, artifact, store=_store(settings), leave_running=leave_running,
@@ -182,13 +197,28 @@ def restore(
     canary: Annotated[bool, typer.Option("--canary/--no-canary", help="check the worker reproduces its recorded canary before it serves")] = True,
     home: HomeOpt = None,
     store: StoreOpt = None,
+    agent: AgentOpt = None,
+    local: LocalOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Restore an artifact as a new worker on this node (fresh namespaces; run it as often as you like)."""
     from thaw import pipeline
+    from thaw.cli.remote import agent_for, run_job
 
-    settings = _settings(home, store)
     target: int | str | None = int(gpu) if gpu is not None and gpu.isdigit() else gpu
+    if client := agent_for(agent, local=local):
+        with progress(not json_out) as cb:
+            result = run_job(client, client.restore(artifact, name=name, gpu=target, verify_canary=canary), cb)
+        if json_out:
+            emit_json(result)
+        else:
+            w = result["worker"]
+            console.print(f"[green]restored[/] [bold]{w['name']}[/] ({w['id']}) through the agent, pid {w['host_pid']}, "
+                          f"canary {'passed' if (result.get('canary') or {}).get('match') else 'not checked'}: "
+                          + _phases(result.get("timings", {})))
+            console.print(f"control directory: {w['control_dir']}")
+        return
+    settings = _settings(home, store)
     with _unwind_on_sigterm(), progress(not json_out) as cb:
         res = pipeline.restore(settings, artifact, store=_store(settings), gpu_target=target, name=name,
                                verify_canary=canary, progress=cb)
@@ -225,8 +255,22 @@ def stop(worker: Annotated[str, typer.Argument(help="the worker's name or id")],
 
 @app.command("ls")
 @friendly
-def list_artifacts(home: HomeOpt = None, store: StoreOpt = None, json_out: JsonOpt = False) -> None:
-    """List the artifacts in the store."""
+def list_artifacts(home: HomeOpt = None, store: StoreOpt = None, agent: AgentOpt = None, local: LocalOpt = False,
+                   json_out: JsonOpt = False) -> None:
+    """List the artifacts in the store (the agent's store when an agent runs)."""
+    from thaw.cli.remote import agent_for
+
+    if client := agent_for(agent, local=local):
+        rows = [a.model_dump(mode="json") for a in client.artifacts()]
+        if json_out:
+            emit_json(rows)
+            return
+        table = Table(*(k.upper() for k in ("name", "bytes", "digest", "created_at")))
+        for a in rows:
+            table.add_row(a.get("name", ""), human_bytes(a.get("bytes", 0)), str(a.get("digest", "")),
+                          str(a.get("created_at", "")))
+        console.print(table)
+        return
     manifests = _store(_settings(home, store)).list()
     if json_out:
         emit_json([{"name": m.name, "artifact_id": m.artifact_id, "digest": m.digest, "size": m.size,

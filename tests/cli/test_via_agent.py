@@ -1,0 +1,53 @@
+"""The CLI goes through a node agent when one runs: the agent holds the worker, runs the job and audits it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workers import SERVE, state, wait_until
+
+THAW = Path(sys.executable).with_name("thaw")
+
+pytestmark = pytest.mark.criu
+
+
+@pytest.fixture
+def agent(thaw, tmp_path: Path):
+    sock = tmp_path / "agent.sock"
+    proc = subprocess.Popen([str(THAW), "agent", "serve", "--socket", str(sock), "--home", str(thaw.home)],
+                            env=thaw.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: sock.exists(), 30, "the agent's socket")
+    yield sock
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_snapshot_and_restore_go_through_the_agent_named_by_thaw_agent(thaw, agent: Path) -> None:
+    thaw.ok("run", "--name", "w", "--wait", "--", sys.executable, str(SERVE))
+    snap = json.loads(thaw.ok("snapshot", "w", "-a", "a1", "--leave-running", "--json", THAW_AGENT=str(agent)))
+    assert snap["artifact"] == "a1" and snap["digest"].startswith("xxh3_128:")
+    restored = json.loads(thaw.ok("restore", "a1", "--name", "copy", "--json", THAW_AGENT=str(agent)))
+    assert restored["canary"]["match"] is True
+    assert state(Path(restored["worker"]["control_dir"]))["outcome"] == "thawed"
+
+    audit = [json.loads(line) for line in (thaw.home / "agent" / "audit.log").read_text().splitlines()]
+    done = {(a["operation"], a["outcome"]) for a in audit}
+    assert ("snapshot", "succeeded") in done and ("restore", "succeeded") in done
+
+    listed = json.loads(thaw.ok("ls", "--json", THAW_AGENT=str(agent)))
+    assert [a["name"] for a in listed] == ["a1"]
+
+
+def test_an_agent_named_but_not_answering_is_a_clear_error(thaw, tmp_path: Path) -> None:
+    thaw.fails("ls", message="no thaw agent answers at", THAW_AGENT=str(tmp_path / "nobody.sock"))
+
+
+def test_local_runs_in_process_even_with_an_agent_named(thaw, tmp_path: Path) -> None:
+    out = thaw.ok("ls", "--local", THAW_AGENT=str(tmp_path / "nobody.sock"))
+    assert "NAME" in out
