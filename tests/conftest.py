@@ -1,4 +1,8 @@
-"""Markers and skips shared by the whole suite. Fixtures live next to the tests that use them."""
+"""Markers and skips shared by the whole suite. Fixtures live next to the tests that use them.
+
+``criu`` tests need root and CRIU >= 4 (CI has both); ``gpu`` tests need an NVIDIA GPU and are
+skipped, not failed, without one (scripts/gpu-suite.sh runs them on a GPU machine).
+"""
 
 from __future__ import annotations
 
@@ -23,8 +27,17 @@ def _criu_missing() -> str | None:
     return None
 
 
+@functools.cache
+def _gpu_missing() -> str | None:
+    """Why GPU tests cannot run here, or None when they can."""
+    from thaw.cuda import available
+
+    return None if available() else "no NVIDIA GPU / driver (thaw.cuda.available() is False)"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    criu_items = [item for item in items if item.get_closest_marker("criu")]
-    if criu_items and (reason := _criu_missing()):
-        for item in criu_items:
-            item.add_marker(pytest.mark.skip(reason=f"criu: {reason}"))
+    for marker, missing in (("criu", _criu_missing), ("gpu", _gpu_missing)):
+        marked = [item for item in items if item.get_closest_marker(marker)]
+        if marked and (reason := missing()):
+            for item in marked:
+                item.add_marker(pytest.mark.skip(reason=f"{marker}: {reason}"))

@@ -16,6 +16,7 @@ error name). Foreign errors are mapped to the most specific type here with
     ├── IntegrityError         an artifact's files do not match its manifest
     ├── StorageError           the artifact store failed a request (network, server, permissions)
     ├── ArtifactNotFound       no artifact of that name
+    ├── WorkerNotFound         no (running) worker of that name on this node
     ├── BusyError              another operation holds this worker
     ├── CriuError              a CRIU request failed (cr_errmsg + log tail)
     └── CudaError              a CUDA driver call failed (call, pid, error name)
@@ -110,6 +111,12 @@ class StorageError(ThawError):
 
 class ArtifactNotFound(ThawError):
     """No artifact of that name in the store."""
+
+    reason = "not_found"
+
+
+class WorkerNotFound(ThawError):
+    """No worker of that name or id on this node (or it is no longer running)."""
 
     reason = "not_found"
 

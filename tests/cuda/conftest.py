@@ -12,16 +12,6 @@ from thaw.cuda import native
 HERE = Path(__file__).parent
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from thaw.cuda import available
-
-    if available():
-        return
-    for item in items:
-        if item.get_closest_marker("gpu") and HERE in item.path.parents:
-            item.add_marker(pytest.mark.skip(reason="gpu: no NVIDIA GPU / driver (thaw.cuda.available() is False)"))
-
-
 @pytest.fixture
 def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
     """A FakeCuda with one H200, in place of libcuda; NVML absent."""

@@ -18,15 +18,6 @@ from thaw.engine.tokenizer import ByteTokenizer
 from thaw.engine.weights import make_weights, read_config
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="gpu: torch sees no CUDA device")
-    for item in items:
-        if item.get_closest_marker("gpu") and "tests/engine/" in str(item.fspath):
-            item.add_marker(skip)
-
-
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ``tiny`` config's checkpoint (seed 0), shared by the whole session; never modify it."""

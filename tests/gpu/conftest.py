@@ -24,25 +24,6 @@ from thaw.errors import ThawError
 WORKER = Path(__file__).parent / "workers" / "graph_worker.py"
 
 
-def _gpu_ready() -> str | None:
-    try:
-        from thaw.cuda import available
-    except ImportError as exc:
-        return f"thaw.cuda unavailable: {exc}"
-    if not available():
-        return "no NVIDIA GPU / driver"
-    if os.geteuid() != 0:
-        return "needs root"
-    return None
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    reason = _gpu_ready()
-    for item in items:
-        if "gpu" in item.keywords and reason:
-            item.add_marker(pytest.mark.skip(reason=reason))
-
-
 @pytest.fixture
 def settings() -> Settings:
     root = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")

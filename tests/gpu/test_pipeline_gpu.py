@@ -16,7 +16,7 @@ from thaw.store import open_store
 
 from .conftest import get, start_worker
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.criu]
 
 
 def test_graph_worker_restores_bit_identical_and_serves_twice_over(settings) -> None:

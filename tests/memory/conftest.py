@@ -13,16 +13,6 @@ HERE = Path(__file__).parent
 MIB = 1 << 20
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from thaw.cuda import available
-
-    if available():
-        return
-    for item in items:
-        if item.get_closest_marker("gpu") and HERE in item.path.parents:
-            item.add_marker(pytest.mark.skip(reason="gpu: no NVIDIA GPU / driver (thaw.cuda.available() is False)"))
-
-
 @pytest.fixture
 def driver() -> FakeDriver:
     return FakeDriver(granularity=2 * MIB)

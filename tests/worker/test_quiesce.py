@@ -14,7 +14,6 @@ import pytest
 import thaw.worker
 from thaw.worker import protocol
 from thaw.worker.protocol import Action
-from workers import wait_until
 
 
 def test_a_parked_worker_announces_itself(start_parked) -> None:

@@ -49,7 +49,7 @@ from thaw.agent.models import (
     Worker,
 )
 from thaw.config import Settings
-from thaw.errors import BusyError, CanaryMismatch, ConfigError, ThawError
+from thaw.errors import BusyError, CanaryMismatch, ConfigError, ThawError, WorkerNotFound
 from thaw.pipeline import control
 from thaw.pipeline import gpu as pipeline_gpu
 from thaw.pipeline.instances import Instance, reap
@@ -491,19 +491,10 @@ class Agent:
     def _find(self, ref: str, *, alive: bool = True) -> Instance:
         """The instance with id ``ref``, else the newest live one named ``ref`` (any, with alive=False)."""
         check_name(ref, what="worker name")
-        candidates = self._instances()
-        for inst in candidates:
-            if inst.id == ref:
-                return inst
-        named = [i for i in candidates if i.name == ref]
-        for inst in named:
-            if inst.alive():
-                return inst
-        if named and not alive:
-            return named[0]
-        if named:
-            raise NotFound(f"worker {ref!r} is not running on {self.settings.node} (last state: {named[0].state})")
-        raise NotFound(f"no worker named {ref!r} on {self.settings.node}", hint="GET /v1/workers lists them")
+        try:
+            return pipeline.find(self.settings, ref, alive=alive)
+        except WorkerNotFound as exc:
+            raise NotFound(exc.message, hint="GET /v1/workers lists them") from exc
 
     def _reap_loop(self) -> None:
         # restored workers are re-parented to this process (child subreaper): collect those that exit

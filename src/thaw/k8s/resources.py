@@ -7,6 +7,8 @@ manifests in ``deploy/kubernetes``, the docs and the code cannot drift apart unn
 
 from __future__ import annotations
 
+import hashlib
+
 GROUP = "thaw.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -71,3 +73,10 @@ COND_CANARY = "CanaryPassed"
 #: the finalizer that lets the operator clean up before an object goes: a WorkerSnapshot's artifact,
 #: the worker restored for a restore-from pod (so that scaling down frees its GPU)
 FINALIZER = f"{GROUP}/cleanup"
+
+
+def short_name(name: str, limit: int) -> str:
+    """``name`` if it fits in ``limit`` characters, else a prefix plus a hash of the whole."""
+    if len(name) <= limit:
+        return name
+    return f"{name[:limit - 17]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"

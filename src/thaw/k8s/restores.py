@@ -22,7 +22,6 @@ thaw no longer holds the pod back and its own readiness probe decides.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +32,7 @@ from thaw.k8s.agents import Connect, Job
 from thaw.k8s.cluster import Cluster
 from thaw.k8s.placement import GpuNeed, NoPlacement, choose_gpu, choose_node
 from thaw.k8s.resources import (
+    short_name,
     API_VERSION,
     COLD_START,
     COND_AGENT,
@@ -97,13 +97,6 @@ class RestoreSpec:
                    node=target.get("nodeName") or None, gpu=target.get("gpu") or None,
                    worker=target.get("workerName") or short_name(meta["name"], 128), pod=target.get("podName") or None,
                    timeout=float(spec.get("timeoutSeconds", 900)))
-
-
-def short_name(name: str, limit: int) -> str:
-    """``name`` if it fits in ``limit`` characters, else a prefix plus a hash of the whole."""
-    if len(name) <= limit:
-        return name
-    return f"{name[:limit - 17]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 
 
 def reconcile(body: dict[str, Any], cluster: Cluster, connect: Connect, *, retry: int = 0,

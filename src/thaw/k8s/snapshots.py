@@ -15,7 +15,6 @@ the object is deleted and removes the artifact unless ``retention: Retain``.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +24,7 @@ from thaw.k8s import agents
 from thaw.k8s.agents import Connect, Job
 from thaw.k8s.cluster import Cluster, agent_for
 from thaw.k8s.resources import (
+    short_name,
     COND_AGENT,
     COND_READY,
     PENDING,
@@ -72,10 +72,7 @@ class SnapshotSpec:
 
 def default_artifact(namespace: str, name: str) -> str:
     """``<namespace>.<name>``, shortened with a hash suffix when longer than an artifact name may be (128)."""
-    full = f"{namespace}.{name}"
-    if len(full) <= 128:
-        return full
-    return f"{full[:111]}-{hashlib.sha256(full.encode()).hexdigest()[:16]}"
+    return short_name(f"{namespace}.{name}", 128)
 
 
 def reconcile(body: dict[str, Any], cluster: Cluster, connect: Connect, *, retry: int = 0,

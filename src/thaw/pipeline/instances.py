@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from thaw.config import Settings
-from thaw.errors import BusyError, ConfigError, ThawError
+from thaw.errors import BusyError, ConfigError, WorkerNotFound
 from thaw.store.manifest import check_name
 from thaw.worker import protocol
 
@@ -258,8 +258,8 @@ def all_instances(settings: Settings) -> list[Instance]:
     return sorted(out, key=lambda i: i.created_at, reverse=True)
 
 
-def find(settings: Settings, ref: str) -> Instance:
-    """The instance with id ``ref``, or the newest live one named ``ref``."""
+def find(settings: Settings, ref: str, *, alive: bool = True) -> Instance:
+    """The instance with id ``ref``, else the newest live one named ``ref`` (the newest of any, with alive=False)."""
     if not ref:
         raise ConfigError("worker", "no worker given", hint="name it as `thaw run --name NAME` did; `thaw ps` lists them")
     candidates = all_instances(settings)
@@ -270,7 +270,9 @@ def find(settings: Settings, ref: str) -> Instance:
     for inst in named:
         if inst.alive():
             return inst
+    if named and not alive:
+        return named[0]
     if named:
-        raise ThawError(f"worker {ref!r} is not running (last state: {named[0].state})",
-                        hint="`thaw ps --all` shows past workers")
-    raise ConfigError("worker", f"no worker named {ref!r} on this node", hint="`thaw ps` lists the running workers")
+        raise WorkerNotFound(f"worker {ref!r} is not running (last state: {named[0].state})",
+                             hint="`thaw ps --all` shows past workers")
+    raise WorkerNotFound(f"no worker named {ref!r} on this node", hint="`thaw ps` lists the running workers")
