@@ -30,7 +30,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 # torch first, pinned: the CPU build (a few hundred MB) rather than a multi-GB CUDA build
-.venv/bin/pip install -q "torch==2.13.0" 2>&1 | grep -v -i warning || true
+.venv/bin/pip install -q "torch==2.13.0" numpy 2>&1 | grep -v -i warning || true
 .venv/bin/python -c 'import torch' || .venv/bin/pip install -q torch --index-url https://download.pytorch.org/whl/cpu
 .venv/bin/pip install -q -e ".[engine,k8s,test]" 2>&1 | grep -v -i warning || true
 .venv/bin/thaw --help >/dev/null
