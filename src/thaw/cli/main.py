@@ -162,15 +162,12 @@ def snapshot(
 ) -> None:
     """Snapshot a parked worker into an artifact (GPU state, process tree, canary)."""
     from thaw import pipeline
-    from thaw.cli.remote import agent_for, run_job
+    from thaw.cli.remote import agent_for, follow
 
     if client := agent_for(agent, local=local):
-        with progress(not json_out) as cb:
-            result = run_job(client, client.snapshot(worker, artifact, leave_running=leave_running,
-                                                     ready_timeout=ready_timeout), cb)
-        if json_out:
-            emit_json(result)
-        else:
+        result = follow(client, client.snapshot(worker, artifact, leave_running=leave_running,
+                                                ready_timeout=ready_timeout), json_out=json_out)
+        if result is not None:
             console.print(f"[green]snapshot[/] [bold]{result['artifact']}[/] ({human_bytes(result['bytes'])}, "
                           f"{result['digest']}) through the agent: " + _phases(result.get("timings", {})))
         return
@@ -203,15 +200,13 @@ def restore(
 ) -> None:
     """Restore an artifact as a new worker on this node (fresh namespaces; run it as often as you like)."""
     from thaw import pipeline
-    from thaw.cli.remote import agent_for, run_job
+    from thaw.cli.remote import agent_for, follow
 
     target: int | str | None = int(gpu) if gpu is not None and gpu.isdigit() else gpu
     if client := agent_for(agent, local=local):
-        with progress(not json_out) as cb:
-            result = run_job(client, client.restore(artifact, name=name, gpu=target, verify_canary=canary), cb)
-        if json_out:
-            emit_json(result)
-        else:
+        result = follow(client, client.restore(artifact, name=name, gpu=target, verify_canary=canary),
+                        json_out=json_out)
+        if result is not None:
             w = result["worker"]
             console.print(f"[green]restored[/] [bold]{w['name']}[/] ({w['id']}) through the agent, pid {w['host_pid']}, "
                           f"canary {'passed' if (result.get('canary') or {}).get('match') else 'not checked'}: "

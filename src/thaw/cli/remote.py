@@ -42,6 +42,18 @@ def agent_for(address: str | None, *, local: bool) -> AgentClient | None:
     return None  # a stale default socket: nobody serves it, so run locally
 
 
+def follow(client: AgentClient, job: Job, *, json_out: bool) -> dict[str, Any] | None:
+    """Follow ``job`` with a progress line; print its result as JSON (and return None) with --json."""
+    from thaw.cli.output import emit_json, progress
+
+    with progress(not json_out) as cb:
+        result = run_job(client, job, cb)
+    if json_out:
+        emit_json(result)
+        return None
+    return result
+
+
 def run_job(client: AgentClient, job: Job, progress: Any, timeout: float = 3600.0) -> dict[str, Any]:
     """Follow a job to its end, showing its phase; its result, or a ThawError with the agent's reason."""
     import time
