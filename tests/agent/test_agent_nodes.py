@@ -15,8 +15,8 @@ pytestmark = pytest.mark.criu
 
 
 def _store_url(kind: str, s3_url: str, tmp_path) -> str:
-    if kind == "dir":
-        return str(tmp_path / "shared")
+    if kind == "dir":  # a shared volume: each node copies an artifact to its own staging before CRIU runs
+        return f"dir://{tmp_path / 'shared'}?fetch=copy"
     bucket, _, query = s3_url[len("s3://"):].partition("?")
     return f"s3://{bucket}/{tmp_path.name}?{query}&chunk_mib=1"
 

@@ -18,7 +18,7 @@ __all__ = ["DirectoryStore", "Fetched", "Manifest", "Staged", "Store", "check_na
 
 
 def open_store(url: str | Path, *, scratch: Path | None = None) -> Store:
-    """A store from a URL: a path or ``dir:///path`` (local or shared directory), ``s3://bucket/prefix``.
+    """A store from a URL: a path or ``dir:///path[?fetch=copy]`` (local or shared directory), ``s3://bucket/prefix``.
 
     ``scratch`` is a node-local directory where object stores write new artifacts
     before uploading them (a directory store stages on its own filesystem instead).
@@ -32,4 +32,9 @@ def open_store(url: str | Path, *, scratch: Path | None = None) -> Store:
         text = text[len("dir://"):]
     if "://" in text:
         raise ConfigError("store", f"unknown store URL {url!r}", hint="use a directory path, dir:///path or s3://bucket/prefix")
-    return DirectoryStore(text)
+    path, _, query = text.partition("?")
+    options = dict(part.partition("=")[::2] for part in query.split("&") if part)
+    if set(options) - {"fetch"} or options.get("fetch", "in-place") not in ("in-place", "copy"):
+        raise ConfigError("store", f"unknown option in {url!r}",
+                          hint="a directory store takes ?fetch=copy (stage on local disk before restore) or ?fetch=in-place")
+    return DirectoryStore(path, copy=options.get("fetch") == "copy")

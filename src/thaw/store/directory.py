@@ -24,14 +24,20 @@ from pathlib import Path
 
 from thaw.errors import ArtifactNotFound, BusyError, ConfigError, IntegrityError
 from thaw.store.base import Fetched, Staged, Store
-from thaw.store.digest import describe_tree, verify_tree
+from thaw.store.digest import copy_verified, describe_tree, verify_tree
 from thaw.store.manifest import MANIFEST, Manifest, check_name
 
 
 class DirectoryStore(Store):
-    def __init__(self, root: Path | str) -> None:
+    """Artifacts in a directory. ``copy=True`` (``dir:///path?fetch=copy``) fetches into node-local
+    staging before a restore: for a shared volume (NFS, CephFS), where CRIU should read local disk
+    or tmpfs rather than the network; each byte is read once, checked and written by parallel readers.
+    """
+
+    def __init__(self, root: Path | str, *, copy: bool = False) -> None:
         self.root = Path(root).absolute()
-        self.url = f"dir://{self.root}"
+        self.copy = copy
+        self.url = f"dir://{self.root}" + ("?fetch=copy" if copy else "")
         try:
             for sub in (".staging", ".trash"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -91,10 +97,23 @@ class DirectoryStore(Store):
         d = self.path(name)
         t0 = time.perf_counter()
         manifest = Manifest.read(d)
-        verify_tree(d, manifest)
+        if not self.copy:
+            verify_tree(d, manifest)
+            dt = time.perf_counter() - t0
+            return Fetched(manifest, d, in_place=True,
+                           stats={"verify_s": dt, "read_gbps": manifest.size / dt / 1e9 if dt > 0 else 0.0})
+        local = Path(staging_root) / f"{name}-{manifest.artifact_id[:8]}-{uuid.uuid4().hex[:8]}"
+        local.mkdir(parents=True)
+        try:
+            copy_verified(d, local, manifest)
+            manifest.write(local)
+        except BaseException:
+            shutil.rmtree(local, ignore_errors=True)
+            raise
         dt = time.perf_counter() - t0
-        return Fetched(manifest, d, in_place=True,
-                       stats={"verify_s": dt, "read_gbps": manifest.size / dt / 1e9 if dt > 0 else 0.0})
+        return Fetched(manifest, local, in_place=False,
+                       stats={"fetch_s": dt, "bytes": manifest.size,
+                              "read_gbps": manifest.size / dt / 1e9 if dt > 0 else 0.0})
 
     def verify(self, name: str) -> Manifest:
         d = self.path(name)
