@@ -175,13 +175,12 @@ class Agent:
 
     def view(self, inst: Instance) -> Worker:
         alive = inst.alive()
-        marker = inst.ready() if alive else None
         with self._completed_lock:
             verified = inst.id in self._completed
         return Worker(
             id=inst.id, name=inst.name, state=inst.state, origin=inst.origin, artifact=inst.artifact,
             node=inst.node, host_pid=inst.host_pid, alive=alive,
-            parked=marker is not None and marker.pidns == inst.pidns,
+            parked=inst.parked(),
             ready=alive and inst.state == "running" and (inst.origin != "restored" or verified),
             busy=self.holds.worker_holder(inst.id), control_dir=str(inst.dir), created_at=inst.created_at,
         )

@@ -98,11 +98,11 @@ def ps(
     _recover(settings)
     rows = [i for i in pipeline.list_instances(settings) if all_ or i.alive()]
     if json_out:
-        emit_json([{**i.model_dump(mode="json"), "alive": i.alive(), "parked": _parked(i)} for i in rows])
+        emit_json([{**i.model_dump(mode="json"), "alive": i.alive(), "parked": i.parked()} for i in rows])
         return
     table = Table("NAME", "ID", "PID", "STATE", "ORIGIN", "CREATED")
     for i in rows:
-        state = ("parked" if _parked(i) else "running") if i.alive() else i.state
+        state = ("parked" if i.parked() else "running") if i.alive() else i.state
         origin = f"restored from {i.artifact}" if i.origin == "restored" else "launched"
         table.add_row(i.name, i.id, str(i.host_pid), state, origin, i.created_at.strftime("%Y-%m-%d %H:%M:%S"))
     console.print(table)
@@ -138,13 +138,6 @@ def _unwind_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _parked(inst) -> bool:
-    from thaw.worker import protocol
-
-    cmd = protocol.read_json(inst.dir / protocol.COMMAND) or {}
-    return inst.alive() and inst.ready() is not None and cmd.get("action") not in ("release", "go", "stop")
 
 
 @app.command()

@@ -66,14 +66,21 @@ class Instance(BaseModel):
         try:
             if protocol.pidns_inode(self.host_pid) != self.pidns:
                 return False
-            with open(f"/proc/{self.host_pid}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
         except (FileNotFoundError, ProcessLookupError):
             return False
+        return not _zombie(self.host_pid)
 
     def ready(self) -> protocol.ReadyMarker | None:
         raw = protocol.read_json(self.dir / protocol.READY)
         return protocol.decode_ready(raw) if raw else None
+
+    def parked(self) -> bool:
+        """Waiting at its quiesce point: alive, with a readiness marker of this sandbox (the SDK removes
+        the marker when quiesce() returns, so a serving worker has none)."""
+        if not self.alive():
+            return False
+        marker = self.ready()
+        return marker is not None and marker.pidns == self.pidns
 
     def save(self) -> None:
         protocol.write_json_atomic(self.dir / "instance.json", self.model_dump(mode="json"))
