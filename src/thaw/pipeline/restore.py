@@ -104,7 +104,7 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
             os.close(fd)
     inst.host_pid, inst.pidns, inst.ns_key = pid, protocol.pidns_inode(pid), protocol.sandbox_key(pid)
     inst.save()  # before anything can fail: `recover` needs the pid to kill
-    _link(settings.run_dir, inst)
+    protocol.link_sandbox(settings.run_dir, inst.ns_key, inst.dir)
     if manifest.gpus:
         with phases("gpu_restore", "CUDA restore + unlock"):
             gpu_timings = gpu.restore(pid, pairs)
@@ -138,14 +138,6 @@ def _inherited_fds(manifest: Manifest, inst: Instance, net_key: str) -> dict[str
         if path.startswith("/"):  # CRIU names regular files by their path without the leading '/'
             fds[path.lstrip("/")] = os.open(inst.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     return fds
-
-
-def _link(run_dir: Path, inst: Instance) -> None:
-    link = protocol.ns_link(run_dir, inst.ns_key)
-    link.parent.mkdir(parents=True, exist_ok=True)
-    tmp = link.with_name(f"{link.name}.{os.getpid()}.tmp")
-    os.symlink(inst.dir, tmp)
-    os.rename(tmp, link)
 
 
 def _become_subreaper() -> None:

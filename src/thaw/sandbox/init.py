@@ -103,13 +103,9 @@ def loopback_up() -> None:
 
 
 def link_control_dir(run_dir: str, control_dir: str) -> None:
-    from thaw.worker.protocol import ns_link, sandbox_key  # standard library only
+    from thaw.worker.protocol import link_sandbox, sandbox_key  # standard library only
 
-    link = str(ns_link(run_dir, sandbox_key()))
-    os.makedirs(os.path.dirname(link), exist_ok=True)
-    tmp = f"{link}.{os.getpid()}.tmp"
-    os.symlink(control_dir, tmp)
-    os.rename(tmp, link)
+    link_sandbox(run_dir, sandbox_key(), control_dir)
 
 
 def reopen_stdio(log: str) -> None:

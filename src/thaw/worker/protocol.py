@@ -195,6 +195,15 @@ def ns_link(run_dir: Path, key: str) -> Path:
     return Path(run_dir) / "ns" / str(key)
 
 
+def link_sandbox(run_dir: Path | str, key: str, control_dir: Path | str) -> None:
+    """Point the sandbox ``key`` at ``control_dir``, atomically: a polling worker sees the old link or the new."""
+    link = ns_link(Path(run_dir), key)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f"{link.name}.{os.getpid()}.tmp")
+    os.symlink(control_dir, tmp)
+    os.rename(tmp, link)
+
+
 def now() -> float:
     return time.time()
 
