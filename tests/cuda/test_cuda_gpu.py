@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 import thaw.cuda
-from thaw.cuda import checkpointing, process, steps
+from thaw.cuda import checkpointing, process
+from thaw.pipeline import gpu as steps
 from thaw.cuda.checkpointing import ProcessState
 
 pytestmark = pytest.mark.gpu
@@ -134,7 +135,7 @@ def test_the_pipeline_steps_round_trip_and_roll_back(child) -> None:
     assert c.ask("check")["outputs"] == before
 
     steps.checkpoint_gpu(c.pid)
-    pairs = steps.plan_gpu_pairs([r.model_dump() for r in records], None)
+    pairs = steps.plan_gpu_pairs(records, None)
     assert pairs == [], "same host, same GPU: nothing to remap"
     assert set(steps.restore_gpu(c.pid, pairs)) == {"cuda_restore", "cuda_unlock"}
     assert c.ask("check")["outputs"] == before
@@ -168,7 +169,7 @@ def test_restore_onto_the_other_gpu(child) -> None:
     records = steps.record_gpus(c.pid)
     source = c.ready["driver_uuid"]
     target = next(g for g in gpus if g.uuid != source)
-    pairs = steps.plan_gpu_pairs([r.model_dump() for r in records], target.index)
+    pairs = steps.plan_gpu_pairs(records, target.index)
     assert pairs and pairs[0].old == source and pairs[0].new == target.uuid
     steps.checkpoint_gpu(c.pid)
     steps.restore_gpu(c.pid, pairs)

@@ -6,6 +6,7 @@ import pytest
 from cuda_fakes import H200, H200_B, FakeCuda, FakeNvml, uuid_of
 
 import thaw.cuda
+import thaw.model
 from thaw.cuda import gpus, native
 from thaw.errors import ConfigError
 
@@ -38,7 +39,7 @@ def test_devices_describe_each_gpu(fake_cuda) -> None:
     assert gpus[0].compute_capability == "9.0"
     assert gpus[0].memory_free is None, "no NVML: free memory unknown, not invented"
     assert thaw.cuda.cuda_version() == 13000
-    assert gpus[1].to_dict()["uuid"] == uuid_of(H200_B[1])
+    assert gpus[1].model_dump()["uuid"] == uuid_of(H200_B[1])
 
 
 def test_free_memory_and_process_usage_come_from_nvml(monkeypatch) -> None:
@@ -63,14 +64,14 @@ def test_free_memory_and_process_usage_come_from_nvml(monkeypatch) -> None:
     " gpu-5f1e0c3a-9b7d-4e21-a0b1-c2d3e4f50617 ",
 ])
 def test_uuid_spellings_normalise_to_nvidia_smis(spelling: str) -> None:
-    assert thaw.cuda.normalize_uuid(spelling) == "GPU-5f1e0c3a-9b7d-4e21-a0b1-c2d3e4f50617"
-    assert gpus.parse_uuid(spelling) == H200[1]
+    assert thaw.model.normalize_uuid(spelling) == "GPU-5f1e0c3a-9b7d-4e21-a0b1-c2d3e4f50617"
+    assert thaw.model.parse_uuid(spelling) == H200[1]
 
 
 @pytest.mark.parametrize("bad", ["", "GPU-1234", "MIG-5f1e0c3a-9b7d-4e21-a0b1-c2d3e4f50617", "zz" * 16])
 def test_a_bad_uuid_is_a_config_error(bad: str) -> None:
     with pytest.raises(ConfigError, match="uuid"):
-        thaw.cuda.normalize_uuid(bad)
+        thaw.model.normalize_uuid(bad)
 
 
 def test_driver_version_without_nvml_or_proc_is_empty(monkeypatch, tmp_path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 import thaw.cuda
 from thaw.cuda import checkpointing, native
-from thaw.cuda.checkpointing import GpuPair
+from thaw.model import GpuPair
 from thaw.errors import CudaError
 
 SRC = Path(thaw.cuda.__file__).parent.parent
@@ -136,10 +136,10 @@ def test_the_public_api_is_pinned_and_no_submodule_is_shadowed() -> None:
     import importlib
 
     assert sorted(thaw.cuda.__all__) == [
-        "GpuInfo", "GpuPair", "ProcessState", "available", "checkpoint", "cuda_version", "devices", "driver_version",
-        "get_state", "gpu_processes", "lock", "normalize_uuid", "process_uses_gpu", "restore", "restore_thread_id",
+        "ProcessState", "available", "checkpoint", "cuda_version", "devices", "driver_version",
+        "get_state", "gpu_processes", "lock", "process_uses_gpu", "restore", "restore_thread_id",
         "unlock",
     ]
-    for name in ("native", "gpus", "checkpointing", "process", "steps", "worker_hooks"):
+    for name in ("native", "gpus", "checkpointing", "process", "worker_hooks"):
         module = importlib.import_module(f"thaw.cuda.{name}")
         assert name not in thaw.cuda.__all__ and module.__name__ == f"thaw.cuda.{name}"

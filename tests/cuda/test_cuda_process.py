@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from thaw import proc
 from thaw.cuda import process
 from thaw.errors import WorkerError
 
@@ -28,7 +29,7 @@ def test_a_cuda_process_shows_its_device_fds_and_mappings(tmp_path, monkeypatch)
         "7f0000200000-7f0000400000 rw-s 00000000 00:05 816   /dev/nvidia-uvm\n",
         "7f0000400000-7f0000600000 r--p 00000000 08:01 99    /usr/lib/libc.so.6\n",
     ])
-    monkeypatch.setattr(process, "PROC", tmp_path)
+    monkeypatch.setattr(proc, "PROC", tmp_path)
     assert process.process_uses_gpu(10)
     assert process.gpu_handles(10) == ["fd 5 -> /dev/nvidiactl", "fd 7 -> /dev/nvidia0",
                                        "map /dev/nvidia-uvm", "map /dev/nvidia0"]
@@ -37,7 +38,7 @@ def test_a_cuda_process_shows_its_device_fds_and_mappings(tmp_path, monkeypatch)
 def test_a_checkpointed_process_holds_no_gpu(tmp_path, monkeypatch) -> None:
     # probe: once checkpointed, the worker has no /dev/nvidia* fds or mappings
     fake_proc(tmp_path, 11, fds={"0": "/dev/null"}, maps=["7f0000000000-7f0000200000 rw-s 0 00:01 1  /dev/zero (deleted)\n"])
-    monkeypatch.setattr(process, "PROC", tmp_path)
+    monkeypatch.setattr(proc, "PROC", tmp_path)
     assert not process.process_uses_gpu(11)
 
 

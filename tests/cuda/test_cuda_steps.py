@@ -8,10 +8,10 @@ import sys
 import pytest
 from cuda_fakes import CHECKPOINTED, FAILED, H200, LOCKED, RUNNING, uuid_of
 
-from thaw.cuda import gpus, steps
-from thaw.cuda.checkpointing import GpuPair
-from thaw.cuda.gpus import GpuInfo
-from thaw.cuda.steps import GpuRecord, checkpoint_gpu, plan_gpu_pairs, restore_gpu, rollback_gpu
+from thaw.cuda import gpus
+from thaw.model import GpuInfo, GpuPair, GpuRecord, parse_uuid
+from thaw.pipeline import gpu as steps
+from thaw.pipeline.gpu import checkpoint_gpu, plan_gpu_pairs, restore_gpu, rollback_gpu
 from thaw.errors import CheckpointError, ConfigError, CudaError, RestoreError
 
 PID = 4321
@@ -104,7 +104,7 @@ def test_restore_restores_then_unlocks_with_the_pairs_in_the_args(fake_cuda) -> 
     assert set(timings) == {"cuda_restore", "cuda_unlock"}
     assert fake_cuda.states[PID] == RUNNING
     [seen] = fake_cuda.restore_pairs
-    assert seen == [(gpus.parse_uuid(A), gpus.parse_uuid(B)), (gpus.parse_uuid(B), gpus.parse_uuid(A))]
+    assert seen == [(parse_uuid(A), parse_uuid(B)), (parse_uuid(B), parse_uuid(A))]
 
 
 def test_restore_without_pairs_passes_zeroed_args(fake_cuda) -> None:
@@ -136,9 +136,9 @@ def gpu(index: int, uuid: str, *, name: str = "NVIDIA H200", free: int | None = 
                    driver_version="580.159.04", compute_capability="9.0")
 
 
-def record(uuid: str, used: int | None, *, index: int = 0, name: str = "NVIDIA H200") -> dict:
-    return {"index": index, "uuid": uuid, "name": name, "memory_total": 141 * GIB, "used_bytes": used,
-            "compute_capability": "9.0"}
+def record(uuid: str, used: int | None, *, index: int = 0, name: str = "NVIDIA H200") -> GpuRecord:
+    return GpuRecord(index=index, uuid=uuid, name=name, memory_total=141 * GIB, used_bytes=used,
+                     compute_capability="9.0")
 
 
 def test_same_gpu_on_this_host_needs_no_pairs() -> None:
@@ -203,10 +203,10 @@ def test_a_gpu_worker_on_a_host_without_gpus_is_refused() -> None:
 
 
 def test_records_validate_and_normalise() -> None:
-    rec = GpuRecord.model_validate(record(A.upper().replace("GPU-", "gpu-"), GIB))
+    rec = GpuRecord.model_validate(record(A, GIB).model_dump() | {"uuid": A.upper().replace("GPU-", "gpu-")})
     assert rec.uuid == A
     with pytest.raises(ValueError):
-        GpuRecord.model_validate({**record(A, GIB), "surprise": 1})
+        GpuRecord.model_validate({**record(A, GIB).model_dump(), "surprise": 1})
 
 
 def test_record_gpus_follows_the_workers_visible_devices(monkeypatch) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from thaw.store.manifest import Manifest
+from thaw.model.manifest import Manifest
 
 from .conftest import (
     WORKER_SECCOMP,

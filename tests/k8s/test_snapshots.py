@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from thaw.errors import BusyError, ConfigError
 from thaw.k8s import snapshots
 from thaw.k8s.status import condition
-from thaw.store.manifest import check_name
+from thaw.model.manifest import check_name
 
 from .fakes import Agents, FakeAgent, FakeCluster, node, pod, snapshot
 

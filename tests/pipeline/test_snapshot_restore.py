@@ -9,7 +9,7 @@ import pytest
 
 from thaw import pipeline
 from thaw.config import Settings
-from thaw.pipeline import RestoreResult
+from thaw.pipeline import Restored
 from thaw.store import Store
 from workers import client, processes_of, state
 
@@ -58,7 +58,7 @@ def test_two_restores_of_one_artifact_at_the_same_time_both_answer(settings: Set
                                                                    launch_worker) -> None:
     launch_worker()
     pipeline.snapshot(settings, "w", "a1", store=store)
-    results: dict[str, RestoreResult] = {}
+    results: dict[str, Restored] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(2)
 
@@ -95,7 +95,7 @@ def test_leave_running_keeps_the_original_serving(settings: Settings, store: Sto
     snap = pipeline.snapshot(settings, "w", "a1", store=store, leave_running=True)
 
     assert original.alive()
-    assert "resume_original" in snap.timings
+    assert "resume_original" in snap.timings.flat()
     served = state(original.dir)
     assert served["outcome"] == "released" and served["info"]["artifact"] == "a1"
     assert served["hooks"] == ["freeze:snapshot", "thaw:release"]  # the freeze was undone before it serves

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from thaw.sandbox import layout
-from thaw.sandbox.layout import Layout, plan
+from thaw.model import SandboxLayout as Layout
+from thaw.sandbox.layout import plan
 
 HOST = ["/", "/proc", "/sys", "/dev", "/dev/shm", "/dev/pts", "/sys/fs/cgroup", "/data", "/data/models", "/opt/venv",
         "/usr/local/nvidia"]
@@ -106,5 +107,5 @@ def test_keys_are_free_of_criu_s_separators() -> None:
 def test_a_layout_survives_the_manifest() -> None:
     lay = Layout(keep=["/dev", "/opt"], private_net=False)
 
-    assert Layout.from_dict(lay.to_dict()) == lay
-    assert Layout.from_dict({}) == Layout(keep=[], private_net=True)  # an older manifest without the fields
+    assert Layout.model_validate(lay.model_dump()) == lay
+    assert Layout.model_validate({}) == Layout(keep=[], private_net=True)  # an older manifest without the fields

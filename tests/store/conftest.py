@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from thaw.store.manifest import Manifest, SourceInfo, WorkerInfo
+from thaw.model.manifest import Manifest, SourceInfo, WorkerInfo
 from thaw.store.testing import s3_server
 
 

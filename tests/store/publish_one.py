@@ -16,7 +16,7 @@ from pathlib import Path
 
 from thaw.errors import BusyError
 from thaw.store import open_store
-from thaw.store.manifest import Manifest, SourceInfo, WorkerInfo
+from thaw.model.manifest import Manifest, SourceInfo, WorkerInfo
 
 url, name, size, start_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 die = "--die-after-write" in sys.argv

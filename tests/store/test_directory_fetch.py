@@ -9,7 +9,7 @@ import pytest
 
 from thaw.errors import ConfigError, IntegrityError
 from thaw.store import DirectoryStore, open_store
-from thaw.store.manifest import CHUNK_SIZE, Manifest, SourceInfo, WorkerInfo
+from thaw.model.manifest import CHUNK_SIZE, Manifest, SourceInfo, WorkerInfo
 
 
 def publish(store: DirectoryStore, name: str, files: dict[str, bytes]) -> Manifest:

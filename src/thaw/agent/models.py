@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from thaw.errors import ConfigError
-from thaw.store.manifest import check_name
+from thaw.model.manifest import check_name
 
 API_VERSION = "v1"
 

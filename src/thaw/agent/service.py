@@ -50,10 +50,11 @@ from thaw.agent.models import (
 )
 from thaw.config import Settings
 from thaw.errors import BusyError, CanaryMismatch, ConfigError, ThawError, WorkerNotFound
+from thaw.model import Manifest, Phase, check_name
 from thaw.pipeline import control
 from thaw.pipeline import gpu as pipeline_gpu
 from thaw.pipeline.instances import Instance, reap
-from thaw.store import Manifest, Staged, Store, check_name, open_store
+from thaw.store import Staged, Store, open_store
 from thaw.worker.protocol import Action
 
 #: phases after which a snapshot's artifact is published and confirmed by the pipeline
@@ -326,13 +327,13 @@ class Agent:
                                 leave_running=req.leave_running, ready_timeout=req.ready_timeout,
                                 progress=self._progress(run))
         m = res.manifest
-        write_s = res.timings.get("dump", 0.0) + res.timings.get("publish", 0.0)
+        write_s = res.timings.seconds(Phase.DUMP) + res.timings.seconds(Phase.PUBLISH)
         gbps = run.store.stage_stats.get("write_gbps") or (m.size / write_s / 1e9 if write_s > 0 else None)
-        self.metrics.observe_timings("snapshot", res.timings)
+        self.metrics.observe_timings("snapshot", res.timings.flat())
         self.metrics.artifact_bytes.labels("snapshot").observe(m.size)
         self.metrics.observe_transfer("write", m.size, gbps)
         return SnapshotResult(artifact=m.name, artifact_id=m.artifact_id, digest=m.digest, bytes=m.size,
-                              timings=res.timings, write_gbps=gbps,
+                              timings=res.timings.flat(), write_gbps=gbps,
                               original="running" if req.leave_running else "stopped").model_dump(mode="json") | {
             "worker_id": inst.id}
 
@@ -349,15 +350,15 @@ class Agent:
         with self._completed_lock:
             self._completed.add(inst.id)
         self.book.mark_verified(inst.id, run.job.id)
-        fetch_s = res.timings.get("fetch", 0.0)
+        fetch_s = res.timings.seconds(Phase.FETCH)
         gbps = run.store.fetch_stats.get("read_gbps") or (m.size / fetch_s / 1e9 if fetch_s > 0 else None)
-        self.metrics.observe_timings("restore", res.timings)
+        self.metrics.observe_timings("restore", res.timings.flat())
         self.metrics.artifact_bytes.labels("restore").observe(m.size)
         self.metrics.observe_transfer("read", m.size, gbps)
         canary = CanaryReport(checked=checked, match=True if checked else None, expected=res.canary_expected,
                               got=res.canary_got)
         return RestoreResult(worker=self.view(inst), artifact=m.name, artifact_id=m.artifact_id, digest=m.digest,
-                             bytes=m.size, timings=res.timings, read_gbps=gbps,
+                             bytes=m.size, timings=res.timings.flat(), read_gbps=gbps,
                              canary=canary).model_dump(mode="json") | {"worker_id": inst.id}
 
     def _run_verify(self, run: _Running, name: str) -> dict[str, Any]:
@@ -431,7 +432,7 @@ class Agent:
         if "gpu_checkpoint" in journal.get("phases", []):
             # its device state may still be checkpointed into host memory: bring it back first
             try:
-                pipeline_gpu.rollback(inst.host_pid)
+                pipeline_gpu.rollback_gpu(inst.host_pid)
                 notes.append("GPU state rolled back")
             except (ThawError, ImportError, OSError) as exc:
                 notes.append(f"GPU rollback: {exc}")
@@ -558,7 +559,7 @@ def _gpus() -> list[dict[str, Any]]:
     try:
         from thaw.cuda import devices
 
-        return [g.to_dict() for g in devices()]
+        return [g.model_dump() for g in devices()]
     except Exception:  # noqa: BLE001 - a broken driver must not break /v1/status
         return []
 

@@ -169,11 +169,11 @@ def snapshot(
         res = pipeline.snapshot(settings, worker, artifact, store=_store(settings), leave_running=leave_running,
                                 ready_timeout=ready_timeout, progress=cb)
     if json_out:
-        emit_json({"manifest": json.loads(res.manifest.to_json()), "digest": res.manifest.digest, "timings": res.timings})
+        emit_json({"manifest": json.loads(res.manifest.to_json()), "digest": res.manifest.digest, "timings": res.timings.flat()})
         return
     m = res.manifest
     console.print(f"[green]snapshot[/] [bold]{m.name}[/] ({human_bytes(m.size)}, {m.digest}) "
-                  f"in {seconds(res.timings['total'])}: " + _phases(res.timings))
+                  f"in {seconds(res.timings.total)}: " + _phases(res.timings.flat()))
     if leave_running:
         console.print(f"worker [bold]{res.instance.name}[/] goes on serving")
 
@@ -212,12 +212,12 @@ def restore(
                                verify_canary=canary, progress=cb)
     inst = res.instance
     if json_out:
-        emit_json({"instance": inst.model_dump(mode="json"), "timings": res.timings,
+        emit_json({"instance": inst.model_dump(mode="json"), "timings": res.timings.flat(),
                    "canary": "passed" if res.canary_checked else "not checked"})
         return
     check = "canary passed" if res.canary_checked else "no canary"
     console.print(f"[green]restored[/] [bold]{inst.name}[/] ({inst.id}), pid {inst.host_pid}, {check}, "
-                  f"in {seconds(res.timings['total'])}: " + _phases(res.timings))
+                  f"in {seconds(res.timings.total)}: " + _phases(res.timings.flat()))
     console.print(f"control directory: {inst.dir}")
 
 
@@ -267,7 +267,7 @@ def list_artifacts(home: HomeOpt = None, store: StoreOpt = None, agent: AgentOpt
     table = Table("NAME", "WORKER", "SIZE", "CREATED", "FROM NODE", "GPUS")
     for m in manifests:
         table.add_row(m.name, m.worker.name, human_bytes(m.size), m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                      m.source.host, ", ".join(g.get("name", "?") for g in m.gpus) or "-")
+                      m.source.host, ", ".join(g.name for g in m.gpus) or "-")
     console.print(table)
 
 
@@ -292,7 +292,7 @@ def inspect(
     console.print(f"worker {m.worker.name}: {' '.join(m.worker.argv)}")
     console.print(f"canary: {'recorded' if m.worker.canary is not None else 'none'}; hooks: {', '.join(m.worker.hooks) or 'none'}")
     for g in m.gpus:
-        console.print(f"gpu: {g.get('name')} {g.get('uuid')} " + (f"({human_bytes(g['used_bytes'])} used)" if g.get("used_bytes") else ""))
+        console.print(f"gpu: {g.name} {g.uuid} " + (f"({human_bytes(g.used_bytes)} used)" if g.used_bytes else ""))
     for r in m.memory_released:
         console.print(f"released before checkpoint: {r.tag} {human_bytes(r.bytes)}")
     console.print("timings: " + _phases(m.timings))

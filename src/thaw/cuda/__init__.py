@@ -8,19 +8,19 @@ without NVIDIA.
 * :mod:`thaw.cuda.gpus` — ``devices()``, ``available()``, ``driver_version()``, UUIDs;
 * :mod:`thaw.cuda.checkpointing` — lock / checkpoint / restore / unlock of another process;
 * :mod:`thaw.cuda.process` — which processes hold a GPU (/proc);
-* :mod:`thaw.cuda.steps` — the pipeline's GPU steps (imports pydantic; not loaded here);
 * :mod:`thaw.cuda.worker_hooks` — torch freeze/thaw hooks for the worker.
+
+The pipeline's GPU steps, which sequence these calls, live beside it (:mod:`thaw.pipeline.gpu`);
+the values they exchange (GpuInfo, GpuRecord, GpuPair) are in :mod:`thaw.model.gpu`.
 
 The state machine and the ordering rules are in docs/cuda.md.
 """
 
-from thaw.cuda.checkpointing import GpuPair, ProcessState, checkpoint, get_state, lock, restore, restore_thread_id, unlock
-from thaw.cuda.gpus import GpuInfo, available, cuda_version, devices, driver_version, normalize_uuid
+from thaw.cuda.checkpointing import ProcessState, checkpoint, get_state, lock, restore, restore_thread_id, unlock
+from thaw.cuda.gpus import available, cuda_version, devices, driver_version
 from thaw.cuda.process import gpu_processes, process_uses_gpu
 
 __all__ = [
-    "GpuInfo",
-    "GpuPair",
     "ProcessState",
     "available",
     "checkpoint",
@@ -30,7 +30,6 @@ __all__ = [
     "get_state",
     "gpu_processes",
     "lock",
-    "normalize_uuid",
     "process_uses_gpu",
     "restore",
     "restore_thread_id",

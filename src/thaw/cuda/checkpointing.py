@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import IntEnum
 
 from thaw.cuda import native
-from thaw.cuda.gpus import normalize_uuid, parse_uuid
 from thaw.errors import CudaError
+from thaw.model.gpu import GpuPair, parse_uuid
 
 #: default for ``lock``: how long the driver waits for already-submitted GPU work (0 = forever)
 DEFAULT_LOCK_TIMEOUT_MS = 10_000
@@ -38,18 +37,6 @@ class ProcessState(IntEnum):
     LOCKED = 1
     CHECKPOINTED = 2
     FAILED = 3
-
-
-@dataclass(frozen=True)
-class GpuPair:
-    """Restore what ran on GPU ``old`` onto GPU ``new`` (UUIDs, "GPU-..." spelling)."""
-
-    old: str
-    new: str
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "old", normalize_uuid(self.old))
-        object.__setattr__(self, "new", normalize_uuid(self.new))
 
 
 _COMMON_HINTS = {

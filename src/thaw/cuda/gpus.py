@@ -13,28 +13,11 @@ from __future__ import annotations
 
 import ctypes
 import re
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from thaw.cuda import native
-from thaw.errors import ConfigError, CudaError
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    """One GPU as this host sees it."""
-
-    index: int
-    uuid: str  # "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", as nvidia-smi prints it
-    name: str  # e.g. "NVIDIA H200": the chip check of a restore compares this
-    memory_total: int  # bytes
-    memory_free: int | None  # bytes (NVML); None where NVML is unavailable
-    driver_version: str  # display driver, e.g. "580.159.04"
-    compute_capability: str  # e.g. "9.0"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from thaw.errors import CudaError
+from thaw.model.gpu import GpuInfo, format_uuid, normalize_uuid
 
 
 def available() -> bool:
@@ -136,32 +119,6 @@ def process_memory(uuid: str, pids: set[int]) -> int | None:
 
 
 _NVML_VALUE_NOT_AVAILABLE = 0xFFFFFFFFFFFFFFFF  # nvml.h NVML_VALUE_NOT_AVAILABLE for unsigned long long
-
-
-# --- UUIDs ---------------------------------------------------------------------------------------
-
-
-def format_uuid(raw: bytes) -> str:
-    """16 bytes → "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" (nvidia-smi's spelling)."""
-    if len(raw) != 16:
-        raise ConfigError("uuid", f"a GPU UUID has 16 bytes, got {len(raw)}")
-    h = raw.hex()
-    return f"GPU-{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
-
-
-def parse_uuid(text: str) -> bytes:
-    """A GPU UUID in nvidia-smi's, torch's or bare-hex spelling → its 16 bytes."""
-    bare = str(text).strip()
-    if bare.upper().startswith("GPU-"):
-        bare = bare[4:]
-    bare = bare.replace("-", "")
-    if not re.fullmatch(r"[0-9a-fA-F]{32}", bare):
-        raise ConfigError("uuid", f"not a GPU UUID: {text!r}", hint="expected GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx")
-    return bytes.fromhex(bare)
-
-
-def normalize_uuid(text: str) -> str:
-    return format_uuid(parse_uuid(text))
 
 
 # --- internals -----------------------------------------------------------------------------------

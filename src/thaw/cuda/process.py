@@ -17,12 +17,9 @@ is still declared. Detecting undeclared imports needs interposing the driver API
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
+from thaw import proc
 from thaw.errors import HostError, WorkerError
 
-PROC = Path("/proc")
 _DEVICE_PREFIX = "/dev/nvidia"
 
 
@@ -33,59 +30,29 @@ def process_uses_gpu(pid: int) -> bool:
 
 def gpu_handles(pid: int) -> list[str]:
     """The /dev/nvidia* paths ``pid`` has open (``fd N -> path``) or mapped (``map path``), for messages."""
-    base = PROC / str(pid)
-    found: list[str] = []
     try:
-        for fd in sorted(os.listdir(base / "fd"), key=int):
-            try:
-                target = os.readlink(base / "fd" / fd)
-            except OSError:
-                continue  # closed meanwhile
-            if target.startswith(_DEVICE_PREFIX):
-                found.append(f"fd {fd} -> {target}")
-        with open(base / "maps") as maps:
-            mapped = {line.split(maxsplit=5)[5].strip() for line in maps if _DEVICE_PREFIX in line}
-        found.extend(f"map {path}" for path in sorted(mapped))
-    except FileNotFoundError as exc:
+        found = [f"fd {fd} -> {target}" for fd, target in proc.fd_targets(pid).items()
+                 if target.startswith(_DEVICE_PREFIX)]
+        mapped = {path for path in proc.mapped_paths(pid) if _DEVICE_PREFIX in path}
+    except proc.Gone as exc:
         raise WorkerError(f"process {pid} does not exist (it exited?)") from exc
     except PermissionError as exc:
         raise HostError(f"cannot read /proc/{pid}: {exc}", hint="run the agent as root") from exc
-    return found
+    return found + [f"map {path}" for path in sorted(mapped)]
 
 
 def descendants(pid: int) -> list[int]:
     """``pid`` and all its descendants, parents before children."""
-    children = _children_map()
-    order, todo = [], [pid]
-    while todo:
-        current = todo.pop(0)
-        order.append(current)
-        todo.extend(sorted(children.get(current, [])))
-    return order
+    return proc.descendants(pid)
 
 
 def gpu_processes(root_pid: int) -> list[int]:
     """The processes of ``root_pid``'s tree that hold a GPU: each needs its own lock/checkpoint."""
     result = []
-    for pid in descendants(root_pid):
+    for pid in proc.descendants(root_pid):
         try:
             if process_uses_gpu(pid):
                 result.append(pid)
         except WorkerError:
             continue  # exited while we looked
     return result
-
-
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # the command name (field 2) may contain spaces and parentheses: split after the last ')'
-        fields = stat[stat.rfind(")") + 2 :].split()
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    return children

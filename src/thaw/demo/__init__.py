@@ -21,6 +21,7 @@ from rich.table import Table
 from thaw import pipeline
 from thaw.config import Settings
 from thaw.errors import ThawError
+from thaw.model import Phase
 from thaw.pipeline.instances import Instance
 
 QUERY = "restore a warm gpu worker in seconds"
@@ -70,15 +71,15 @@ def run_demo(home: Path, *, keep: bool = False) -> dict[str, Any]:
     table.add_column("2 restores at once", justify="right")
     table.add_row("ready and answering after", f"{cold:.2f} s", f"{one[2]:.2f} s",
                   " / ".join(f"{p[2]:.2f} s" for p in pair))
-    table.add_row("  of which", f"warm-up {t_parked:.2f} s", f"CRIU restore {one[0].timings['criu_restore']:.2f} s",
-                  " / ".join(f"{p[0].timings['criu_restore']:.2f} s" for p in pair))
+    table.add_row("  of which", f"warm-up {t_parked:.2f} s", f"CRIU restore {one[0].timings.seconds(Phase.CRIU_RESTORE):.2f} s",
+                  " / ".join(f"{p[0].timings.seconds(Phase.CRIU_RESTORE):.2f} s" for p in pair))
     table.add_row("same answer as the original", "(reference)", *(
         "yes" if all(c[1] == reference for c in group) else "NO" for group in ([one], pair)))
     table.add_row("canary checked before serving", "-", *(
         "passed" if all(c[0].canary_checked for c in group) else "none" for group in ([one], pair)))
     Console().print(table)
     Console().print(f"artifact {artifact}: {snap.manifest.size / 2**20:.0f} MiB, digest {snap.manifest.digest}, "
-                    f"snapshot took {snap.timings['total']:.2f} s; store: {settings.store_url}")
+                    f"snapshot took {snap.timings.total:.2f} s; store: {settings.store_url}")
     identical = all(c[1] == reference for c in copies)
     if not identical:
         raise ThawError("a restored copy answered differently from the original")
@@ -86,7 +87,7 @@ def run_demo(home: Path, *, keep: bool = False) -> dict[str, Any]:
             "identical": identical}
 
 
-def _restore_and_ask(settings: Settings, artifact: str, name: str) -> tuple[pipeline.RestoreResult, Any, float]:
+def _restore_and_ask(settings: Settings, artifact: str, name: str) -> tuple[pipeline.Restored, Any, float]:
     t0 = time.perf_counter()
     res = pipeline.restore(settings, artifact, name=name)
     hits, _ = _ask(res.instance)

@@ -265,7 +265,7 @@ def job_timings(result: dict[str, Any]) -> dict[str, float]:
 def _parse_manifest(raw: dict[str, Any]) -> Any:
     from pydantic import ValidationError
 
-    from thaw.store.manifest import Manifest
+    from thaw.model.manifest import Manifest
 
     try:
         return Manifest.model_validate(raw)

@@ -10,12 +10,12 @@ from thaw.config import Settings
 from thaw.errors import ThawError
 from thaw.pipeline import control
 from thaw.pipeline.instances import Instance, all_instances as list_instances, find, recover
-from thaw.pipeline.restore import RestoreResult, restore
+from thaw.pipeline.restore import Restored, restore
 from thaw.pipeline.run import launch
-from thaw.pipeline.snapshot import SnapshotResult, snapshot
+from thaw.pipeline.snapshot import Snapshot, snapshot
 from thaw.worker.protocol import Action
 
-__all__ = ["Instance", "RestoreResult", "SnapshotResult", "find", "launch", "list_instances", "recover", "release",
+__all__ = ["Instance", "Restored", "Snapshot", "find", "launch", "list_instances", "recover", "release",
            "restore", "snapshot", "stop", "wait_ready"]
 
 

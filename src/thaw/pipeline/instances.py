@@ -29,9 +29,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from thaw import proc
 from thaw.config import Settings
 from thaw.errors import BusyError, ConfigError, WorkerNotFound
-from thaw.store.manifest import check_name
+from thaw.model import SandboxLayout, check_name
 from thaw.worker import protocol
 
 
@@ -53,7 +54,7 @@ class Instance(BaseModel):
     state: str = "starting"  # starting | restoring | running | snapshotted | stopped | exited | failed
     node: str = ""
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
-    layout: dict[str, Any] = Field(default_factory=dict)
+    layout: SandboxLayout = Field(default_factory=SandboxLayout)
 
     @property
     def log(self) -> Path:
@@ -64,11 +65,11 @@ class Instance(BaseModel):
         if self.host_pid <= 0:
             return False
         try:
-            if protocol.pidns_inode(self.host_pid) != self.pidns:
+            if proc.ns_inode(self.host_pid, "pid") != self.pidns:
                 return False
-        except (FileNotFoundError, ProcessLookupError):
+        except proc.Gone:
             return False
-        return not _zombie(self.host_pid)
+        return not proc.zombie(self.host_pid)
 
     def ready(self) -> protocol.ReadyMarker | None:
         raw = protocol.read_json(self.dir / protocol.READY)
@@ -123,7 +124,8 @@ class Instance(BaseModel):
         """
         pids = [self.host_pid] if self.alive() else []
         if not self.host_pid and self.netns:
-            pids = _sandboxes_in(self.netns, self.dir.parent.parent / "run")
+            # sandboxes of this thaw home only (by THAW_RUN_DIR): another home's may share nothing with us
+            pids = proc.in_netns(self.netns, env=f"{protocol.ENV_RUN_DIR}={self.dir.parent.parent / 'run'}")
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -162,7 +164,7 @@ def reap(pid: int, timeout: float = 10.0) -> None:
             if done:
                 return
         except ChildProcessError:  # not our child: wait until it disappears
-            if not os.path.exists(f"/proc/{pid}") or _zombie(pid):
+            if not proc.running(pid):
                 return
         time.sleep(0.005)
 
@@ -176,12 +178,12 @@ def recover(settings: Settings) -> list[Instance]:
     recovered = []
     everyone = all_instances(settings)
     for inst in everyone:
-        if inst.state != "restoring" or _running(inst.owner_pid):
+        if inst.state != "restoring" or proc.running(inst.owner_pid):
             continue
         if not inst.host_pid:
             # the restorer died while CRIU worked: let CRIU finish first (it keeps its log open until it exits)
             deadline = time.monotonic() + CRIU_GRACE_S
-            while _holders(inst.dir / "ops") and time.monotonic() < deadline:
+            while proc.holders(inst.dir / "ops") and time.monotonic() < deadline:
                 time.sleep(0.05)
             # With its restorer gone, the namespace outlives only in the copy; had CRIU made no copy, the
             # kernel may have given its inode to a newer sandbox, which then records it too: not ours.
@@ -192,51 +194,6 @@ def recover(settings: Settings) -> list[Instance]:
         inst.save()
         recovered.append(inst)
     return recovered
-
-
-def _sandboxes_in(netns: int, run_dir: Path) -> list[int]:
-    """Live processes in the network namespace ``netns`` that are sandboxes of this thaw home (by THAW_RUN_DIR)."""
-    marker = f"{protocol.ENV_RUN_DIR}={run_dir}".encode()
-    found = []
-    for pid in _pids():
-        try:
-            if os.stat(f"/proc/{pid}/ns/net").st_ino != netns or _zombie(pid):
-                continue
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if marker in f.read().split(b"\0"):
-                    found.append(pid)
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    return found
-
-
-def _holders(directory: Path) -> list[int]:
-    """Processes with a file under ``directory`` open."""
-    prefix = f"{directory}/"
-    holders = []
-    for pid in _pids():
-        try:
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix) for fd in os.listdir(f"/proc/{pid}/fd")):
-                holders.append(pid)
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    return holders
-
-
-def _pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
-
-
-def _running(pid: int) -> bool:
-    return pid > 0 and os.path.exists(f"/proc/{pid}") and not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (FileNotFoundError, ProcessLookupError):  # ESRCH: it went between open and read
-        return True
 
 
 def create(settings: Settings, name: str, **fields: Any) -> Instance:

@@ -1,10 +1,12 @@
-"""Timing every phase of an operation, and one summary line for all of them."""
+"""Timing every phase of an operation (a tree: a phase and the parts measured inside it)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+
+from thaw.model import Phase, PhaseTime, Timings
 
 #: progress callback: (phase, fraction done or None, detail)
 Progress = Callable[[str, float | None, str], None]
@@ -15,35 +17,37 @@ def no_progress(phase: str, fraction: float | None, detail: str) -> None:
 
 
 class Phases:
-    """Collects phase durations; ``summary()`` lists them and what no phase accounts for."""
+    """Times the phases of one operation, tells ``progress`` when each starts, and ends in one ``Timings``."""
 
     def __init__(self, progress: Progress | None = None) -> None:
         self.started = time.perf_counter()
-        self.timings: dict[str, float] = {}
+        self._phases: list[PhaseTime] = []
         self.progress = progress or no_progress
 
     @contextmanager
-    def __call__(self, name: str, detail: str = "") -> Iterator[None]:
-        self.progress(name, None, detail)
+    def __call__(self, phase: Phase, detail: str = "") -> Iterator[None]:
+        self.progress(phase.value, None, detail)
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+            self.add(phase, time.perf_counter() - t0)
 
-    def add(self, name: str, seconds: float) -> None:
-        self.timings[name] = self.timings.get(name, 0.0) + seconds
+    def add(self, phase: Phase, seconds: float) -> None:
+        self._phases.append(PhaseTime(name=phase.value, seconds=round(seconds, 6)))
 
-    def total(self) -> float:
-        return time.perf_counter() - self.started
+    def parts(self, phase: Phase, parts: Mapping[str, float]) -> None:
+        """Record what was measured inside the last ``phase`` (a GPU step's driver calls, a store's steps)."""
+        for i in range(len(self._phases) - 1, -1, -1):
+            if self._phases[i].name == phase.value:
+                timed = [PhaseTime(name=name, seconds=round(s, 6)) for name, s in parts.items()]
+                self._phases[i] = self._phases[i].model_copy(update={"parts": [*self._phases[i].parts, *timed]})
+                return
+        raise ValueError(f"no phase {phase.value!r} was timed")  # a bug in the pipeline, not a user error
 
-    def finish(self) -> dict[str, float]:
-        total = self.total()
-        out = {k: round(v, 6) for k, v in self.timings.items()}
-        out["total"] = round(total, 6)
-        out["unaccounted"] = round(max(0.0, total - sum(self.timings.values())), 6)
-        return out
+    def so_far(self) -> Timings:
+        """The phases timed until now (a manifest records them before it is published)."""
+        return Timings(phases=list(self._phases), total=round(time.perf_counter() - self.started, 6))
 
-    @staticmethod
-    def summary(timings: dict[str, float]) -> str:
-        return " ".join(f"{k}={v * 1000:.0f}ms" if v < 10 else f"{k}={v:.1f}s" for k, v in timings.items())
+    def finish(self) -> Timings:
+        return self.so_far()

@@ -15,15 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from thaw.config import Settings
-from thaw.criu import RestoreOptions, find_criu, restore as criu_restore
+from thaw.criu import RestoreOptions, find_criu
+from thaw.criu import restore as criu_restore
 from thaw.errors import CanaryMismatch, RestoreError, ThawError
+from thaw.model import GpuPair, GpuTarget, Manifest, Phase, SandboxLayout, Timings, check_name
 from thaw.pipeline import control, gpu, instances
 from thaw.pipeline.instances import Instance
 from thaw.pipeline.phases import Phases, Progress
 from thaw.pipeline.snapshot import IMAGES
 from thaw.sandbox import netns
-from thaw.sandbox.layout import Layout
-from thaw.store import Manifest, Store, check_name, open_store
+from thaw.store import Store, open_store
 from thaw.worker import protocol
 from thaw.worker.protocol import Action
 
@@ -31,10 +32,12 @@ PR_SET_CHILD_SUBREAPER = 36
 
 
 @dataclass
-class RestoreResult:
+class Restored:
+    """A restored worker, running: its instance, the artifact's manifest, the timings, the canary it reproduced."""
+
     instance: Instance
     manifest: Manifest
-    timings: dict[str, float]
+    timings: Timings
     canary_expected: Any = None
     canary_got: Any = None
     thaw_report: dict[str, Any] = field(default_factory=dict)
@@ -44,24 +47,25 @@ class RestoreResult:
         return self.canary_expected is not None
 
 
-def restore(settings: Settings, artifact: str, *, store: Store | None = None, gpu_target: int | str | None = None,
+def restore(settings: Settings, artifact: str, *, store: Store | None = None, gpu_target: GpuTarget | None = None,
             name: str | None = None, verify_canary: bool = True, reply_timeout: float = 120.0,
-            progress: Progress | None = None) -> RestoreResult:
+            progress: Progress | None = None) -> Restored:
     """Restore ``artifact`` as a new worker on this node; returns once it runs (and passed its canary)."""
     check_name(artifact)
     store = store or open_store(settings.store_url)
     phases = Phases(progress)
-    with phases("fetch", f"fetching and verifying {artifact}"):
+    with phases(Phase.FETCH, f"fetching and verifying {artifact}"):
         fetched = store.fetch(artifact, settings.staging_dir)
     try:
         manifest = fetched.manifest
-        phases.timings.update({f"fetch_{k}": v for k, v in fetched.stats.items() if k.endswith("_s")})
-        with phases("plan"):
-            pairs = gpu.plan(manifest.gpus, gpu_target)  # refuses before anything is touched
-            layout = Layout.from_dict(manifest.sandbox)
+        # the store's own steps happened inside the fetch
+        phases.parts(Phase.FETCH, {f"fetch_{k}": v for k, v in fetched.stats.items() if k.endswith("_s")})
+        with phases(Phase.PLAN):
+            pairs = gpu.plan_gpu_pairs(manifest.gpus, gpu_target)  # refuses before anything is touched
+            layout = manifest.sandbox.layout
         # "restoring" until the copy passed its canary: `recover` kills it if we die before (instances.py)
         inst = instances.create(settings, name or manifest.worker.name, argv=manifest.worker.argv,
-                                origin="restored", artifact=artifact, layout=layout.to_dict(),
+                                origin="restored", artifact=artifact, layout=layout,
                                 state="restoring", owner_pid=os.getpid())
         try:
             return _bring_up(settings, inst, manifest, fetched.dir, layout, pairs, verify_canary, reply_timeout,
@@ -79,16 +83,16 @@ def restore(settings: Settings, artifact: str, *, store: Store | None = None, gp
         fetched.cleanup()
 
 
-def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_dir: Path, layout: Layout,
-              pairs: Any, verify_canary: bool, reply_timeout: float, phases: Phases) -> RestoreResult:
+def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_dir: Path, layout: SandboxLayout,
+              pairs: list[GpuPair], verify_canary: bool, reply_timeout: float, phases: Phases) -> Restored:
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     _become_subreaper()
-    net_key = manifest.sandbox.get("net_key", netns.NET_KEY)
+    net_key = manifest.sandbox.net_key
     fds = _inherited_fds(manifest, inst, net_key)
     inst.netns = os.fstat(fds[net_key]).st_ino  # names the copy before its pid is known (Instance.kill)
     inst.save()
     try:
-        with phases("criu_restore", "CRIU restore"):
+        with phases(Phase.CRIU_RESTORE, "CRIU restore"):
             pid, _ = criu_restore(
                 RestoreOptions(images_dir=artifact_dir / IMAGES, work_dir=inst.dir / "ops" / "restore",
                                external=layout.restore_externals(), inherit_fds=fds),
@@ -106,13 +110,13 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
     inst.save()  # before anything can fail: `recover` needs the pid to kill
     protocol.link_sandbox(settings.run_dir, inst.ns_key, inst.dir)
     if manifest.gpus:
-        with phases("gpu_restore", "CUDA restore + unlock"):
-            gpu_timings = gpu.restore(pid, pairs)
-        phases.timings.update(gpu_timings)
+        with phases(Phase.GPU_RESTORE, "CUDA restore + unlock"):
+            gpu_timings = gpu.restore_gpu(pid, pairs)
+        phases.parts(Phase.GPU_RESTORE, gpu_timings)
     expected = manifest.worker.canary if verify_canary else None
     info = {"restore_id": inst.id, "artifact": manifest.name, "artifact_id": manifest.artifact_id,
-            "node": settings.node, "timings": dict(phases.timings)}
-    with phases("thaw_hooks"):
+            "node": settings.node, "timings": phases.so_far().flat(totals=False)}
+    with phases(Phase.THAW_HOOKS):
         reply = control.send(inst, Action.THAW, timeout=reply_timeout, info=info, verify=expected is not None)
     if expected is not None:
         got = reply.canary
@@ -122,19 +126,19 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
                 f"expected {_short(expected)}, got {_short(got)}",
                 expected=expected, got=got,
             )
-        with phases("go"):
+        with phases(Phase.GO):
             control.send(inst, Action.GO, timeout=reply_timeout, info={"canary": "passed"})
     inst.state, inst.owner_pid = "running", 0
     inst.save()
     timings = phases.finish()
-    return RestoreResult(instance=inst, manifest=manifest, timings=timings, canary_expected=expected,
-                         canary_got=reply.canary, thaw_report=reply.data)
+    return Restored(instance=inst, manifest=manifest, timings=timings, canary_expected=expected,
+                    canary_got=reply.canary, thaw_report=reply.data)
 
 
 def _inherited_fds(manifest: Manifest, inst: Instance, net_key: str) -> dict[str, int]:
     """Descriptors CRIU plugs in instead of what the image names: a fresh netns, this copy's own log."""
     fds = {net_key: netns.fresh()}
-    for path in manifest.sandbox.get("stdio", []):
+    for path in manifest.sandbox.stdio:
         if path.startswith("/"):  # CRIU names regular files by their path without the leading '/'
             fds[path.lstrip("/")] = os.open(inst.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     return fds

@@ -38,7 +38,7 @@ def launch(settings: Settings, argv: list[str], *, name: str, env: dict[str, str
         raise
     inst.host_pid, inst.pidns, inst.holder_pid = started.host_pid, started.pidns, started.holder_pid
     inst.ns_key = protocol.sandbox_key(started.host_pid)
-    inst.layout = layout.to_dict()
+    inst.layout = layout
     inst.state = "running"
     inst.save()
     return inst

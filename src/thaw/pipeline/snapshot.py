@@ -17,32 +17,42 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from thaw import __version__
+from thaw import __version__, proc
 from thaw.config import Settings
 from thaw.criu import DumpOptions, dump, find_criu
 from thaw.errors import BusyError, CheckpointError, ThawError
+from thaw.model import (
+    Manifest,
+    Phase,
+    ReleasedMemory,
+    SandboxRecord,
+    SourceInfo,
+    Timings,
+    WorkerInfo,
+    check_name,
+)
 from thaw.pipeline import control, gpu, instances
 from thaw.pipeline.instances import Instance
 from thaw.pipeline.phases import Phases, Progress
 from thaw.sandbox import netns
-from thaw.sandbox.layout import Layout
-from thaw.store import Manifest, Store, check_name, open_store
-from thaw.store.manifest import ReleasedMemory, SourceInfo, WorkerInfo
+from thaw.store import Store, open_store
 from thaw.worker.protocol import Action
 
 IMAGES = "images"
 
 
 @dataclass
-class SnapshotResult:
+class Snapshot:
+    """What a snapshot made: the published artifact's manifest, the phase timings, the original worker."""
+
     manifest: Manifest
-    timings: dict[str, float]
+    timings: Timings
     instance: Instance
 
 
 def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | None = None,
              leave_running: bool = False, ready_timeout: float = 60.0, reply_timeout: float = 120.0,
-             progress: Progress | None = None) -> SnapshotResult:
+             progress: Progress | None = None) -> Snapshot:
     """Snapshot the worker named (or with id) ``worker`` into the artifact ``artifact``."""
     check_name(artifact)
     store = store or open_store(settings.store_url)
@@ -52,9 +62,9 @@ def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | N
                         hint="pick another name, or `thaw rm` the old one first")
     phases = Phases(progress)
     with inst.operation(f"snapshot to {artifact}"):
-        with phases("quiesce", "waiting for the worker's quiesce point"):
+        with phases(Phase.QUIESCE, "waiting for the worker's quiesce point"):
             ready = control.wait_ready(inst, ready_timeout)
-        with phases("freeze_hooks"):
+        with phases(Phase.FREEZE_HOOKS):
             try:
                 reply = control.send(inst, Action.FREEZE, timeout=reply_timeout)
             except ThawError as exc:
@@ -70,18 +80,18 @@ def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | N
                 raise CheckpointError(f"snapshot of {inst.name!r} failed: {exc}") from exc
             raise
         if leave_running:
-            with phases("resume_original"):
+            with phases(Phase.RESUME_ORIGINAL):
                 if manifest.gpus:
-                    gpu.rollback(inst.host_pid)
+                    gpu.rollback_gpu(inst.host_pid)
                 control.send(inst, Action.RELEASE, timeout=reply_timeout, info={"artifact": artifact})
         else:
-            with phases("stop_original"):
+            with phases(Phase.STOP_ORIGINAL):
                 inst.kill()
                 inst.state = "snapshotted"
                 inst.save()
     timings = phases.finish()
-    return SnapshotResult(manifest=manifest.model_copy(update={"timings": {**manifest.timings, **timings}}),
-                          timings=timings, instance=inst)
+    return Snapshot(manifest=manifest.model_copy(update={"timings": {**manifest.timings, **timings.flat()}}),
+                    timings=timings, instance=inst)
 
 
 @dataclass
@@ -94,20 +104,20 @@ class _Attempt:
 def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, Any], artifact: str,
              store: Store, phases: Phases, attempt: _Attempt) -> Manifest:
     pid = inst.host_pid
-    layout = Layout.from_dict(inst.layout)
+    layout = inst.layout
     # the host decides (maps of /dev/nvidia*), not the worker's word: live GPU state must never reach CRIU
-    gpus = gpu.record(pid) if gpu.uses_gpu(pid) else []
+    gpus = gpu.record_gpus(pid) if gpu.uses_gpu(pid) else []
     criu = find_criu(settings.criu)
     with store.stage(artifact) as staged:
         if gpus:
             # order matters: the device state must be in host memory before CRIU reads that memory
             attempt.gpu_checkpointed = True  # set first: a lock that succeeded before a failure needs undoing too
-            with phases("gpu_checkpoint", "CUDA lock + checkpoint"):
-                gpu_timings = gpu.checkpoint(pid)
-            phases.timings.update(gpu_timings)
-        stdio = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (1, 2)]
+            with phases(Phase.GPU_CHECKPOINT, "CUDA lock + checkpoint"):
+                gpu_timings = gpu.checkpoint_gpu(pid)
+            phases.parts(Phase.GPU_CHECKPOINT, gpu_timings)
+        stdio = [proc.fd_target(pid, fd) for fd in (1, 2)]
         op_dir = inst.dir / "ops" / f"snapshot-{staged.artifact_id[:8]}"
-        with phases("dump", "CRIU dump"):
+        with phases(Phase.DUMP, "CRIU dump"):
             dump(DumpOptions(pid=pid, images_dir=staged.dir / IMAGES, work_dir=op_dir, leave_running=True,
                              external=layout.dump_externals() + [netns.dump_external(pid)]),
                  criu=criu)
@@ -118,14 +128,14 @@ def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, A
                               thaw_version=__version__, **gpu.identity()),
             worker=WorkerInfo(name=inst.name, argv=inst.argv, pid=pid, canary=ready.canary, hooks=ready.hooks,
                               freeze_report=report),
-            sandbox={**layout.to_dict(), "net_key": netns.NET_KEY, "stdio": sorted(set(stdio))},
+            sandbox=SandboxRecord(**layout.model_dump(), net_key=netns.NET_KEY, stdio=sorted(set(stdio))),
             gpus=gpus,
             memory_released=[ReleasedMemory(**r) for r in _released(report)],
-            timings=dict(phases.timings),
+            timings=phases.so_far().flat(totals=False),
         )
-        phases.progress("publish", None, f"publishing to {store.url}")
+        phases.progress(Phase.PUBLISH.value, None, f"publishing to {store.url}")
         t_publish = time.perf_counter()
-    phases.add("publish", time.perf_counter() - t_publish)  # the store publishes as the stage block ends
+    phases.add(Phase.PUBLISH, time.perf_counter() - t_publish)  # the store publishes as the stage block ends
     assert staged.published is not None
     return staged.published
 
@@ -136,7 +146,7 @@ def _roll_back(inst: Instance, attempt: _Attempt, timeout: float) -> None:
         return
     if attempt.gpu_checkpointed:
         try:
-            gpu.rollback(inst.host_pid)
+            gpu.rollback_gpu(inst.host_pid)
         except ThawError:
             pass  # the ABORT below then fails too, and the error the caller sees stays the original one
     try:

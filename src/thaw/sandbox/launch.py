@@ -9,8 +9,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from thaw import proc
 from thaw.errors import ConfigError, WorkerError
-from thaw.sandbox.layout import Layout
+from thaw.model.sandbox import SandboxLayout
 from thaw.worker import protocol
 
 
@@ -21,7 +22,7 @@ class Launched:
     holder_pid: int  # the `unshare` process waiting on it
 
 
-def launch(argv: list[str], *, control_dir: Path, run_dir: Path, layout: Layout, env: dict[str, str],
+def launch(argv: list[str], *, control_dir: Path, run_dir: Path, layout: SandboxLayout, env: dict[str, str],
            cwd: Path | None = None, timeout: float = 30.0) -> Launched:
     """Start ``argv`` as pid 1 of a new sandbox with ``layout``; return once it runs there."""
     if not argv:
@@ -42,9 +43,9 @@ def launch(argv: list[str], *, control_dir: Path, run_dir: Path, layout: Layout,
                                   cwd=str(cwd or Path.cwd()), start_new_session=True, close_fds=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        child = _first_child(holder.pid)
+        child = proc.first_child(holder.pid)
         if child is not None:
-            return Launched(host_pid=child, pidns=protocol.pidns_inode(child), holder_pid=holder.pid)
+            return Launched(host_pid=child, pidns=proc.ns_inode(child, "pid"), holder_pid=holder.pid)
         if holder.poll() is not None:
             break
         time.sleep(0.005)
@@ -52,15 +53,6 @@ def launch(argv: list[str], *, control_dir: Path, run_dir: Path, layout: Layout,
     detail = (control_dir / "sandbox.log").read_text(errors="replace")[-800:]
     raise WorkerError(f"the sandbox for {argv[0]!r} did not start: {detail.strip() or 'no output'}",
                       hint="`thaw doctor` checks that unshare and namespaces work here")
-
-
-def _first_child(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            kids = f.read().split()
-    except (FileNotFoundError, ProcessLookupError):  # ESRCH: it exited between open and read
-        return None
-    return int(kids[0]) if kids else None
 
 
 def child_env(base: dict[str, str], *, run_dir: Path, name: str) -> dict[str, str]:

@@ -22,8 +22,10 @@ dumped is exactly what a restore rebuilds:
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from thaw import proc
+from thaw.model.sandbox import SandboxLayout
 
 #: mounts every sandbox keeps; / and /proc are handled apart (root and a fresh procfs)
 BASE_KEEP = ("/dev", "/sys")
@@ -31,45 +33,11 @@ BASE_KEEP = ("/dev", "/sys")
 #: paths live on the host's: concurrent restores sharing the host's /dev/shm collide on the names
 #: CRIU gives deleted-but-open files (POSIX semaphores) while it restores them
 SHM = "/dev/shm"
-#: kept mounts CRIU recreates itself rather than binding from the host
-NATIVE = ("/", "/proc", "/sys")
 #: mounts kept when present: the NVIDIA driver's libraries on GPU hosts (a squashfs CRIU cannot dump)
 OPTIONAL_KEEP = ("/usr/local/nvidia",)
 
 
-@dataclass
-class Layout:
-    """Namespaces and mounts of a sandbox; stored in the manifest so that restore rebuilds the same."""
-
-    keep: list[str] = field(default_factory=list)  # mountpoints kept besides / and /proc
-    private_net: bool = True
-    private_shm: bool = False  # a fresh tmpfs on /dev/shm, dumped and restored with the worker
-
-    def external(self) -> list[str]:
-        """Kept mountpoints that CRIU must treat as external bind mounts."""
-        return [m for m in self.keep if m not in NATIVE]
-
-    @staticmethod
-    def key(mountpoint: str) -> str:
-        """The external key of a mountpoint: stable, and free of CRIU's separators."""
-        return "thaw" + mountpoint.replace("/", "_").replace(":", "_")
-
-    def dump_externals(self) -> list[str]:
-        return [f"mnt[{m}]:{self.key(m)}" for m in self.external()]
-
-    def restore_externals(self) -> list[str]:
-        return [f"mnt[{self.key(m)}]:{m}" for m in self.external()]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> Layout:
-        return cls(keep=list(raw.get("keep", [])), private_net=bool(raw.get("private_net", True)),
-                   private_shm=bool(raw.get("private_shm", False)))
-
-
-def plan(paths: list[str | Path], extra_keep: list[str] | None = None, *, private_net: bool = True) -> Layout:
+def plan(paths: list[str | Path], extra_keep: list[str] | None = None, *, private_net: bool = True) -> SandboxLayout:
     """The layout for a worker that must see ``paths`` (its interpreter, working directory, thaw's run dir).
 
     Every mount under which one of ``paths`` lies is kept, plus the base mounts and
@@ -83,12 +51,11 @@ def plan(paths: list[str | Path], extra_keep: list[str] | None = None, *, privat
         if m not in ("/", "/proc"):
             keep.add(m)
     private_shm = SHM not in keep and Path(SHM).is_dir()
-    return Layout(keep=sorted(keep), private_net=private_net, private_shm=private_shm)
+    return SandboxLayout(keep=sorted(keep), private_net=private_net, private_shm=private_shm)
 
 
 def host_mountpoints(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
-    with open(mountinfo) as f:
-        return [_unescape(line.split()[4]) for line in f]
+    return proc.mountpoints(mountinfo)
 
 
 def mountpoint_of(path: Path, mounts: set[str]) -> str:
@@ -98,8 +65,3 @@ def mountpoint_of(path: Path, mounts: set[str]) -> str:
         if str(candidate) in mounts:
             return str(candidate)
     return "/"
-
-
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as octal
-    return field.encode().decode("unicode_escape") if "\\" in field else field

@@ -14,11 +14,12 @@ import ctypes
 import os
 import threading
 
+from thaw import proc
 from thaw.errors import HostError
+from thaw.model.sandbox import NET_KEY
 from thaw.sandbox.init import loopback_up
 
 CLONE_NEWNET = 0x40000000
-NET_KEY = "thaw-netns"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -33,7 +34,7 @@ def fresh() -> int:
                 err = ctypes.get_errno()
                 raise OSError(err, os.strerror(err))
             loopback_up()
-            result["fd"] = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
+            result["fd"] = os.open(proc.ns_path("self", "net", tid=threading.get_native_id()), os.O_RDONLY)
         except BaseException as exc:  # reported to the caller's thread below
             result["error"] = exc
 
@@ -48,4 +49,4 @@ def fresh() -> int:
 
 def dump_external(pid: int) -> str:
     """The CRIU ``external`` entry that marks ``pid``'s network namespace as external."""
-    return f"net[{os.stat(f'/proc/{pid}/ns/net').st_ino}]:{NET_KEY}"
+    return f"net[{proc.ns_inode(pid, 'net')}]:{NET_KEY}"

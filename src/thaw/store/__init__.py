@@ -12,7 +12,7 @@ from pathlib import Path
 from thaw.errors import ConfigError
 from thaw.store.base import Fetched, Staged, Store
 from thaw.store.directory import DirectoryStore
-from thaw.store.manifest import Manifest, check_name
+from thaw.model.manifest import Manifest, check_name
 
 __all__ = ["DirectoryStore", "Fetched", "Manifest", "Staged", "Store", "check_name", "open_store"]
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from thaw.store.manifest import Manifest, check_name
+from thaw.model.manifest import Manifest, check_name
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 import xxhash
 
 from thaw.errors import IntegrityError
-from thaw.store.manifest import CHUNK_SIZE, DIGEST_ALGORITHM, FileEntry, Manifest
+from thaw.model.manifest import CHUNK_SIZE, DIGEST_ALGORITHM, FileEntry, Manifest
 
 #: readers at once; reads release the GIL, and hashing (~30 GB/s) is not the bottleneck
 WORKERS = min(16, (os.cpu_count() or 2) * 2)

@@ -25,7 +25,7 @@ from pathlib import Path
 from thaw.errors import ArtifactNotFound, BusyError, ConfigError, IntegrityError
 from thaw.store.base import Fetched, Staged, Store
 from thaw.store.digest import copy_verified, describe_tree, verify_tree
-from thaw.store.manifest import MANIFEST, Manifest, check_name
+from thaw.model.manifest import MANIFEST, Manifest, check_name
 
 
 class DirectoryStore(Store):

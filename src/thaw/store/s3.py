@@ -46,7 +46,7 @@ from urllib.parse import parse_qs, urlsplit
 from thaw.errors import ArtifactNotFound, BusyError, ConfigError, IntegrityError, StorageError, ThawError
 from thaw.store.base import Fetched, Staged, Store
 from thaw.store.digest import chunk_digest, describe_tree
-from thaw.store.manifest import CHUNK_SIZE, MANIFEST, FileEntry, Manifest, check_name
+from thaw.model.manifest import CHUNK_SIZE, MANIFEST, FileEntry, Manifest, check_name
 
 #: S3 refuses multipart parts below 5 MiB (except the last one)
 MIN_PART_SIZE = 5 << 20

@@ -16,7 +16,7 @@ a symlink thaw creates for each sandbox. Restored copies are identical in memory
 each lives in a new pid namespace, so each finds its own directory.
 
 This module is shared by the worker SDK and the pipeline; it imports only the
-standard library.
+standard library (and :mod:`thaw.proc`, which does too).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
+
+from thaw import proc
 
 #: bumped when the files' meaning changes incompatibly
 PROTOCOL_VERSION = 1
@@ -133,7 +135,7 @@ def decode_reply(raw: dict[str, Any]) -> Reply:
 
 def pidns_inode(pid: int | str = "self") -> int:
     """Inode of the pid namespace of ``pid`` (as seen through this process's /proc)."""
-    return os.stat(f"/proc/{pid}/ns/pid").st_ino
+    return proc.ns_inode(pid, "pid")
 
 
 def sandbox_key(init_pid: int | None = None) -> str:
@@ -160,7 +162,7 @@ def _netns_cookie() -> str:
         try:
             return str(struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0])
         except OSError:  # kernels before 5.14: fall back to the (reusable) inode
-            return f"i{os.stat('/proc/self/ns/net').st_ino}"
+            return f"i{proc.ns_inode('self', 'net')}"
 
 
 def _netns_cookie_of(pid: int) -> str:
@@ -169,7 +171,7 @@ def _netns_cookie_of(pid: int) -> str:
     import threading
 
     out: dict[str, object] = {}
-    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    fd = os.open(proc.ns_path(pid, "net"), os.O_RDONLY)
 
     def probe() -> None:
         try:

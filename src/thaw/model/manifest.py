@@ -18,6 +18,8 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from thaw.errors import ConfigError, IntegrityError
+from thaw.model.gpu import GpuRecord
+from thaw.model.sandbox import SandboxRecord
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -80,8 +82,8 @@ class Manifest(BaseModel):
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     source: SourceInfo
     worker: WorkerInfo
-    sandbox: dict[str, Any] = Field(default_factory=dict)  # the layout restore must rebuild (sandbox.Layout)
-    gpus: list[dict[str, Any]] = Field(default_factory=list)  # one record per GPU the worker used
+    sandbox: SandboxRecord = Field(default_factory=SandboxRecord)  # what a restore must rebuild
+    gpus: list[GpuRecord] = Field(default_factory=list)  # every GPU the worker saw, and what it used on each
     memory_released: list[ReleasedMemory] = Field(default_factory=list)
     digest_algorithm: str = DIGEST_ALGORITHM
     chunk_size: int = CHUNK_SIZE

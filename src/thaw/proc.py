@@ -1,0 +1,223 @@
+"""Everything thaw reads from /proc, in one place: process state, trees, open files, namespaces, mounts.
+
+Standard library only: the worker SDK uses it too. Each function reads one fact; a
+process that is gone raises ``FileNotFoundError`` or ``ProcessLookupError`` (ESRCH
+when it exits between ``open`` and ``read``) unless the function says otherwise, and
+one that may not be read raises ``PermissionError``: callers decide what that means.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROC = Path("/proc")
+#: the NVIDIA kernel module's version line ("NVRM version: NVIDIA UNIX Open Kernel Module ... 580.159.04 ...")
+NVIDIA_VERSION = PROC / "driver" / "nvidia" / "version"
+
+#: a process that went away while it was read
+Gone = (FileNotFoundError, ProcessLookupError)
+
+
+def path(pid: int | str, *parts: str) -> Path:
+    return PROC.joinpath(str(pid), *parts)
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+def pids() -> list[int]:
+    """Every process on the host (as this pid namespace sees it), this one excluded."""
+    me = os.getpid()
+    return [int(p) for p in os.listdir(PROC) if p.isdigit() and int(p) != me]
+
+
+def exists(pid: int) -> bool:
+    return pid > 0 and path(pid).exists()
+
+
+def _stat_fields(pid: int | str) -> list[str]:
+    """Fields 3.. of /proc/PID/stat (the command name, field 2, may hold spaces and parentheses)."""
+    text = path(pid, "stat").read_text()
+    return text[text.rfind(")") + 2:].split()
+
+
+def zombie(pid: int) -> bool:
+    """True when ``pid`` is a zombie, or already gone."""
+    try:
+        return _stat_fields(pid)[0] == "Z"
+    except Gone:
+        return True
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    return exists(pid) and not zombie(pid)
+
+
+def start_ticks(pid: int | str = "self") -> int:
+    """When the process started, in clock ticks after boot (field 22 of stat)."""
+    return int(_stat_fields(pid)[19])
+
+
+def children_map() -> dict[int, list[int]]:
+    """Parent pid → its children, for every process that can be read."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir(PROC):
+        if not entry.isdigit():
+            continue
+        try:
+            parent = int(_stat_fields(entry)[1])
+        except OSError:
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and all its descendants, parents before children."""
+    children = children_map()
+    order, todo = [], [pid]
+    while todo:
+        current = todo.pop(0)
+        order.append(current)
+        todo.extend(sorted(children.get(current, [])))
+    return order
+
+
+def first_child(pid: int) -> int | None:
+    """The first child of ``pid``'s main thread, or None (none yet, or ``pid`` is gone)."""
+    try:
+        kids = path(pid, "task", str(pid), "children").read_text().split()
+    except Gone:
+        return None
+    return int(kids[0]) if kids else None
+
+
+def status_field(pid: int | str, name: str) -> str | None:
+    """A field of /proc/PID/status (``TracerPid``, ``CapEff``, ...), or None if it has none."""
+    with open(path(pid, "status")) as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key == name:
+                return value.strip()
+    return None
+
+
+def tracer(pid: int) -> int:
+    """The pid tracing ``pid`` (CRIU while it dumps or restores it), 0 for none or when ``pid`` is gone."""
+    try:
+        return int(status_field(pid, "TracerPid") or 0)
+    except Gone:
+        return 0
+
+
+def effective_capabilities() -> int:
+    """This process's effective capability set (a bit mask, capability(7) numbers)."""
+    return int(status_field("self", "CapEff") or "0", 16)
+
+
+def environ(pid: int) -> dict[str, str]:
+    """The environment ``pid`` started with (changes it made later are not in /proc)."""
+    raw = path(pid, "environ").read_bytes()
+    out: dict[str, str] = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            out[key.decode(errors="replace")] = value.decode(errors="replace")
+    return out
+
+
+# --- open files and mappings -------------------------------------------------------------------
+
+
+def fd_target(pid: int, fd: int) -> str:
+    """What descriptor ``fd`` of ``pid`` points at (a path, ``socket:[...]``, ``pipe:[...]``)."""
+    return os.readlink(path(pid, "fd", str(fd)))
+
+
+def fd_targets(pid: int) -> dict[int, str]:
+    """Every open descriptor of ``pid`` and what it points at (descriptors closed meanwhile are left out)."""
+    out: dict[int, str] = {}
+    for fd in sorted(os.listdir(path(pid, "fd")), key=int):
+        try:
+            out[int(fd)] = fd_target(pid, int(fd))
+        except OSError:
+            continue  # closed meanwhile
+    return out
+
+
+def mapped_paths(pid: int) -> set[str]:
+    """The paths of the files ``pid`` has mapped."""
+    with open(path(pid, "maps")) as maps:
+        return {fields[5].strip() for line in maps if len(fields := line.split(maxsplit=5)) == 6}
+
+
+def holders(directory: Path | str) -> list[int]:
+    """Processes (other than this one) with a file under ``directory`` open."""
+    prefix = str(directory).rstrip("/") + "/"
+    found = []
+    for pid in pids():
+        try:
+            if any(target.startswith(prefix) for target in fd_targets(pid).values()):
+                found.append(pid)
+        except OSError:
+            continue  # gone, or not ours to look at
+    return found
+
+
+# --- namespaces ----------------------------------------------------------------------------------
+
+
+def ns_path(pid: int | str, kind: str, *, tid: int | None = None) -> str:
+    """The namespace file of ``pid`` (or of its thread ``tid``): ``/proc/PID/ns/KIND``."""
+    if tid is not None:
+        return str(path(pid, "task", str(tid), "ns", kind))
+    return str(path(pid, "ns", kind))
+
+
+def ns_inode(pid: int | str, kind: str) -> int:
+    """The inode that names ``pid``'s namespace of ``kind`` (``pid``, ``net``, ``mnt``, ...)."""
+    return os.stat(ns_path(pid, kind)).st_ino
+
+
+def in_netns(netns: int, *, env: str) -> list[int]:
+    """Live processes in the network namespace ``netns`` whose initial environment holds the entry ``env``."""
+    name, _, value = env.partition("=")
+    found = []
+    for pid in pids():
+        try:
+            if ns_inode(pid, "net") != netns or zombie(pid):
+                continue
+            if environ(pid).get(name) == value:
+                found.append(pid)
+        except (*Gone, PermissionError):
+            continue
+    return found
+
+
+# --- the host ------------------------------------------------------------------------------------
+
+
+def mountpoints(mountinfo: str | Path = PROC / "self" / "mountinfo") -> list[str]:
+    """The mountpoints of this mount namespace, in mount order."""
+    with open(mountinfo) as f:
+        return [_unescape(line.split()[4]) for line in f]
+
+
+def checkpoint_restore_kernel() -> bool:
+    """Whether the kernel has CONFIG_CHECKPOINT_RESTORE (``ns_last_pid`` exists only then) and namespaces."""
+    return (PROC / "sys" / "kernel" / "ns_last_pid").exists() and (PROC / "self" / "ns" / "pid").exists()
+
+
+def nvidia_version_line() -> str | None:
+    """The NVIDIA kernel module's version text, or None on a host without the driver."""
+    try:
+        return NVIDIA_VERSION.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal
+    return field.encode().decode("unicode_escape") if "\\" in field else field
