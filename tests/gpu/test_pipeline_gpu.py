@@ -71,7 +71,7 @@ def test_restore_onto_the_other_gpu(settings) -> None:
     target = next(g for g in gpus if g.uuid != source_uuid)
     moved = pipeline.restore(settings, "moved", gpu_target=target.index)
     assert get(moved.instance, "/infer") == recorded
-    from thaw.cuda.steps import record_gpus
+    from thaw.pipeline.gpu import record_gpus
 
     # every visible GPU is recorded; the worker's memory now sits on the target alone
     on = {g.uuid: g.used_bytes for g in record_gpus(moved.instance.host_pid)}

@@ -33,6 +33,7 @@ class Phase(str, Enum):
     # restore
     FETCH = "fetch"
     PLAN = "plan"
+    WEIGHTS_PREFETCH = "weights_prefetch"
     CRIU_RESTORE = "criu_restore"
     GPU_RESTORE = "gpu_restore"
     THAW_HOOKS = "thaw_hooks"
