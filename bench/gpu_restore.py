@@ -83,6 +83,7 @@ def sh(cmd: str, timeout: float = 120) -> str:
 def sysinfo() -> dict[str, Any]:
     import torch
 
+    from thaw.config import Settings
     from thaw.criu import find_criu
     from thaw.cuda import driver_version
 
@@ -95,7 +96,7 @@ def sysinfo() -> dict[str, Any]:
         "mem_total_kib": sh("awk '/MemTotal/{print $2}' /proc/meminfo"),
         "thp": sh("cat /sys/kernel/mm/transparent_hugepage/enabled"),
         "torch": torch.__version__,
-        "criu": find_criu().version,
+        "criu": find_criu(Settings().criu).version,
         "disk": sh("df -h /var/tmp | tail -1"),
         "python": sys.version.split()[0],
     }

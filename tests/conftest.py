@@ -17,11 +17,12 @@ def _criu_missing() -> str | None:
     """Why real-CRIU tests cannot run here, or None when they can."""
     if os.geteuid() != 0:
         return "needs root (CRIU checkpoints other processes; run the suite as root, as CI does)"
+    from thaw.config import Settings
     from thaw.criu import find_criu
     from thaw.errors import HostError
 
     try:
-        find_criu()
+        find_criu(Settings().criu)
     except HostError as exc:  # find_criu already refuses CRIU < 4
         return f"needs CRIU >= 4: {exc.message} (scripts/install-criu.sh installs it)"
     return None

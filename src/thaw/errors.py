@@ -3,9 +3,11 @@
 Every error says what failed and what to do about it, and carries the facts a user
 needs (the operation, the pid or artifact, CRIU's own message and log tail, the CUDA
 error name). Foreign errors are mapped to the most specific type here with
-``raise ... from exc``::
+``raise ... from exc``. Each error is *retryable* (the same request may succeed later: a busy
+worker, an agent or store that does not answer) or *permanent* (asking again gives the same
+answer); the operator and the CLI decide on ``retryable`` alone, never on a type list::
 
-    ThawError
+    ThawError                                                          retryable?
     ├── ConfigError            bad input or configuration (field, message)
     ├── HostError              the host cannot do this (no CRIU >= 4, not root, no GPU, ...)
     ├── WorkerError            the worker did not do its part
@@ -14,14 +16,18 @@ error name). Foreign errors are mapped to the most specific type here with
     ├── RestoreError           restoring failed (the artifact is unchanged)
     │   └── CanaryMismatch     the restored worker did not reproduce its recorded outputs
     ├── IntegrityError         an artifact's files do not match its manifest
-    ├── StorageError           the artifact store failed a request (network, server, permissions)
+    ├── StorageError           the artifact store failed a request (network, server, ...)  yes
     ├── ArtifactNotFound       no artifact of that name
     ├── WorkerNotFound         no (running) worker of that name on this node
-    ├── BusyError              another operation holds this worker
+    ├── JobNotFound            no agent job with that id
+    ├── BusyError              another operation holds this worker                         yes
     ├── CriuError              a CRIU request failed (cr_errmsg + log tail)
     ├── CudaError              a CUDA driver call failed (call, pid, error name)
-    └── GmsError               the GPU memory service refused or failed a request
-        └── GmsUnavailable     no GPU memory service answers for that GPU
+    ├── GmsError               the GPU memory service refused or failed a request
+    │   └── GmsUnavailable     no GPU memory service answers for that GPU                  yes
+    ├── AgentUnavailable       no thaw agent answers at that address                       yes
+    ├── AgentError             an agent answered with an error thaw has no type for        5xx, 408, 429
+    └── NoPlacement            no node or GPU fits a restore (now)                         yes
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ class ThawError(Exception):
 
     #: short machine-readable reason, used as the ``reason`` label of failure metrics
     reason: str = "error"
+    #: whether the same request may succeed later (see the module docstring)
+    retryable: bool = False
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -109,6 +117,7 @@ class StorageError(ThawError):
     """The artifact store failed a request (object store unreachable, server error, ...)."""
 
     reason = "storage"
+    retryable = True
 
 
 class ArtifactNotFound(ThawError):
@@ -123,10 +132,17 @@ class WorkerNotFound(ThawError):
     reason = "not_found"
 
 
+class JobNotFound(ThawError):
+    """No agent job with that id on this node."""
+
+    reason = "not_found"
+
+
 class BusyError(ThawError):
     """Another operation is already running on this worker or artifact."""
 
     reason = "busy"
+    retryable = True
 
 
 class CriuError(ThawError):
@@ -176,8 +192,75 @@ class GmsUnavailable(GmsError):
     """No GPU memory service listens for that GPU (not started, or it died)."""
 
     reason = "gms_unavailable"
+    retryable = True
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message, code="unavailable",
                          hint=hint or "start one with `thaw gms serve --gpu N` or let the agent start it "
                          "(THAW_GMS=1)")
+
+
+class AgentUnavailable(ThawError):
+    """No thaw agent answers at that address (not started, restarting, or unreachable)."""
+
+    reason = "agent_unavailable"
+    retryable = True
+
+
+class AgentError(ThawError):
+    """An agent refused or failed a request; ``status`` is the HTTP status, ``reason`` the agent's.
+
+    ``kind`` names the thaw.errors type the agent raised (empty when it raised none: a bad
+    route, a malformed answer); :meth:`original` gives that error back on this side.
+    """
+
+    def __init__(self, status: int, reason: str, message: str, *, hint: str | None = None, kind: str = "",
+                 retryable: bool | None = None, fields: list[dict[str, object]] | None = None,
+                 detail: dict[str, object] | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.reason = reason
+        self.kind = kind
+        self.fields = fields or []
+        self.detail = detail or {}
+        # without the agent's word: it failed, or asks to be asked later, unlike a refusal of the request
+        self.retryable = retryable if retryable is not None else status >= 500 or status in (408, 429)
+
+    def original(self) -> ThawError:
+        """The error the agent raised, as its own type (BusyError, ArtifactNotFound, ...), or this one."""
+        if not self.kind or self.kind in ("ThawError", "AgentError"):
+            return self
+        return rebuild(self.kind, self.message, hint=self.hint, reason=self.reason, attributes=self.detail)
+
+
+class NoPlacement(ThawError):
+    """No node (or no GPU on the chosen node) fits a restore now; the message lists each candidate and why not."""
+
+    reason = "no_placement"
+    retryable = True  # capacity frees up, nodes and agents come
+
+
+def rebuild(kind: str, message: str, *, hint: str | None = None, reason: str | None = None,
+            attributes: dict[str, object] | None = None) -> ThawError:
+    """The error an agent raised, raised again on this side of its API: the same type, message and facts.
+
+    ``kind`` is the class name the agent reported (thaw.api.ErrorDetail.kind); an unknown one
+    gives a plain ThawError with the agent's reason. The constructors differ per type, so
+    the instance is made without them and given the facts the agent sent.
+    """
+    cls = {c.__name__: c for c in _subclasses(ThawError)}.get(kind, ThawError)
+    err = cls.__new__(cls)
+    ThawError.__init__(err, message, hint=hint)
+    if cls is ThawError and reason:
+        err.reason = reason
+    for name, value in (attributes or {}).items():
+        if not name.startswith("_") and name not in ("message", "hint", "reason", "retryable"):
+            setattr(err, name, value)
+    return err
+
+
+def _subclasses(cls: type[ThawError]) -> list[type[ThawError]]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_subclasses(sub))
+    return out

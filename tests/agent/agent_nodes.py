@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from workers import wait_until
 
-from thaw.agent.client import AgentClient
+from thaw.api.client import AgentClient
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "agent_worker.py"
@@ -43,7 +43,7 @@ class Node:
 
     def start(self, timeout: float = 30.0) -> Node:
         self.socket.unlink(missing_ok=True)
-        serve = [sys.executable, "-m", "thaw.agent", "serve", "--socket", str(self.socket), "--home", str(self.home),
+        serve = [sys.executable, "-m", "thaw", "agent", "serve", "--socket", str(self.socket), "--home", str(self.home),
                  "--store", self.store, "--staging", str(self.staging), "--node", self.name, *self.args]
         bind = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
         cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", bind, "sh", str(self.root),

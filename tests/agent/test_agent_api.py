@@ -12,7 +12,8 @@ import sys
 import httpx
 import pytest
 
-from thaw.agent.client import AgentClient, AgentError
+from thaw.api.client import AgentClient
+from thaw.errors import AgentError
 from thaw.store.testing import free_port
 
 TOKEN = "s3cr3t-token-for-tests-0123456789"
@@ -145,10 +146,10 @@ def test_unix_socket_callers_are_identified_by_the_kernel(tcp_node):
 def test_socket_is_private_and_cli_status_works(tcp_node):
     mode = tcp_node.socket.stat().st_mode & 0o777
     assert mode == 0o600
-    out = subprocess.run([sys.executable, "-m", "thaw.agent", "status", "--socket", str(tcp_node.socket), "--json"],
+    out = subprocess.run([sys.executable, "-m", "thaw", "agent", "status", "--socket", str(tcp_node.socket), "--json"],
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["status"]["node"] == "api"
-    out = subprocess.run([sys.executable, "-m", "thaw.agent", "status", "--socket", str(tcp_node.root / "nope.sock")],
+    out = subprocess.run([sys.executable, "-m", "thaw", "agent", "status", "--socket", str(tcp_node.root / "nope.sock")],
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 1 and "no thaw agent answers" in out.stderr and "Traceback" not in out.stderr

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from agent_nodes import launch_worker, wait_phase
 
-from thaw.agent.client import AgentError
+from thaw.errors import AgentError
 
 pytestmark = pytest.mark.criu
 
@@ -79,7 +79,7 @@ def test_canary_mismatch_kills_the_copy_keeps_the_artifact_and_says_why(make_nod
         assert not copy.alive and not copy.ready and copy.state == "failed"
         assert [a.name for a in c.artifacts()] == ["drifty-v1"]
         verify = c.wait(c.verify("drifty-v1").id, timeout=60)
-        assert verify.state.value == "succeeded" and verify.result["digest"] == snap.result["digest"]
+        assert verify.state.value == "succeeded" and verify.result.digest == snap.result.digest
         assert c.worker(original.id).alive
         metrics = c.metrics()
     assert 'thaw_canary_checks_total{result="mismatch"} 1.0' in metrics

@@ -39,8 +39,8 @@ def test_snapshot_on_node_a_restores_on_node_b(make_node, tmp_path, store, reque
     with a.client() as ca:
         job = ca.wait(ca.snapshot("llm", "llm-v1", leave_running=True).id, timeout=120)
         assert job.state.value == "succeeded", job.error
-        assert job.result["bytes"] > 0 and job.result["write_gbps"] > 0 and job.result["original"] == "running"
-        assert {"quiesce", "freeze_hooks", "dump", "publish", "total"} <= set(job.result["timings"])
+        assert job.result.bytes > 0 and job.result.write_gbps > 0 and job.result.original == "running"
+        assert {"quiesce", "freeze_hooks", "dump", "publish", "total"} <= set(job.result.timings)
     served = a.worker_state(original.control_dir)
     assert served["outcome"] == "released"
 
@@ -50,12 +50,12 @@ def test_snapshot_on_node_a_restores_on_node_b(make_node, tmp_path, store, reque
         job = cb.wait(cb.restore("llm-v1", name="llm-b").id, timeout=120)
         assert job.state.value == "succeeded", job.error
         result = job.result
-        assert result["canary"]["checked"] and result["canary"]["match"]
-        assert result["canary"]["expected"] == result["canary"]["got"] == {"digest": served["digest"]}
-        assert result["read_gbps"] > 0 and result["bytes"] == summary.bytes
+        assert result.canary.checked and result.canary.match
+        assert result.canary.expected == result.canary.got == {"digest": served["digest"]}
+        assert result.read_gbps > 0 and result.bytes == summary.bytes
         restored = cb.worker("llm-b")
         assert restored.ready and restored.alive and restored.origin == "restored" and restored.node == "b"
-        assert restored.id == result["worker"]["id"]
+        assert restored.id == result.worker.id
 
     answer = b.worker_state(restored.control_dir)
     assert answer["token"] == served["token"], "the restored copy holds the original's warmed state"

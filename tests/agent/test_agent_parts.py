@@ -11,8 +11,8 @@ from thaw.agent.audit import AuditLog
 from thaw.agent.auth import Tokens
 from thaw.agent.holds import Holds
 from thaw.agent.jobs import JobBook
-from thaw.agent.models import JobError, JobKind, JobState
-from thaw.agent.service import differences
+from thaw.api.models import JobError, JobKind, JobState, VerifyResult
+from thaw.pipeline.canary import differences
 from thaw.errors import BusyError, ConfigError
 
 
@@ -39,7 +39,8 @@ def test_job_book_is_durable_and_lists_unfinished_jobs(tmp_path):
     book = JobBook(db)
     done = book.create(JobKind.VERIFY, worker=None, artifact="a", request={}, caller={"uid": 0}, node="n")
     book.start(done.id)
-    book.succeed(done.id, {"ok": True})
+    verified = VerifyResult(artifact="a", artifact_id="1", digest="xxh3_128:00", bytes=1, files=1, seconds=0.1)
+    book.succeed(done.id, verified)
     cut = book.create(JobKind.SNAPSHOT, worker="w", artifact="b", request={"artifact": "b"}, caller={}, node="n")
     book.start(cut.id)
     book.progress(cut.id, "dump", 0.5, "CRIU dump")
@@ -51,7 +52,7 @@ def test_job_book_is_durable_and_lists_unfinished_jobs(tmp_path):
     [unfinished] = again.list(unfinished=True)
     assert unfinished.id == cut.id and unfinished.progress.phase == "dump"
     assert again.journal_of(cut.id) == {"worker_id": "w-1", "phases": ["quiesce", "dump"]}
-    assert again.get(done.id).result == {"ok": True} and again.get(done.id).state is JobState.SUCCEEDED
+    assert again.get(done.id).result == verified and again.get(done.id).state is JobState.SUCCEEDED
     again.fail(cut.id, JobError(reason="agent_restarted", message="agent restarted during dump"))
     assert again.list(unfinished=True) == []
     assert again.get(cut.id).error.message == "agent restarted during dump"

@@ -23,10 +23,10 @@ def test_a_worker_s_life_through_the_cli(thaw, tmp_path: Path) -> None:
     assert out.startswith("snapshot a1 (") and "worker w goes on serving" in out
     [w] = thaw.json("ps")
     assert (w["alive"], w["parked"]) == (True, False)  # released: it serves
-    assert state(Path(w["dir"]))["outcome"] == "released"
+    assert state(Path(w["control_dir"]))["outcome"] == "released"
 
     [listed] = thaw.json("ls")
-    assert (listed["name"], listed["worker"]) == ("a1", "w") and listed["size"] > 0
+    assert (listed["name"], listed["worker"]) == ("a1", "w") and listed["bytes"] > 0
     inspected = thaw.json("inspect", "a1")
     assert inspected["name"] == "a1" and inspected["schema_version"] == 1
     assert inspected["digest"] == listed["digest"]
@@ -41,7 +41,7 @@ def test_a_worker_s_life_through_the_cli(thaw, tmp_path: Path) -> None:
     assert re.match(r"restored copy \(copy-[0-9a-f]{8}\), pid \d+, canary passed", out)
     copy_dir = Path(re.search(r"control directory: (\S+)", out).group(1))
     got = state(copy_dir)
-    assert got["outcome"] == "thawed" and got["token"] == state(Path(w["dir"]))["token"]
+    assert got["outcome"] == "thawed" and got["token"] == state(Path(w["control_dir"]))["token"]
     running = {i["name"]: i for i in thaw.json("ps")}
     assert set(running) == {"w", "copy"}
     assert running["copy"]["origin"] == "restored" and running["copy"]["artifact"] == "a1"
@@ -95,7 +95,7 @@ def test_a_failed_dump_reports_criu_s_reason_and_the_worker_goes_on(thaw, tmp_pa
     assert thaw.json("ls") == []
     thaw.ok("release", "w")
     [w] = thaw.json("ps")
-    assert state(Path(w["dir"]))["outcome"] == "released"
+    assert state(Path(w["control_dir"]))["outcome"] == "released"
 
 
 @pytest.mark.parametrize(("args", "message"), [

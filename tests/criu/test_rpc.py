@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from thaw.config import Settings
 from thaw.criu import Criu, DumpOptions, RestoreOptions, check, dump, find_criu, log_tail, restore, rpc
 from thaw.criu import messages
 from thaw.errors import CriuError
@@ -174,7 +175,7 @@ def test_an_unstartable_criu_is_a_criu_error(tmp_path: Path) -> None:
 
 @pytest.mark.criu
 def test_the_installed_criu_is_at_least_4_and_its_check_passes(tmp_path: Path) -> None:
-    criu = find_criu()
+    criu = find_criu(Settings().criu)
 
     assert criu.major >= 4
     check(tmp_path, criu=criu)

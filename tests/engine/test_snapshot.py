@@ -110,19 +110,20 @@ def test_a_restored_engine_answers_with_exactly_its_canary_tokens(
     original = thaw_cli(home, "run", "--name", "llm", "--wait", "--",
                         sys.executable, "-m", "thaw.engine", "serve", "--weights", str(weights),
                         "--device", device, "--port", "0", *extra)
-    original_dir = Path(original["dir"])
+    original_dir = Path(original["control_dir"])
     canary = json.loads((original_dir / "ready.json").read_text())["canary"]
     assert len(canary["tokens"]) == len(canary["prompts"]) > 0
 
-    snap = thaw_cli(home, "snapshot", "llm", "--artifact", "llm-v1", "--leave-running")
+    thaw_cli(home, "snapshot", "llm", "--artifact", "llm-v1", "--leave-running")
     if device == "cuda":
         # the KV cache left the snapshot: thaw.memory released at least what the engine allocated
-        kv_bytes = snap["manifest"]["worker"]["freeze_report"]["thaw.engine"]["kv_bytes"]
-        released = sum(m["bytes"] for m in snap["manifest"]["memory_released"] if m["tag"] == "kv")
+        manifest = thaw_cli(home, "inspect", "llm-v1")
+        kv_bytes = manifest["worker"]["freeze_report"]["thaw.engine"]["kv_bytes"]
+        released = sum(m["bytes"] for m in manifest["memory_released"] if m["tag"] == "kv")
         assert released >= kv_bytes >= 2 * 1024**3 * 0.99
     restored = thaw_cli(home, "restore", "llm-v1", "--name", "llm-copy")
-    assert restored["canary"] == "passed"
-    copy_dir = Path(restored["instance"]["dir"])
+    assert restored["canary"]["match"] is True
+    copy_dir = Path(restored["worker"]["control_dir"])
     assert copy_dir != original_dir
 
     with serving(copy_dir) as http:

@@ -306,7 +306,7 @@ class Agents:
     def start(self, node: str, ip: str, *, seccomp: Path | None = None) -> Agent:
         """``thaw agent serve`` for ``node`` on ``ip``, in a mount namespace of its own in which this node's
         home is mounted at the path every node shares (as on separate machines); ``seccomp``: under that profile."""
-        from thaw.agent.client import AgentClient
+        from thaw.api.client import AgentClient
 
         home = self.base / node
         home.mkdir()

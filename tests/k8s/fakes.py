@@ -6,9 +6,12 @@ import copy
 import itertools
 from typing import Any
 
-from thaw.agent.client import AgentUnavailable
-from thaw.errors import ArtifactNotFound
+from thaw.api.models import AgentStatus, Job
+from thaw.errors import AgentUnavailable, ArtifactNotFound
 from thaw.k8s.status import PodPatch
+from thaw.model import GpuInfo, GpuRecord, Manifest, SourceInfo, WorkerInfo
+
+T0 = "2026-11-28T10:00:00Z"
 
 
 def node(name: str, *, product: str | None = None, gpus: int = 0, agent: str | None = None, ready: bool = True,
@@ -135,21 +138,24 @@ class FakeAgent:
         self._call("restore", artifact, gpu, name)
         return self._job("restore", artifact=artifact, gpu=gpu, name=name)
 
-    def job(self, job_id: str) -> dict:
+    def job(self, job_id: str) -> Job:
         self._call("job", job_id)
         if job_id not in self.jobs:
             raise ArtifactNotFound(f"no job {job_id}")
-        return copy.deepcopy(self.jobs[job_id])
+        return typed_job(self.jobs[job_id])
 
-    def inspect_artifact(self, name: str) -> dict:
+    def inspect_artifact(self, name: str) -> Manifest:
         self._call("inspect_artifact", name)
         if name not in self.artifacts:
             raise ArtifactNotFound(f"no artifact {name}")
-        return copy.deepcopy(self.artifacts[name])
+        return typed_manifest(name, self.artifacts[name])
 
-    def node_info(self) -> dict:
+    def node_info(self) -> AgentStatus:
         self._call("node_info")
-        return {"gpus": copy.deepcopy(self.gpus)}
+        # built without validation: the tests name GPUs "GPU-b1", not by real UUIDs
+        return AgentStatus.model_construct(node="n", version="0", store="s", staging="/s", pid=1, started_at=T0,
+                                           jobs_running=0, workers_alive=0, gpu_error=None,
+                                           gpus=[GpuInfo.model_construct(**g) for g in self.gpus])
 
     def delete_artifact(self, name: str) -> None:
         self._call("delete_artifact", name)
@@ -165,6 +171,42 @@ class FakeAgent:
 
     def fail(self, job_id: str, reason: str, message: str, **detail: Any) -> None:
         self.jobs[job_id].update(state="failed", error={"reason": reason, "message": message, "detail": detail})
+
+
+def typed_job(raw: dict) -> Job:
+    """A job as the agent reports it (thaw.api.Job), from the sparse dict a test wrote: the rest filled in."""
+    job = copy.deepcopy(raw)
+    request = job.get("request", {})
+    job.setdefault("created_at", T0)
+    if isinstance(job.get("progress"), dict):
+        job["progress"] = {"at": T0, **job["progress"]}
+    if job.get("result") is not None:
+        job["result"] = (_restore_result(job["result"], request) if job["kind"] == "restore"
+                         else _snapshot_result(job["result"], request))
+    return Job.model_validate(job)
+
+
+def _snapshot_result(given: dict, request: dict) -> dict:
+    return {"kind": "snapshot", "artifact": request.get("artifact", "a"), "artifact_id": "a1", "digest": "xxh3_128:00",
+            "bytes": 10, "timings": {}, "original": "running", "worker_id": "w-1",
+            "worker": request.get("worker", "w"), **given}
+
+
+def _restore_result(given: dict, request: dict) -> dict:
+    worker = {"id": "r-1", "name": request.get("name") or "r", "state": "running", "origin": "restored",
+              "artifact": request.get("artifact"), "node": "n", "host_pid": 1, "alive": True, "parked": False,
+              "ready": True, "control_dir": "/c", "created_at": T0, **given.get("worker", {})}
+    return {"kind": "restore", "artifact": request.get("artifact", "a"), "artifact_id": "a1", "digest": "xxh3_128:00",
+            "bytes": 10, "timings": {}, **given, "worker": worker, "canary": {"checked": False, **given.get("canary", {})}}
+
+
+def typed_manifest(name: str, raw: dict) -> Manifest:
+    """A manifest as the agent serves it, from the few fields a test gave (built without validation: fake UUIDs)."""
+    worker = {"name": "w", "argv": [], "pid": 0, "canary": None, "hooks": [], "freeze_report": {}, **raw.get("worker", {})}
+    gpus = [GpuRecord.model_construct(**{"index": 0, "memory_total": 0, "used_bytes": None, "compute_capability": "",
+                                         **g}) for g in raw.get("gpus", [])]
+    base = Manifest(artifact_id="a1", name=name, source=SourceInfo(host="n", kernel="6"), worker=WorkerInfo(name="w"))
+    return base.model_copy(update={"gpus": gpus, "worker": WorkerInfo.model_construct(**worker)})
 
 
 class Agents:

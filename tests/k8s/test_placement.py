@@ -14,7 +14,15 @@ from thaw.k8s.placement import (
     requested_gpus,
 )
 
+from thaw.api.models import AgentStatus
+from thaw.model import GpuInfo
+
 from .fakes import node, pod
+
+
+def status(gpus: list[dict]) -> AgentStatus:
+    """An agent's status reporting these GPUs (built without validation: the GPUs here have short fake UUIDs)."""
+    return AgentStatus.model_construct(gpus=[GpuInfo.model_construct(**g) for g in gpus], gpu_error=None)
 
 H200 = GpuNeed.of("NVIDIA H200", 1)
 
@@ -78,21 +86,21 @@ def test_a_pinned_node_must_fit_and_a_pods_own_gpu_request_is_not_counted_agains
 
 
 def test_choose_gpu_takes_the_right_model_with_most_free_memory():
-    info = {"gpus": [{"uuid": "GPU-a", "name": "NVIDIA A100", "memory_free": 90},
-                     {"uuid": "GPU-b", "name": "NVIDIA H200", "memory_free": 10},
-                     {"uuid": "GPU-c", "name": "NVIDIA H200", "memory_free": 50}]}
+    info = status([{"uuid": "GPU-a", "name": "NVIDIA A100", "memory_free": 90},
+                   {"uuid": "GPU-b", "name": "NVIDIA H200", "memory_free": 10},
+                   {"uuid": "GPU-c", "name": "NVIDIA H200", "memory_free": 50}])
     assert choose_gpu(info, H200) == "GPU-c"
     assert choose_gpu(info, H200, wanted="GPU-b") == "GPU-b"
     with pytest.raises(NoPlacement, match="GPU-a is not a nvidia-h200"):
         choose_gpu(info, H200, wanted="GPU-a")
     with pytest.raises(NoPlacement, match="reports no nvidia-h200"):
-        choose_gpu({"gpus": []}, H200)
+        choose_gpu(status([]), H200)
     assert choose_gpu(info, GpuNeed("nvidia-h200", 1, memory=40)) == "GPU-c"
-    tight = {"gpus": [{"uuid": "GPU-x", "name": "NVIDIA H200", "memory_free": 10 << 20}]}
+    tight = status([{"uuid": "GPU-x", "name": "NVIDIA H200", "memory_free": 10 << 20}])
     with pytest.raises(NoPlacement, match="has 20 MiB free .GPU-x: 10 MiB"):
         choose_gpu(tight, GpuNeed("nvidia-h200", 1, memory=20 << 20))
-    assert choose_gpu({"gpus": [{"uuid": "GPU-y", "name": "NVIDIA H200", "memory_free": None}]},
+    assert choose_gpu(status([{"uuid": "GPU-y", "name": "NVIDIA H200", "memory_free": None}]),
                       GpuNeed("nvidia-h200", 1, memory=1)) == "GPU-y"  # NVML unavailable: the agent decides
-    assert choose_gpu({"gpus": []}, GpuNeed()) is None
+    assert choose_gpu(status([]), GpuNeed()) is None
     assert choose_gpu(info, GpuNeed()) is None  # CPU-only: no GPU to pick
     assert choose_gpu(info, GpuNeed("nvidia-h200", 2)) is None  # several: the agent maps them as recorded

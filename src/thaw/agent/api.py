@@ -10,6 +10,7 @@ Routes (all under auth; see auth.py for the security model)::
     GET    /v1/workers/{ref}              Worker           (ref: worker name or instance id)
     DELETE /v1/workers/{ref}              Worker           (stopped)
     POST   /v1/workers/{ref}/release      Worker           (a parked worker goes on serving)
+    POST   /v1/recover                    [Recovery]         (settle operations whose process died: `thaw gc`)
     POST   /v1/snapshots                  SnapshotRequest → 202 Job
     POST   /v1/restores                   RestoreRequest → 202 Job
     GET    /v1/jobs[?limit=N]             [Job]
@@ -19,7 +20,8 @@ Routes (all under auth; see auth.py for the security model)::
     POST   /v1/artifacts/{name}/verify    202 Job
     DELETE /v1/artifacts/{name}           204
 
-Every error is ``{"error": {"reason", "message", "hint", "fields"}}`` (ErrorBody) with
+Every error is ``{"error": {"reason", "message", "hint", "kind", "retryable", "fields", "detail"}}``
+(thaw.api.ErrorBody; ``kind`` names the thaw.errors type) with
 401 (no or bad credentials), 404, 409 (busy: another operation holds the worker or
 artifact, or the name is taken), 422 (malformed request or invalid name) or 500.
 """
@@ -39,19 +41,29 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from thaw import __version__
 from thaw.agent.auth import PEER_KEY, Tokens
 from thaw.agent.metrics import CONTENT_TYPE
-from thaw.agent.models import (
+from thaw.agent.runner import error_detail
+from thaw.agent.service import Agent
+from thaw.api.models import (
     AgentStatus,
     ArtifactSummary,
     ErrorBody,
     ErrorDetail,
     Job,
     LaunchRequest,
+    Recovery,
     RestoreRequest,
     SnapshotRequest,
     Worker,
 )
-from thaw.agent.service import Agent, NotFound
-from thaw.errors import ArtifactNotFound, BusyError, ConfigError, HostError, ThawError
+from thaw.errors import (
+    ArtifactNotFound,
+    BusyError,
+    ConfigError,
+    HostError,
+    JobNotFound,
+    ThawError,
+    WorkerNotFound,
+)
 
 CALLER_KEY = "thaw_caller"
 #: how often a long-polling GET /v1/jobs/{id}?wait=S looks at its job
@@ -61,7 +73,8 @@ JOB_POLL_S = 0.05
 STATUS: list[tuple[type[ThawError], int]] = [
     (ConfigError, 422),
     (ArtifactNotFound, 404),
-    (NotFound, 404),
+    (WorkerNotFound, 404),
+    (JobNotFound, 404),
     (BusyError, 409),
     (HostError, 503),
 ]
@@ -110,6 +123,10 @@ def create_app(agent: Agent, tokens: Tokens | None = None) -> FastAPI:
     async def release(ref: str, request: Request) -> Worker:
         return await run_in_threadpool(agent.release_worker, ref, caller(request))
 
+    @app.post("/v1/recover", response_model=list[Recovery])
+    async def recover(request: Request) -> list[Recovery]:
+        return await run_in_threadpool(agent.recover_workers, caller(request))
+
     # ---- jobs ----
     @app.post("/v1/snapshots", response_model=Job, status_code=202)
     async def snapshot(req: SnapshotRequest, request: Request) -> Job:
@@ -121,7 +138,7 @@ def create_app(agent: Agent, tokens: Tokens | None = None) -> FastAPI:
 
     @app.get("/v1/jobs", response_model=list[Job])
     def jobs(limit: int = Query(100, ge=1, le=10_000)) -> list[Job]:
-        return agent.jobs(limit)
+        return agent.job_list(limit)
 
     @app.get("/v1/jobs/{job_id}", response_model=Job)
     async def job(job_id: str, wait: float = Query(0.0, ge=0, le=300, description="long-poll seconds")) -> Job:
@@ -156,9 +173,13 @@ def create_app(agent: Agent, tokens: Tokens | None = None) -> FastAPI:
 
 
 def _error(status: int, reason: str, message: str, hint: str | None = None,
-           fields: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = ErrorBody(error=ErrorDetail(reason=reason, message=message, hint=hint, fields=fields or []))
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+           fields: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None,
+           exc: ThawError | None = None) -> JSONResponse:
+    detail = ErrorDetail(reason=reason, message=message, hint=hint, fields=fields or [])
+    if exc is not None:
+        detail = detail.model_copy(update={"kind": type(exc).__name__, "retryable": exc.retryable,
+                                           "detail": error_detail(exc)})
+    return JSONResponse(ErrorBody(error=detail).model_dump(mode="json"), status_code=status, headers=headers)
 
 
 def _errors(app: FastAPI, agent: Agent) -> None:
@@ -169,7 +190,7 @@ def _errors(app: FastAPI, agent: Agent) -> None:
         fields = [{"field": exc.field, "message": exc.message}] if isinstance(exc, ConfigError) else None
         if status in (409, 422):
             agent.metrics.requests_rejected.labels(reason).inc()
-        return _error(status, reason, exc.message, exc.hint, fields)
+        return _error(status, reason, exc.message, exc.hint, fields, exc=exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

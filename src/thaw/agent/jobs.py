@@ -1,9 +1,10 @@
 """The agent's job book: every long operation, recorded durably in SQLite.
 
 A job is written before it starts and updated at every phase, so that an agent that
-was killed mid-job knows on restart which jobs were cut short, in which phase, and
-what each had done (its *journal*: the worker it froze, the artifact it was staging,
-the restore it had started), which is what recovery needs to roll back.
+was killed mid-job knows on restart which jobs were cut short and in which phase. What
+each had done is recorded by the pipeline itself (pipeline/instances.py), which settles
+it (pipeline/recovery.py); a job's *journal* names the worker it acted on, so that the
+agent can tell each job what recovery did.
 
 SQLite in WAL mode, one connection guarded by a lock: jobs change a few times per
 operation, so contention is not a concern; durability is (``synchronous=FULL``).
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from thaw.agent.models import Job, JobError, JobKind, JobState, Progress
+from thaw.api.models import Job, JobError, JobKind, JobResult, JobState, Progress
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -40,11 +41,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     journal TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
-CREATE TABLE IF NOT EXISTS verified (
-    instance_id TEXT PRIMARY KEY,
-    job_id TEXT NOT NULL,
-    at TEXT NOT NULL
-);
 """
 
 
@@ -98,18 +94,13 @@ class JobBook:
             merged = {**json.loads(row[0] if row else "{}"), **facts}
             self._db.execute("UPDATE jobs SET journal = ? WHERE id = ?", (json.dumps(merged, default=str), job_id))
 
-    def succeed(self, job_id: str, result: dict[str, Any]) -> None:
+    def succeed(self, job_id: str, result: JobResult) -> None:
         self._update(job_id, state=JobState.SUCCEEDED.value, finished_at=now().isoformat(),
-                     result=json.dumps(result, default=str))
+                     result=result.model_dump_json())
 
     def fail(self, job_id: str, error: JobError) -> None:
         self._update(job_id, state=JobState.FAILED.value, finished_at=now().isoformat(),
                      error=error.model_dump_json())
-
-    def mark_verified(self, instance_id: str, job_id: str) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO verified VALUES (?, ?, ?)",
-                             (instance_id, job_id, now().isoformat()))
 
     def _update(self, job_id: str, **cols: Any) -> None:
         names = ", ".join(f"{k} = ?" for k in cols)
@@ -135,10 +126,6 @@ class JobBook:
                                     (limit,)).fetchall()
         return [_job(r) for r in rows]
 
-    def verified(self) -> set[str]:
-        with self._lock:
-            return {r[0] for r in self._db.execute("SELECT instance_id FROM verified")}
-
 
 _COLUMNS = ("id, kind, state, worker, artifact, request, caller, node, created_at, started_at, finished_at, "
             "progress, result, error")
@@ -154,6 +141,7 @@ def _job(row: tuple[Any, ...]) -> Job:
         started_at=datetime.fromisoformat(started) if started else None,
         finished_at=datetime.fromisoformat(finished) if finished else None,
         progress=Progress.model_validate_json(progress) if progress else None,
-        result=json.loads(result) if result else None,
+        # results written before they named their kind get it from the job's
+        result={"kind": kind, **json.loads(result)} if result else None,
         error=JobError.model_validate_json(error) if error else None,
     )

@@ -16,39 +16,22 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from thaw.agent.auth import PeerProtocol, Tokens
 from thaw.agent.service import Agent, AgentConfig
 from thaw.errors import ConfigError, HostError
 
-DEFAULT_SOCKET = Path("/run/thaw/agent.sock")
 log = logging.getLogger("thaw.agent")
 
 
-@dataclass
-class ServeOptions:
-    socket: Path | None = DEFAULT_SOCKET
-    listen: str | None = None  # HOST:PORT
-    token_file: Path | None = None
-    socket_group: str | None = None  # a group allowed to use the socket (mode 0660); else 0600
-
-    def tcp(self) -> tuple[str, int] | None:
-        if not self.listen:
-            return None
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ConfigError("listen", f"{self.listen!r} is not HOST:PORT", hint="e.g. --listen 0.0.0.0:7480")
-        return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def serve(config: AgentConfig, options: ServeOptions) -> None:
-    """Run the agent until SIGTERM/SIGINT."""
+def serve(config: AgentConfig) -> None:
+    """Run the agent until SIGTERM/SIGINT, listening where ``config.settings.agent`` says."""
     import uvicorn
 
     from thaw.agent.api import create_app
 
+    options = config.settings.agent
     tokens = Tokens.load(options.token_file)
     tcp = options.tcp()
     if options.socket is None and tcp is None:

@@ -2,6 +2,9 @@
 
     thaw agent serve --store s3://artifacts/prod --staging /mnt/nvme/thaw-staging
     thaw agent status
+
+Options default to the agent's settings (thaw.config: THAW_AGENT_SOCKET, THAW_AGENT_LISTEN,
+THAW_AGENT_TOKEN_FILE, THAW_STORE, THAW_STAGING, THAW_HOME, THAW_NODE, THAW_CRIU).
 """
 
 from __future__ import annotations
@@ -23,56 +26,69 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-SocketOpt = Annotated[Path, typer.Option("--socket", envvar="THAW_AGENT_SOCKET", help="unix socket to serve on / talk to")]
+SocketOpt = Annotated[Path | None, typer.Option(
+    "--socket", help="unix socket to serve on / talk to [env THAW_AGENT_SOCKET; default: /run/thaw/agent.sock]",
+    show_default=False)]
+TokenFileOpt = Annotated[Path | None, typer.Option(
+    "--token-file", help="serve: bearer tokens accepted over TCP, one per line, optionally 'identity:token'; "
+    "status: the file whose first token is sent [env THAW_AGENT_TOKEN_FILE]", show_default=False)]
 
 
 @app.command()
 @friendly
 def serve(
-    socket: SocketOpt = Path("/run/thaw/agent.sock"),
+    socket: SocketOpt = None,
     no_socket: Annotated[bool, typer.Option("--no-socket", help="serve on TCP only")] = False,
-    listen: Annotated[str | None, typer.Option("--listen", envvar="THAW_AGENT_LISTEN", help="also serve on TCP HOST:PORT (needs --token-file: without a token every TCP request gets 401)")] = None,
-    token_file: Annotated[Path | None, typer.Option("--token-file", envvar="THAW_AGENT_TOKEN_FILE", help="bearer tokens accepted over TCP, one per line, optionally 'identity:token'")] = None,
+    listen: Annotated[str | None, typer.Option("--listen", help="also serve on TCP HOST:PORT (needs --token-file: without a token every TCP request gets 401) [env THAW_AGENT_LISTEN]", show_default=False)] = None,
+    token_file: TokenFileOpt = None,
     socket_group: Annotated[str | None, typer.Option("--socket-group", help="group allowed to use the socket (mode 0660); default: root only (0600)")] = None,
-    store: Annotated[str | None, typer.Option("--store", envvar="THAW_STORE", help="artifact store: a (shared) directory, dir:///path or s3://bucket/prefix?endpoint=URL [default: HOME/artifacts]")] = None,
-    staging: Annotated[Path | None, typer.Option("--staging", envvar="THAW_STAGING", help="node-local staging for fetched artifacts (tmpfs or local disk) [default: HOME/staging]")] = None,
-    home: Annotated[Path | None, typer.Option("--home", envvar="THAW_HOME", help="thaw's state directory; the same path on every node [default: /var/lib/thaw]")] = None,
-    node: Annotated[str | None, typer.Option("--node", envvar="THAW_NODE", help="this node's name [default: hostname]")] = None,
-    criu: Annotated[str | None, typer.Option("--criu", envvar="THAW_CRIU", help="CRIU binary or portable tree")] = None,
-    max_jobs: Annotated[int, typer.Option("--max-jobs", help="operations run at once")] = 8,
+    store: Annotated[str | None, typer.Option("--store", help="artifact store: a (shared) directory, dir:///path or s3://bucket/prefix?endpoint=URL [env THAW_STORE; default: HOME/artifacts]", show_default=False)] = None,
+    staging: Annotated[Path | None, typer.Option("--staging", help="node-local staging for fetched artifacts (tmpfs or local disk) [env THAW_STAGING; default: HOME/staging]", show_default=False)] = None,
+    home: Annotated[Path | None, typer.Option("--home", help="thaw's state directory; the same path on every node [env THAW_HOME; default: /var/lib/thaw]", show_default=False)] = None,
+    node: Annotated[str | None, typer.Option("--node", help="this node's name [env THAW_NODE; default: hostname]", show_default=False)] = None,
+    criu: Annotated[str | None, typer.Option("--criu", help="CRIU binary or portable tree [env THAW_CRIU]", show_default=False)] = None,
+    max_jobs: Annotated[int | None, typer.Option("--max-jobs", help="operations run at once [env THAW_AGENT_MAX_JOBS; default: 8]", show_default=False)] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")] = "info",
 ) -> None:
     """Run the agent until SIGTERM: recover interrupted jobs, then serve the API."""
-    from thaw.agent.server import ServeOptions
     from thaw.agent.server import serve as run_server
     from thaw.agent.service import AgentConfig
-    from thaw.config import Settings
+    from thaw.config import AgentSettings, load, settings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {k: v for k, v in {"home": home, "store": store, "staging": staging, "node": node,
-                                   "criu": criu}.items() if v is not None}
-    settings = Settings(**overrides)  # type: ignore[arg-type]
-    options = ServeOptions(socket=None if no_socket else socket, listen=listen, token_file=token_file,
-                           socket_group=socket_group)
-    console.print(f"thaw agent on [bold]{settings.node}[/]: store {settings.store_url}, staging "
-                  f"{settings.staging_dir}" + (f", socket {socket}" if not no_socket else "")
-                  + (f", tcp {listen}" if listen else ""), highlight=False)
-    run_server(AgentConfig(settings=settings, max_jobs=max_jobs), options)
+    given = {"listen": listen, "token_file": token_file, "socket_group": socket_group, "max_jobs": max_jobs}
+    listeners = load(AgentSettings, **given)
+    if socket is not None:
+        listeners.socket = socket
+    if no_socket:
+        listeners.socket = None
+    config = settings(home=home, store=store, staging=staging, node=node, criu=criu, agent=listeners)
+    console.print(f"thaw agent on [bold]{config.node}[/]: store {config.store_url}, staging "
+                  f"{config.staging_dir}" + (f", socket {listeners.socket}" if listeners.socket else "")
+                  + (f", tcp {listeners.listen}" if listeners.listen else ""), highlight=False)
+    run_server(AgentConfig(settings=config))
 
 
 @app.command()
 @friendly
 def status(
-    socket: SocketOpt = Path("/run/thaw/agent.sock"),
-    url: Annotated[str | None, typer.Option("--url", envvar="THAW_AGENT_URL", help="talk over TCP instead: http://HOST:PORT")] = None,
-    token_file: Annotated[Path | None, typer.Option("--token-file", envvar="THAW_AGENT_TOKEN_FILE", help="file whose first token is sent over TCP")] = None,
+    socket: SocketOpt = None,
+    url: Annotated[str | None, typer.Option("--url", help="talk over TCP instead: http://HOST:PORT [env THAW_AGENT_URL]", show_default=False)] = None,
+    token_file: TokenFileOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
 ) -> None:
     """Is an agent running here, and what is it doing?"""
-    from thaw.agent.client import AgentClient
+    from thaw.api.client import DEFAULT_SOCKET, AgentClient
+    from thaw.config import Settings
 
-    token = _first_token(token_file) if token_file else None
-    with (AgentClient(base_url=url, token=token) if url else AgentClient(socket)) as client:
+    config = Settings()
+    client_settings = config.client.model_copy(update={k: v for k, v in {"url": url, "token_file": token_file}.items()
+                                                        if v is not None})
+    if client_settings.url:
+        client = AgentClient(base_url=client_settings.url, token=client_settings.bearer())
+    else:
+        client = AgentClient(socket or config.agent.socket or DEFAULT_SOCKET)
+    with client:
         st = client.status()
         jobs = [j for j in client.jobs(limit=20) if not j.state.finished]
     if json_out:
@@ -82,17 +98,9 @@ def status(
                   f"{st.started_at:%Y-%m-%d %H:%M:%S}Z)", highlight=False)
     console.print(f"store {st.store}; staging {st.staging}; {st.workers_alive} worker(s) alive; "
                   f"{st.jobs_running} job(s) unfinished", highlight=False)
+    if st.gpu_error:
+        console.print(f"GPUs: cannot be read: {st.gpu_error}", highlight=False)
     for j in jobs:
         phase = j.progress.phase if j.progress else "-"
         console.print(f"  {j.id} {j.kind.value} {j.worker or ''} {j.artifact or ''}: {j.state.value} ({phase})",
                       highlight=False)
-
-
-def _first_token(path: Path) -> str:
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            return line.partition(":")[2].strip() if ":" in line else line
-    raise FileNotFoundError(f"no token in {path}")
-
-

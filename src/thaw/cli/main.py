@@ -3,22 +3,22 @@
     thaw run --name llm -- python -m thaw.engine serve --config tiny --weights W
     thaw snapshot llm --artifact llm-v1
     thaw restore llm-v1            # as often as you like, on any node sharing the store
+
+Every command goes through thaw.ops: the node agent when one runs (``--agent``,
+``$THAW_AGENT``, or its default socket), else this process (``--local`` forces that).
 """
 
 from __future__ import annotations
 
-import json
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from thaw.cli.output import console, emit_json, err, fail, friendly, human_bytes, progress, seconds
-from thaw.config import Settings
+from thaw.cli import agent, artifacts, engine, gms, operator, workers
+from thaw.cli.common import HomeOpt, StoreOpt, settings
+from thaw.cli.output import console, friendly
 
 app = typer.Typer(
     name="thaw",
@@ -30,303 +30,17 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-HomeOpt = Annotated[Optional[Path], typer.Option("--home", envvar="THAW_HOME", help="thaw's state directory (same path on every node) [default: /var/lib/thaw]", show_default=False)]
-StoreOpt = Annotated[Optional[str], typer.Option("--store", envvar="THAW_STORE", help="artifact store: a directory, dir:///path or s3://bucket/prefix [default: HOME/artifacts]", show_default=False)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
-AgentOpt = Annotated[Optional[str], typer.Option("--agent", envvar="THAW_AGENT", help="go through this node agent: a unix socket path or http://HOST:PORT ($THAW_AGENT_TOKEN) [default: /run/thaw/agent.sock when an agent serves it]", show_default=False)]
-LocalOpt = Annotated[bool, typer.Option("--local", help="run in this process even when an agent runs")]
-
-
-def _settings(home: Path | None, store: str | None) -> Settings:
-    kwargs: dict[str, object] = {}
-    if home is not None:
-        kwargs["home"] = home
-    if store is not None:
-        kwargs["store"] = store
-    return Settings(**kwargs)  # type: ignore[arg-type]
-
-
-def _store(settings: Settings):
-    from thaw.store import open_store
-
-    return open_store(settings.store_url)
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-@friendly
-def run(
-    ctx: typer.Context,
-    name: Annotated[str, typer.Option("--name", "-n", help="the worker's name (used by snapshot, release, stop)")],
-    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait until the worker parks at its quiesce point")] = False,
-    ready_timeout: Annotated[float, typer.Option(help="seconds to wait for the quiesce point with --wait")] = 600.0,
-    home: HomeOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Start a worker in a snapshot-able sandbox: [bold]thaw run --name NAME -- CMD [ARGS...][/].
-
-    The worker runs in new pid, mount and network namespaces. It warms up, then calls
-    thaw.worker.quiesce() and parks until you snapshot or release it.
-    """
-    from thaw import pipeline
-
-    argv = list(ctx.args)
-    if not argv:
-        fail("no command given", "thaw run --name NAME -- CMD [ARGS...]", code=2)
-    settings = _settings(home, None)
-    inst = pipeline.launch(settings, argv, name=name)
-    if wait:
-        with progress(not json_out) as cb:
-            cb("warm-up", None, f"waiting for {name} to reach its quiesce point")
-            pipeline.wait_ready(settings, inst, ready_timeout)
-    if json_out:
-        emit_json(inst.model_dump(mode="json"))
-    else:
-        console.print(f"started [bold]{inst.name}[/] ({inst.id}), pid {inst.host_pid}; log: {inst.log}")
-
-
-@app.command()
-@friendly
-def ps(
-    all_: Annotated[bool, typer.Option("--all", "-a", help="include workers that are gone")] = False,
-    home: HomeOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """List the workers on this node."""
-    from thaw import pipeline
-
-    settings = _settings(home, None)
-    _recover(settings)
-    rows = [i for i in pipeline.list_instances(settings) if all_ or i.alive()]
-    if json_out:
-        emit_json([{**i.model_dump(mode="json"), "alive": i.alive(), "parked": i.parked()} for i in rows])
-        return
-    table = Table("NAME", "ID", "PID", "STATE", "ORIGIN", "CREATED")
-    for i in rows:
-        state = ("parked" if i.parked() else "running") if i.alive() else i.state
-        origin = f"restored from {i.artifact}" if i.origin == "restored" else "launched"
-        table.add_row(i.name, i.id, str(i.host_pid), state, origin, i.created_at.strftime("%Y-%m-%d %H:%M:%S"))
-    console.print(table)
-
-
-@app.command()
-@friendly
-def gc(home: HomeOpt = None) -> None:
-    """Kill restored copies left behind by a restore that died before it finished (e.g. SIGKILL)."""
-    recovered = _recover(_settings(home, None))
-    console.print(f"recovered {len(recovered)} interrupted restore(s)")
-
-
-def _recover(settings: Settings) -> list:
-    from thaw import pipeline
-
-    recovered = pipeline.recover(settings)
-    for inst in recovered:
-        err.print(f"killed {inst.name} ({inst.id}): its restore by pid {inst.owner_pid} never finished")
-    return recovered
-
-
-@contextmanager
-def _unwind_on_sigterm() -> Iterator[None]:
-    """Make SIGTERM (kill, systemd, kubelet) unwind like Ctrl-C: a half-done restore then kills what it restored,
-    and a half-done snapshot rolls the worker back, instead of dying with the work half done."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@app.command()
-@friendly
-def snapshot(
-    worker: Annotated[str, typer.Argument(help="the worker's name or id (see `thaw ps`)")],
-    artifact: Annotated[str, typer.Option("--artifact", "-a", help="name of the new artifact")],
-    leave_running: Annotated[bool, typer.Option("--leave-running", help="keep the original worker and let it serve")] = False,
-    ready_timeout: Annotated[float, typer.Option(help="seconds to wait for the worker's quiesce point")] = 600.0,
-    home: HomeOpt = None,
-    store: StoreOpt = None,
-    agent: AgentOpt = None,
-    local: LocalOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
-    """Snapshot a parked worker into an artifact (GPU state, process tree, canary)."""
-    from thaw import pipeline
-    from thaw.cli.remote import agent_for, follow
-
-    if client := agent_for(agent, local=local):
-        result = follow(client, client.snapshot(worker, artifact, leave_running=leave_running,
-                                                ready_timeout=ready_timeout), json_out=json_out)
-        if result is not None:
-            console.print(f"[green]snapshot[/] [bold]{result['artifact']}[/] ({human_bytes(result['bytes'])}, "
-                          f"{result['digest']}) through the agent: " + _phases(result.get("timings", {})))
-        return
-    settings = _settings(home, store)
-    with _unwind_on_sigterm(), progress(not json_out) as cb:
-        res = pipeline.snapshot(settings, worker, artifact, store=_store(settings), leave_running=leave_running,
-                                ready_timeout=ready_timeout, progress=cb)
-    if json_out:
-        emit_json({"manifest": json.loads(res.manifest.to_json()), "digest": res.manifest.digest, "timings": res.timings.flat()})
-        return
-    m = res.manifest
-    console.print(f"[green]snapshot[/] [bold]{m.name}[/] ({human_bytes(m.size)}, {m.digest}) "
-                  f"in {seconds(res.timings.total)}: " + _phases(res.timings.flat()))
-    if leave_running:
-        console.print(f"worker [bold]{res.instance.name}[/] goes on serving")
-
-
-@app.command()
-@friendly
-def restore(
-    artifact: Annotated[str, typer.Argument(help="the artifact to restore (see `thaw ls`)")],
-    name: Annotated[Optional[str], typer.Option("--name", "-n", help="name of the restored worker [default: the original's]")] = None,
-    gpu: Annotated[Optional[str], typer.Option("--gpu", help="restore onto this GPU (index or UUID) [default: the recorded one]")] = None,
-    canary: Annotated[bool, typer.Option("--canary/--no-canary", help="check the worker reproduces its recorded canary before it serves")] = True,
-    home: HomeOpt = None,
-    store: StoreOpt = None,
-    agent: AgentOpt = None,
-    local: LocalOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
-    """Restore an artifact as a new worker on this node (fresh namespaces; run it as often as you like)."""
-    from thaw import pipeline
-    from thaw.cli.remote import agent_for, follow
-
-    target: int | str | None = int(gpu) if gpu is not None and gpu.isdigit() else gpu
-    if client := agent_for(agent, local=local):
-        result = follow(client, client.restore(artifact, name=name, gpu=target, verify_canary=canary),
-                        json_out=json_out)
-        if result is not None:
-            w = result["worker"]
-            console.print(f"[green]restored[/] [bold]{w['name']}[/] ({w['id']}) through the agent, pid {w['host_pid']}, "
-                          f"canary {'passed' if (result.get('canary') or {}).get('match') else 'not checked'}: "
-                          + _phases(result.get("timings", {})))
-            console.print(f"control directory: {w['control_dir']}")
-        return
-    settings = _settings(home, store)
-    with _unwind_on_sigterm(), progress(not json_out) as cb:
-        res = pipeline.restore(settings, artifact, store=_store(settings), gpu_target=target, name=name,
-                               verify_canary=canary, progress=cb)
-    inst = res.instance
-    if json_out:
-        emit_json({"instance": inst.model_dump(mode="json"), "timings": res.timings.flat(),
-                   "canary": "passed" if res.canary_checked else "not checked"})
-        return
-    check = "canary passed" if res.canary_checked else "no canary"
-    console.print(f"[green]restored[/] [bold]{inst.name}[/] ({inst.id}), pid {inst.host_pid}, {check}, "
-                  f"in {seconds(res.timings.total)}: " + _phases(res.timings.flat()))
-    console.print(f"control directory: {inst.dir}")
-
-
-@app.command()
-@friendly
-def release(worker: Annotated[str, typer.Argument(help="the worker's name or id")], home: HomeOpt = None) -> None:
-    """Let a parked worker go on serving without taking a snapshot."""
-    from thaw import pipeline
-
-    inst = pipeline.release(_settings(home, None), worker)
-    console.print(f"released [bold]{inst.name}[/] ({inst.id})")
-
-
-@app.command()
-@friendly
-def stop(worker: Annotated[str, typer.Argument(help="the worker's name or id")], home: HomeOpt = None) -> None:
-    """Stop a worker (parked or serving) and remove its sandbox."""
-    from thaw import pipeline
-
-    inst = pipeline.stop(_settings(home, None), worker)
-    console.print(f"stopped [bold]{inst.name}[/] ({inst.id})")
-
-
-@app.command("ls")
-@friendly
-def list_artifacts(home: HomeOpt = None, store: StoreOpt = None, agent: AgentOpt = None, local: LocalOpt = False,
-                   json_out: JsonOpt = False) -> None:
-    """List the artifacts in the store (the agent's store when an agent runs)."""
-    from thaw.cli.remote import agent_for
-
-    if client := agent_for(agent, local=local):
-        rows = [a.model_dump(mode="json") for a in client.artifacts()]
-        if json_out:
-            emit_json(rows)
-            return
-        table = Table(*(k.upper() for k in ("name", "bytes", "digest", "created_at")))
-        for a in rows:
-            table.add_row(a.get("name", ""), human_bytes(a.get("bytes", 0)), str(a.get("digest", "")),
-                          str(a.get("created_at", "")))
-        console.print(table)
-        return
-    manifests = _store(_settings(home, store)).list()
-    if json_out:
-        emit_json([{"name": m.name, "artifact_id": m.artifact_id, "digest": m.digest, "size": m.size,
-                    "created_at": m.created_at, "worker": m.worker.name, "source": m.source.host} for m in manifests])
-        return
-    table = Table("NAME", "WORKER", "SIZE", "CREATED", "FROM NODE", "GPUS")
-    for m in manifests:
-        table.add_row(m.name, m.worker.name, human_bytes(m.size), m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                      m.source.host, ", ".join(g.name for g in m.gpus) or "-")
-    console.print(table)
-
-
-@app.command()
-@friendly
-def inspect(
-    artifact: Annotated[str, typer.Argument(help="the artifact's name")],
-    home: HomeOpt = None,
-    store: StoreOpt = None,
-    json_out: JsonOpt = False,
-    memory: Annotated[bool, typer.Option("--memory", help="break the image down by what its pages are")] = False,
-) -> None:
-    """Show an artifact's manifest: origin, worker, GPUs, released memory, files, timings."""
-    m = _store(_settings(home, store)).manifest(artifact)
-    if memory:
-        from thaw.cli.memory_view import memory_breakdown, render_breakdown
-
-        if json_out:
-            emit_json(memory_breakdown(m))
-        else:
-            render_breakdown(m)
-        return
-    if json_out:
-        emit_json({**json.loads(m.to_json()), "digest": m.digest, "size": m.size})
-        return
-    console.print(f"[bold]{m.name}[/]  id {m.artifact_id}  schema v{m.schema_version}")
-    console.print(f"digest {m.digest}, {human_bytes(m.size)} in {len(m.files)} files")
-    console.print(f"taken {m.created_at:%Y-%m-%d %H:%M:%S %Z} on {m.source.host} (Linux {m.source.kernel}, "
-                  f"CRIU {m.source.criu_version}, thaw {m.source.thaw_version}"
-                  + (f", CUDA driver {m.source.cuda_driver}" if m.source.cuda_driver else "") + ")")
-    console.print(f"worker {m.worker.name}: {' '.join(m.worker.argv)}")
-    console.print(f"canary: {'recorded' if m.worker.canary is not None else 'none'}; hooks: {', '.join(m.worker.hooks) or 'none'}")
-    for g in m.gpus:
-        console.print(f"gpu: {g.name} {g.uuid} " + (f"({human_bytes(g.used_bytes)} used)" if g.used_bytes else ""))
-    for r in m.memory_released:
-        console.print(f"released before checkpoint: {r.tag} {human_bytes(r.bytes)}")
-    console.print("timings: " + _phases(m.timings))
-    table = Table("FILE", "SIZE", "DIGEST")
-    for f in sorted(m.files, key=lambda f: -f.size)[:15]:
-        table.add_row(f.path, human_bytes(f.size), f.digest)
-    console.print(table)
-
-
-@app.command()
-@friendly
-def verify(artifact: Annotated[str, typer.Argument(help="the artifact's name")], home: HomeOpt = None,
-           store: StoreOpt = None) -> None:
-    """Check every file of an artifact against its manifest's sizes and digests."""
-    m = _store(_settings(home, store)).verify(artifact)
-    console.print(f"[green]ok[/] {m.name}: {len(m.files)} files, {human_bytes(m.size)} match {m.digest}")
-
-
-@app.command("rm")
-@friendly
-def remove(artifact: Annotated[str, typer.Argument(help="the artifact's name")], home: HomeOpt = None,
-           store: StoreOpt = None) -> None:
-    """Delete an artifact from the store."""
-    _store(_settings(home, store)).delete(artifact)
-    console.print(f"removed {artifact}")
+app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(workers.run)
+app.command()(workers.ps)
+app.command()(workers.gc)
+app.command()(artifacts.snapshot)
+app.command()(artifacts.restore)
+app.command()(workers.release)
+app.command()(workers.stop)
+app.command("ls")(artifacts.list_artifacts)
+app.command()(artifacts.inspect)
+app.command()(artifacts.verify)
+app.command("rm")(artifacts.remove)
 
 
 @app.command()
@@ -335,7 +49,7 @@ def doctor(home: HomeOpt = None, store: StoreOpt = None) -> None:
     """Check this host: root and capabilities, kernel, CRIU >= 4 and `criu check`, store, NVIDIA driver >= 580."""
     from thaw.doctor import run_checks
 
-    checks = run_checks(_settings(home, store))
+    checks = run_checks(settings(home, store))
     table = Table("CHECK", "", "DETAIL", "FIX")
     for c in checks:
         mark = "[green]ok[/]" if c.ok else ("[red]FAIL[/]" if c.required else "[yellow]warn[/]")
@@ -357,26 +71,11 @@ def demo(
     run_demo(home, keep=keep)
 
 
-def _phases(timings: dict[str, float]) -> str:
-    return ", ".join(f"{k} {seconds(v)}" for k, v in timings.items() if k not in ("total",) and not k.startswith("fetch_"))
-
-
-def _mount_subapps() -> None:
-    # each sub-app lives in its own module and imports its heavy dependencies lazily
-    for module, name, help_text in (
-        ("thaw.cli.engine", "engine", "The reference inference engine (Qwen3-architecture LLM server)."),
-        ("thaw.cli.agent", "agent", "The per-node agent: snapshot/restore as a service."),
-        ("thaw.cli.operator", "operator", "The Kubernetes operator."),
-        ("thaw.cli.gms", "gms", "The GPU memory service: weights kept on the node, outside every snapshot."),
-    ):
-        try:
-            sub = __import__(module, fromlist=["app"]).app
-        except ImportError:
-            continue
-        app.add_typer(sub, name=name, help=help_text)
-
-
-_mount_subapps()
+# each sub-app lives in its own module and imports its heavy dependencies only when a command runs
+app.add_typer(engine.app, name="engine", help="The reference inference engine (Qwen3-architecture LLM server).")
+app.add_typer(agent.app, name="agent", help="The per-node agent: snapshot/restore as a service.")
+app.add_typer(operator.app, name="operator", help="The Kubernetes operator.")
+app.add_typer(gms.app, name="gms", help="The GPU memory service: weights kept on the node, outside every snapshot.")
 
 if __name__ == "__main__":
     app()

@@ -28,7 +28,7 @@ def memory_breakdown(m: Manifest) -> dict[str, Any]:
         "gms_weights": sum(w.bytes for w in m.weights),
     }
     gpu = {
-        "nvml_used_before_lock": sum(int(g.get("used_bytes") or 0) for g in m.gpus),
+        "nvml_used_before_lock": sum(g.used_bytes or 0 for g in m.gpus),
         "torch_reserved": sum(int(g.get("reserved_bytes", 0)) for g in torch_gpus),
         "torch_allocated": sum(int(g.get("allocated_bytes", 0)) for g in torch_gpus),
     }

@@ -3,8 +3,8 @@
     thaw operator run                       # in the cluster (the Deployment in deploy/kubernetes)
     thaw operator run --kubeconfig ~/.kube/config --namespace ml    # from a workstation, one namespace
 
-Every option also reads a ``THAW_*`` variable, which is how the Deployment sets them
-from the thaw-settings ConfigMap. docs/kubernetes.md describes the resources.
+Every option also reads a ``THAW_*`` variable (thaw.config.OperatorSettings), which is how the
+Deployment sets them from the thaw-settings ConfigMap. docs/kubernetes.md describes the resources.
 """
 
 from __future__ import annotations
@@ -35,34 +35,42 @@ def _group() -> None:
 @friendly
 def run(
     namespace: Annotated[list[str] | None, typer.Option(
-        "--namespace", "-n", envvar="THAW_NAMESPACES",
-        help="watch only these namespaces (repeat the option) [default: the whole cluster]")] = None,
+        "--namespace", "-n", help="watch only these namespaces (repeat the option, or comma-separate) "
+        "[env THAW_NAMESPACES; default: the whole cluster]", show_default=False)] = None,
     kubeconfig: Annotated[Path | None, typer.Option(
-        envvar="KUBECONFIG", help="kubeconfig to use outside a cluster [default: in-cluster credentials]")] = None,
-    poll: Annotated[float, typer.Option(envvar="THAW_POLL_SECONDS", help="seconds between looks at running jobs")] = 1.0,
-    agent_namespace: Annotated[str, typer.Option(
-        envvar="THAW_AGENT_NAMESPACE", help="namespace of the agent DaemonSet's pods")] = "thaw-system",
-    agent_selector: Annotated[str, typer.Option(
-        envvar="THAW_AGENT_SELECTOR", help="label selector of the agent pods")] = "app.kubernetes.io/name=thaw-agent",
-    agent_port: Annotated[int, typer.Option(envvar="THAW_AGENT_PORT", help="TCP port the agents listen on")] = 7070,
+        help="kubeconfig to use outside a cluster [env KUBECONFIG; default: in-cluster credentials]",
+        show_default=False)] = None,
+    poll: Annotated[float | None, typer.Option(
+        help="seconds between looks at running jobs [env THAW_POLL_SECONDS; default: 1]", show_default=False)] = None,
+    agent_namespace: Annotated[str | None, typer.Option(
+        help="namespace of the agent DaemonSet's pods [env THAW_AGENT_NAMESPACE; default: thaw-system]",
+        show_default=False)] = None,
+    agent_selector: Annotated[str | None, typer.Option(
+        help="label selector of the agent pods [env THAW_AGENT_SELECTOR; default: app.kubernetes.io/name=thaw-agent]",
+        show_default=False)] = None,
+    agent_port: Annotated[int | None, typer.Option(
+        help="TCP port the agents listen on [env THAW_AGENT_PORT; default: 7070]", show_default=False)] = None,
     agent_token_file: Annotated[Path | None, typer.Option(
-        envvar="THAW_AGENT_TOKEN_FILE", help="file with the agents' bearer token")] = None,
-    delete_timeout: Annotated[float, typer.Option(
-        envvar="THAW_DELETE_TIMEOUT", help="seconds to keep trying to delete a deleted snapshot's artifact")] = 600.0,
+        help="file with the agents' bearer token [env THAW_AGENT_TOKEN_FILE]", show_default=False)] = None,
+    delete_timeout: Annotated[float | None, typer.Option(
+        help="seconds to keep trying to delete a deleted snapshot's artifact [env THAW_DELETE_TIMEOUT; default: 600]",
+        show_default=False)] = None,
     liveness: Annotated[str | None, typer.Option(
-        envvar="THAW_LIVENESS", help="serve a liveness probe here, e.g. http://0.0.0.0:8080/healthz")] = None,
+        help="serve a liveness probe here, e.g. http://0.0.0.0:8080/healthz [env THAW_LIVENESS]",
+        show_default=False)] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every handler call")] = False,
 ) -> None:
     """Run the operator until stopped."""
-    from thaw.k8s.cluster import AgentLookup
+    from thaw.config import OperatorSettings, load
     from thaw.k8s.config import OperatorConfig
     from thaw.k8s.runner import run as run_operator
 
-    namespaces = tuple(n for item in namespace or [] for n in item.split(",") if n)
-    config = OperatorConfig(poll=poll, agents=AgentLookup(agent_namespace, agent_selector, agent_port),
-                            token_file=agent_token_file, namespaces=namespaces, delete_timeout=delete_timeout,
-                            liveness=liveness)
-    run_operator(config, kubeconfig=kubeconfig, verbose=verbose)
+    given = {"namespaces": namespace or None, "kubeconfig": kubeconfig, "poll": poll, "agent_namespace": agent_namespace,
+             "agent_selector": agent_selector, "agent_port": agent_port, "agent_token_file": agent_token_file,
+             "delete_timeout": delete_timeout, "liveness": liveness}
+    settings = load(OperatorSettings, **given)
+    run_operator(OperatorConfig.of(settings), kubeconfig=settings.kubeconfig, in_cluster=settings.in_cluster,
+                 verbose=verbose)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Finding a CRIU >= 4 to run: the host's, or a portable tree (loader + libraries).
 
-Order: ``$THAW_CRIU`` (a criu binary, a wrapper, or a portable tree's root), then the
+Order: the ``criu`` setting (``THAW_CRIU``: a criu binary, a wrapper, or a portable tree's root), then the
 portable tree scripts/install-criu.sh installs (/opt/thaw/criu), then ``criu`` on PATH.
 A host CRIU older than 4 is skipped with a note: Debian 12's 3.17 fails on current
 kernels ("vdso: Unexpected rt vDSO area bounds").
@@ -68,7 +68,6 @@ def find_criu(override: str | None = None) -> Criu:
     """The CRIU to use. Raises HostError listing what was tried and how to install one."""
     tried: list[str] = []
     candidates: list[tuple[str, Path]] = []
-    override = override or os.environ.get("THAW_CRIU")
     if override:
         candidates.append(("THAW_CRIU", Path(override)))
     candidates.append(("portable tree", DEFAULT_TREE))

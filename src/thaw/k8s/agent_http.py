@@ -1,17 +1,20 @@
-"""``AgentPort`` over HTTP: thaw.agent.client.AgentClient, with its errors sorted into temporary and permanent.
+"""``AgentPort`` over HTTP: thaw.api.client.AgentClient, raising the errors the agent raised.
 
-The client raises ``AgentError(status, reason, ...)`` for every refusal; the reconcile
-logic wants thaw's own types, so a 409 becomes BusyError (wait and retry), a 404
-ArtifactNotFound, and 5xx stays an AgentError that ``agents.is_temporary`` retries.
+The client raises ``AgentError`` for every refusal, carrying the type the agent raised;
+here it becomes that type again (a 409 is the agent's BusyError, a 404 its ArtifactNotFound
+or WorkerNotFound), so that the reconcile logic handles thaw's own errors and decides on
+``retryable`` alone (agents.is_temporary).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import NoReturn, TypeVar
 
-from thaw.agent.client import AgentClient, AgentError
-from thaw.errors import ArtifactNotFound, BusyError
+from thaw.api.client import AgentClient
+from thaw.api.models import AgentStatus, Job
+from thaw.errors import AgentError
+from thaw.model import GpuTarget, Manifest
 
 T = TypeVar("T")
 
@@ -24,17 +27,17 @@ class HttpAgent:
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True) -> str:
         return _mapped(lambda: self._client.snapshot(worker, artifact, leave_running=leave_running).id)
 
-    def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None) -> str:
+    def restore(self, artifact: str, *, gpu: GpuTarget | None = None, name: str | None = None) -> str:
         return _mapped(lambda: self._client.restore(artifact, gpu=gpu, name=name).id)
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return _mapped(lambda: self._client.job(job_id).model_dump(mode="json"))
+    def job(self, job_id: str) -> Job:
+        return _mapped(lambda: self._client.job(job_id))
 
-    def inspect_artifact(self, name: str) -> dict[str, Any]:
+    def inspect_artifact(self, name: str) -> Manifest:
         return _mapped(lambda: self._client.artifact(name))
 
-    def node_info(self) -> dict[str, Any]:
-        return _mapped(lambda: self._client.status().model_dump(mode="json"))
+    def node_info(self) -> AgentStatus:
+        return _mapped(self._client.status)
 
     def delete_artifact(self, name: str) -> None:
         _mapped(lambda: self._client.delete(name))
@@ -44,7 +47,7 @@ class HttpAgent:
             self._client.stop(name)
         except AgentError as exc:
             if exc.status != 404:  # no such worker: nothing to stop
-                raise _mapped_error(exc) from exc
+                _reraise(exc)
 
     def close(self) -> None:
         self._client.close()
@@ -54,12 +57,12 @@ def _mapped(call: Callable[[], T]) -> T:
     try:
         return call()
     except AgentError as exc:
-        raise _mapped_error(exc) from exc
+        _reraise(exc)
 
 
-def _mapped_error(exc: AgentError) -> Exception:
-    if exc.status == 409:
-        return BusyError(exc.message, hint=exc.hint)
-    if exc.status == 404:
-        return ArtifactNotFound(exc.message, hint=exc.hint)
-    return exc
+def _reraise(exc: AgentError) -> NoReturn:
+    """Raise the error the agent raised, as its own type (or ``exc`` itself when it has none)."""
+    original = exc.original()
+    if original is exc:
+        raise exc
+    raise original from exc

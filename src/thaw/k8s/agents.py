@@ -1,7 +1,8 @@
 """How the operator reaches the thaw agent on a node, and what it expects of it.
 
-The operator needs five things from an agent (``AgentPort``): start a snapshot job,
-start a restore job, read a job, report the node's GPUs, delete an artifact. Jobs run
+The operator needs a few things from an agent (``AgentPort``): start a snapshot job,
+start a restore job, read a job, read a manifest, report the node's GPUs, delete an
+artifact, stop a worker — in the agent's own models (thaw.api), never guessed shapes. Jobs run
 in the agent; the operator only starts and polls them, so an operator restart loses
 nothing (the job id is in the object's status).
 
@@ -18,39 +19,41 @@ The agent needs no Kubernetes API access for this: it does not register itself.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from thaw.agent.client import AgentUnavailable
+from thaw.api.models import AgentStatus, Job
+from thaw.errors import AgentUnavailable, ThawError
 from thaw.k8s.resources import AGENT_URL
+from thaw.model import GpuTarget, Manifest
 
-__all__ = ["AgentPort", "AgentUnavailable", "Connect", "Job", "agent_url", "http_connector", "is_temporary"]
-
-#: job states as the agent reports them (thaw.agent.models.JobState)
-PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed"
+__all__ = ["AgentPort", "AgentUnavailable", "Connect", "agent_url", "http_connector", "is_temporary"]
 
 
 class AgentPort(Protocol):
-    """What the operator calls on a node's agent (thaw.agent.client.AgentClient provides it)."""
+    """What the operator calls on a node's agent (agent_http.HttpAgent over thaw.api.client.AgentClient).
+
+    It speaks the agent's own models (thaw.api), and raises the errors the agent raised
+    (BusyError, ArtifactNotFound, ...; AgentUnavailable when it does not answer).
+    """
 
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True) -> str:
         """Start a snapshot job of ``worker`` into ``artifact``; returns the job id."""
         ...
 
-    def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None) -> str:
+    def restore(self, artifact: str, *, gpu: GpuTarget | None = None, name: str | None = None) -> str:
         """Start a restore job (with the canary check) of ``artifact``; returns the job id."""
         ...
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        """``{"id", "state", "progress", "result", "error"}`` of a job."""
+    def job(self, job_id: str) -> Job:
+        """A job: its state, progress, and its result or error."""
         ...
 
-    def inspect_artifact(self, name: str) -> dict[str, Any]:
-        """The artifact's manifest (thaw.store.Manifest as JSON): its GPUs, canary, files."""
+    def inspect_artifact(self, name: str) -> Manifest:
+        """The artifact's manifest: its GPUs, canary, files."""
         ...
 
-    def node_info(self) -> dict[str, Any]:
-        """The agent's status; with ``"gpus": [{"uuid", "name", "memory_free"}]`` when it reports its GPUs."""
+    def node_info(self) -> AgentStatus:
+        """The agent's status, with this node's GPUs."""
         ...
 
     def delete_artifact(self, name: str) -> None:
@@ -64,46 +67,6 @@ class AgentPort(Protocol):
 
 #: opens an AgentPort for an agent URL (the real client in production, fakes in tests)
 Connect = Callable[[str], AgentPort]
-
-
-@dataclass(frozen=True)
-class Job:
-    """An agent job as the operator reads it, whatever the agent's exact JSON looks like."""
-
-    id: str
-    state: str
-    progress: str = ""
-    result: dict[str, Any] = field(default_factory=dict)
-    error_reason: str = ""
-    error_message: str = ""
-
-    @property
-    def done(self) -> bool:
-        return self.state in (SUCCEEDED, FAILED)
-
-    @property
-    def succeeded(self) -> bool:
-        return self.state == SUCCEEDED
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Job:
-        error = raw.get("error")
-        if isinstance(error, dict):
-            reason = str(error.get("reason") or error.get("type") or "error")
-            message = str(error.get("message") or error.get("detail") or error)
-        elif error:
-            reason, message = "error", str(error)
-        else:
-            reason, message = "", ""
-        progress = raw.get("progress") or ""
-        if isinstance(progress, dict):  # {"phase": "dump", "fraction": 0.4, "detail": "..."}
-            fraction = progress.get("fraction")
-            parts = [str(progress.get("phase") or ""), f"{fraction:.0%}" if isinstance(fraction, (int, float)) else "",
-                     str(progress.get("detail") or "")]
-            progress = " ".join(p for p in parts if p)
-        return cls(id=str(raw.get("id") or raw.get("job_id") or ""), state=str(raw.get("state") or "").lower(),
-                   progress=str(progress)[:256], result=dict(raw.get("result") or {}),
-                   error_reason=reason, error_message=message)
 
 
 def agent_url(node: dict[str, Any], agent_pods: list[dict[str, Any]], *, port: int) -> str | None:
@@ -125,19 +88,8 @@ def agent_url(node: dict[str, Any], agent_pods: list[dict[str, Any]], *, port: i
 
 
 def is_temporary(exc: BaseException) -> bool:
-    """Whether a failed agent call is worth retrying: the agent is down or busy, not a wrong request."""
-    from thaw.errors import BusyError
-
-    if isinstance(exc, (AgentUnavailable, BusyError, ConnectionError, TimeoutError)):
-        return True
-    status = getattr(exc, "status", None)  # thaw.agent.client.AgentError: the agent's HTTP status
-    if isinstance(status, int) and (status >= 500 or status in (408, 429)):
-        return True
-    try:
-        import httpx
-    except ImportError:  # pragma: no cover - httpx is a core dependency
-        return False
-    return isinstance(exc, httpx.TransportError)
+    """Whether a failed agent call is worth retrying: the error says so (thaw.errors: retryable vs permanent)."""
+    return (isinstance(exc, ThawError) and exc.retryable) or isinstance(exc, (ConnectionError, TimeoutError))
 
 
 def http_connector(token: str | None, *, timeout: float = 10.0) -> Connect:

@@ -1,10 +1,12 @@
-"""The operator's settings: flags of ``thaw operator run``, or ``THAW_*`` variables from the ConfigMap."""
+"""The operator's runtime configuration, built from its settings (thaw.config.OperatorSettings:
+flags of ``thaw operator run``, or ``THAW_*`` variables from the ConfigMap)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from thaw.config import OperatorSettings, first_token
 from thaw.errors import ConfigError
 from thaw.k8s.cluster import AgentLookup
 
@@ -31,12 +33,12 @@ class OperatorConfig:
             raise ConfigError("token_file", f"{self.token_file} does not exist",
                               hint="mount the thaw-agent-token Secret, or leave it unset for agents without a token")
 
+    @classmethod
+    def of(cls, settings: OperatorSettings) -> OperatorConfig:
+        return cls(poll=settings.poll, token_file=settings.agent_token_file, namespaces=tuple(settings.namespaces),
+                   agents=AgentLookup(settings.agent_namespace, settings.agent_selector, settings.agent_port),
+                   delete_timeout=settings.delete_timeout, liveness=settings.liveness)
+
     def token(self) -> str | None:
         """The first token of the token file (``identity:token`` or a bare token; # comments skipped)."""
-        if self.token_file is None:
-            return None
-        for line in Path(self.token_file).read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                return line.partition(":")[2].strip() if ":" in line else line
-        raise ConfigError("token_file", f"{self.token_file} holds no token")
+        return first_token(self.token_file) if self.token_file is not None else None

@@ -20,14 +20,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from thaw.errors import ThawError
+from thaw.api.models import AgentStatus
+from thaw.errors import NoPlacement
 from thaw.k8s.resources import GPU_PRODUCT_LABEL, GPU_RESOURCE
-
-
-class NoPlacement(ThawError):
-    """No node (or no GPU on the chosen node) fits a restore; the message lists each candidate and why not."""
-
-    reason = "no_placement"
 
 
 @dataclass(frozen=True)
@@ -130,30 +125,30 @@ def choose_node(nodes: Iterable[dict[str, Any]], pods: Iterable[dict[str, Any]],
     raise NoPlacement(f"no node fits ({wanted}): {detail}")
 
 
-def choose_gpu(node_info: dict[str, Any], need: GpuNeed, *, wanted: str | None = None) -> str | None:
+def choose_gpu(node_info: AgentStatus, need: GpuNeed, *, wanted: str | None = None) -> str | None:
     """The UUID of the GPU to restore onto, from the agent's report; None when the agent should choose.
 
-    None for CPU-only snapshots, for multi-GPU ones, and when the agent does not report
-    its GPUs: the agent then maps the GPUs as recorded in the snapshot (``wanted`` is passed on).
+    None for CPU-only snapshots and for multi-GPU ones: the agent then maps the GPUs as
+    recorded in the snapshot. An agent that cannot read its GPUs (a broken driver) is no
+    place for a GPU restore.
     """
     if need.count != 1:
         return None
-    if "gpus" not in node_info:
-        return wanted
-    gpus = [g for g in node_info.get("gpus") or [] if normalize_product(str(g.get("name", ""))) == need.product]
+    if node_info.gpu_error:
+        raise NoPlacement(f"the agent cannot read this node's GPUs: {node_info.gpu_error}")
+    gpus = [g for g in node_info.gpus if normalize_product(g.name) == need.product]
     if wanted:
-        if not any(g.get("uuid") == wanted for g in gpus):
-            seen = ", ".join(f"{g.get('uuid')} ({g.get('name')})" for g in node_info.get("gpus") or []) or "none"
+        if not any(g.uuid == wanted for g in gpus):
+            seen = ", ".join(f"{g.uuid} ({g.name})" for g in node_info.gpus) or "none"
             raise NoPlacement(f"GPU {wanted} is not a {need.product} on this node (it has: {seen})")
         return wanted
     if not gpus:
         raise NoPlacement(f"the agent reports no {need.product} GPU on this node")
-    roomy = [g for g in gpus if not need.memory or g.get("memory_free") is None or g["memory_free"] >= need.memory]
+    roomy = [g for g in gpus if not need.memory or g.memory_free is None or g.memory_free >= need.memory]
     if not roomy:
-        free = ", ".join(f"{g.get('uuid')}: {int(g['memory_free']) >> 20} MiB" for g in gpus)
+        free = ", ".join(f"{g.uuid}: {(g.memory_free or 0) >> 20} MiB" for g in gpus)
         raise NoPlacement(f"no {need.product} on this node has {need.memory >> 20} MiB free ({free})")
-    best = max(roomy, key=lambda g: (int(g.get("memory_free") or 0), str(g.get("uuid"))))
-    return str(best.get("uuid")) if best.get("uuid") else None
+    return max(roomy, key=lambda g: (g.memory_free or 0, g.uuid)).uuid
 
 
 def _key(pod: dict[str, Any]) -> str:

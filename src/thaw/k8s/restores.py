@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from thaw.errors import BusyError, ThawError
+from thaw.api.models import Job, JobState, RestoreResult
+from thaw.errors import BusyError, CanaryMismatch, ThawError
 from thaw.k8s import agents
-from thaw.k8s.agents import Connect, Job
+from thaw.k8s.agents import Connect
 from thaw.k8s.cluster import Cluster
 from thaw.k8s.placement import GpuNeed, NoPlacement, choose_gpu, choose_node
 from thaw.k8s.resources import (
@@ -188,7 +189,7 @@ def _follow(spec: RestoreSpec, status: dict[str, Any], cluster: Cluster, connect
     conds, node, job_id = status.get("conditions"), status.get("node"), status["agentJob"]
     step = Step()
     try:
-        job = Job.from_dict(agent_for(cluster, connect, node).job(job_id))
+        job = agent_for(cluster, connect, node).job(job_id)
     except Exception as exc:
         if agents.is_temporary(exc):
             return unreachable(step, conds, node, exc, retry, now)
@@ -196,31 +197,33 @@ def _follow(spec: RestoreSpec, status: dict[str, Any], cluster: Cluster, connect
             return _give_up(spec, conds, "JobLost", f"the agent on {node} no longer knows job {job_id}: {exc}", now)
         raise
     took = (now - (parse_iso(status.get("startedAt")) or now)).total_seconds()
-    if job.succeeded:
+    if job.state is JobState.SUCCEEDED and isinstance(job.result, RestoreResult):
         canary = canary_outcome(job.result)
         if canary == CANARY_FAILED:  # a job that "succeeded" with a failed canary is still a failed canary
             return _canary_failed(spec, conds, node, job, took, now)
-        return _ready(spec, status, job, canary, took, now)
-    if job.state == agents.FAILED:
-        if job.error_reason in ("canary_mismatch", "CanaryMismatch"):
+        return _ready(spec, status, job.result, canary, took, now)
+    if job.state.finished:
+        if job.error is not None and job.error.reason == CanaryMismatch.reason:
             return _canary_failed(spec, conds, node, job, took, now)
-        reason = camel(job.error_reason or "error")
+        reason = camel(job.error.reason if job.error else "error")
+        message = job.error.message if job.error else "no reason given"
         return _give_up(spec, conds, reason if reason.startswith("Restore") else f"Restore{reason}",
-                        f"restore job {job_id} on {node} failed: {job.error_message or 'no reason given'}", now, took=took)
+                        f"restore job {job_id} on {node} failed: {message}", now, took=took)
     if took > spec.timeout:
-        return _give_up(spec, conds, "Timeout", f"restore job {job_id} on {node} still {job.state} after {took:.0f}s "
-                        f"(timeoutSeconds {spec.timeout:.0f})", now, took=took)
+        return _give_up(spec, conds, "Timeout", f"restore job {job_id} on {node} still {job.state.value} after "
+                        f"{took:.0f}s (timeoutSeconds {spec.timeout:.0f})", now, took=took)
     if flapped(conds, COND_AGENT):
         step.status["conditions"] = set_condition(conds, COND_AGENT, True, "Reachable", f"agent on {node}", now=now)
         step.event(NORMAL, "AgentReachable", f"the agent on {node} answers again")
-    if job.progress and job.progress != status.get("progress"):
-        step.status["progress"] = job.progress
+    progress = job.progress.text()[:256] if job.progress else ""
+    if progress and progress != status.get("progress"):
+        step.status["progress"] = progress
     return step
 
 
-def _ready(spec: RestoreSpec, status: dict[str, Any], job: Job, canary: str, took: float, now: datetime) -> Step:
-    restored = job.result.get("worker")
-    worker = str((restored.get("name") if isinstance(restored, dict) else restored) or spec.worker)
+def _ready(spec: RestoreSpec, status: dict[str, Any], result: RestoreResult, canary: str, took: float,
+           now: datetime) -> Step:
+    worker = result.worker.name
     node = status.get("node")
     conds = set_condition(status.get("conditions"), COND_AGENT, True, "Reachable", f"agent on {node}", now=now)
     if canary == PASSED:
@@ -229,7 +232,7 @@ def _ready(spec: RestoreSpec, status: dict[str, Any], job: Job, canary: str, too
         conds = set_condition(conds, COND_CANARY, None, "NotRecorded", "the snapshot recorded no canary to check", now=now)
     conds = set_condition(conds, COND_READY, True, "Restored", f"worker {worker} runs on {node}", now=now)
     step = Step(status={"phase": READY, "worker": worker, "canary": canary, "completedAt": now_iso(now),
-                        "duration": human_duration(took), "timings": _timings(job.result), "progress": None,
+                        "duration": human_duration(took), "timings": _timings(result), "progress": None,
                         "message": f"worker {worker} restored on {node}", "conditions": conds})
     checked = "canary passed" if canary == PASSED else "no canary recorded"
     step.event(NORMAL, "Restored", f"worker {worker} restored from {status.get('artifact')} on {node} in "
@@ -246,7 +249,12 @@ def _ready(spec: RestoreSpec, status: dict[str, Any], job: Job, canary: str, too
 
 
 def _canary_failed(spec: RestoreSpec, conds: Any, node: str | None, job: Job, took: float, now: datetime) -> Step:
-    detail = job.error_message or str(job.result.get("canary") or "the outputs differ")
+    if job.error is not None:
+        detail = job.error.message
+    elif isinstance(job.result, RestoreResult) and job.result.canary.differences:
+        detail = "; ".join(job.result.canary.differences)
+    else:
+        detail = "the outputs differ"
     message = (f"the worker restored on {node} did not reproduce its canary, so it was stopped and is not "
                f"marked ready (the artifact is kept): {detail}")
     step = Step(status={"canary": CANARY_FAILED})
@@ -264,26 +272,15 @@ def _give_up(spec: RestoreSpec, conds: Any, reason: str, message: str, now: date
     return step
 
 
-def canary_outcome(result: dict[str, Any]) -> str:
-    """Passed, Failed or NotRecorded, from a finished restore job's result."""
-    canary = result.get("canary")
-    if isinstance(canary, dict):
-        if canary.get("checked") is False:
-            return NOT_RECORDED
-        ok = canary.get("ok", canary.get("passed", canary.get("match")))
-        return PASSED if ok else CANARY_FAILED
-    if isinstance(canary, bool):
-        return PASSED if canary else CANARY_FAILED
-    if isinstance(canary, str):
-        return {"passed": PASSED, "ok": PASSED, "failed": CANARY_FAILED, "mismatch": CANARY_FAILED}.get(
-            canary.lower(), NOT_RECORDED)
-    if result.get("canary_checked") is not None:
-        return PASSED if result["canary_checked"] else NOT_RECORDED
-    return NOT_RECORDED
+def canary_outcome(result: RestoreResult) -> str:
+    """Passed, Failed or NotRecorded, from a finished restore job's result (thaw.api.CanaryReport)."""
+    if not result.canary.checked:
+        return NOT_RECORDED
+    return PASSED if result.canary.match else CANARY_FAILED
 
 
-def _timings(result: dict[str, Any]) -> dict[str, float]:
-    return {str(k): round(float(v), 4) for k, v in (result.get("timings") or {}).items() if isinstance(v, (int, float))}
+def _timings(result: RestoreResult) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in result.timings.items()}
 
 
 # --- pods that ask for a restore ----------------------------------------------------------------------------------
@@ -361,7 +358,7 @@ def release_pod(pod: dict[str, Any], cluster: Cluster, connect: Connect, *, retr
         if state == RESTORING:
             restore = cluster.get_restore(meta["namespace"], annotations.get(RESTORE_OBJECT) or meta["name"])
             job_id = ((restore or {}).get("status") or {}).get("agentJob")
-            if job_id and not Job.from_dict(agent.job(job_id)).done:
+            if job_id and not agent.job(job_id).state.finished:
                 return retry_later(step, f"restore job {job_id} for pod {meta['name']} still running; its worker "
                                    "is stopped once it finishes", retry)
         agent.stop_worker(worker)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from thaw.k8s.config import OperatorConfig
 
 
-def run(config: OperatorConfig, *, kubeconfig: Path | None = None, verbose: bool = False) -> None:
+def run(config: OperatorConfig, *, kubeconfig: Path | None = None, in_cluster: bool = False,
+        verbose: bool = False) -> None:
     """Run the operator until it is stopped (SIGTERM/SIGINT). Blocks."""
     import kopf
     from kubernetes import client
@@ -19,7 +19,7 @@ def run(config: OperatorConfig, *, kubeconfig: Path | None = None, verbose: bool
     from thaw.k8s.cluster import KubeCluster
 
     cfg = client.Configuration()
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and kubeconfig is None:
+    if in_cluster and kubeconfig is None:
         kube_config.load_incluster_config(client_configuration=cfg)
     else:
         kube_config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None, client_configuration=cfg)

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from thaw.api.models import Job, JobState, SnapshotResult
 from thaw.errors import ArtifactNotFound, BusyError, ThawError
 from thaw.k8s import agents
-from thaw.k8s.agents import Connect, Job
+from thaw.k8s.agents import Connect
+from thaw.model import Manifest
 from thaw.k8s.cluster import Cluster, agent_for
 from thaw.k8s.resources import (
     short_name,
@@ -106,14 +108,15 @@ def finalize(body: dict[str, Any], cluster: Cluster, connect: Connect, *, retry:
         return step
     if phase == SNAPSHOTTING and status.get("agentJob"):
         try:
-            job = Job.from_dict(agent_for(cluster, connect, status.get("node")).job(status["agentJob"]))
+            job = agent_for(cluster, connect, status.get("node")).job(status["agentJob"])
         except Exception as exc:
             if not agents.is_temporary(exc):
                 raise
             return retry_later(step, f"waiting for the agent to finish job {status['agentJob']} before deleting: {exc}", retry)
-        if not job.done:
-            return retry_later(step, f"snapshot job {job.id} still running; its artifact is deleted once it finishes", retry)
-        if not job.succeeded:
+        if not job.state.finished:
+            return retry_later(step, f"snapshot job {job.id} still running; its artifact is deleted once it finishes",
+                               retry)
+        if job.state is not JobState.SUCCEEDED:
             return step
     elif phase != READY:
         return step  # nothing was published: a failed or never started snapshot leaves no artifact
@@ -178,7 +181,7 @@ def _follow(spec: SnapshotSpec, status: dict[str, Any], cluster: Cluster, connec
     step = Step()
     try:
         agent = agent_for(cluster, connect, node)
-        job = Job.from_dict(agent.job(job_id))
+        job = agent.job(job_id)
     except Exception as exc:
         if agents.is_temporary(exc):
             return unreachable(step, conds, node, exc, retry, now)
@@ -187,8 +190,8 @@ def _follow(spec: SnapshotSpec, status: dict[str, Any], cluster: Cluster, connec
         raise
     started = parse_iso(status.get("startedAt")) or now
     took = (now - started).total_seconds()
-    if job.succeeded:
-        name = str(job.result.get("artifact") or spec.artifact)
+    if job.state is JobState.SUCCEEDED and isinstance(job.result, SnapshotResult):
+        name = job.result.artifact
         try:  # the job's result has size and digest; the GPU model and canary are in the manifest
             manifest = agent.inspect_artifact(name)
         except Exception as exc:
@@ -199,26 +202,29 @@ def _follow(spec: SnapshotSpec, status: dict[str, Any], cluster: Cluster, connec
                               f"it: {exc}", now, step, took=took)
             raise
         return _ready(spec, status, job, manifest, took, now)
-    if job.state == agents.FAILED:
-        reason = camel(job.error_reason or "error")
+    if job.state.finished:  # failed (a succeeded job without a snapshot result would be a bug of the agent's)
+        reason = camel(job.error.reason if job.error else "error")
+        message = job.error.message if job.error else "no reason given"
         return failed(conds, f"Snapshot{reason}" if not reason.startswith("Snapshot") else reason,
-                     f"snapshot job {job_id} on {node} failed: {job.error_message or 'no reason given'} "
-                     "(the worker was left running)", now, step, took=took)
+                     f"snapshot job {job_id} on {node} failed: {message} (the worker was left running)", now, step,
+                     took=took)
     if took > spec.timeout:
-        return failed(conds, "Timeout", f"snapshot job {job_id} on {node} still {job.state} after {took:.0f}s "
-                     f"(timeoutSeconds {spec.timeout:.0f})", now, step, took=took)
+        return failed(conds, "Timeout", f"snapshot job {job_id} on {node} still {job.state.value} after "
+                     f"{took:.0f}s (timeoutSeconds {spec.timeout:.0f})", now, step, took=took)
     if flapped(conds, COND_AGENT):
         step.event(NORMAL, "AgentReachable", f"the agent on {node} answers again")
         conds = set_condition(conds, COND_AGENT, True, "Reachable", f"agent on {node}", now=now)
         step.status["conditions"] = conds
-    if job.progress and job.progress != status.get("progress"):
-        step.status["progress"] = job.progress
+    progress = job.progress.text()[:256] if job.progress else ""
+    if progress and progress != status.get("progress"):
+        step.status["progress"] = progress
     return step
 
 
-def _ready(spec: SnapshotSpec, status: dict[str, Any], job: Job, manifest: dict[str, Any], took: float,
+def _ready(spec: SnapshotSpec, status: dict[str, Any], job: Job, manifest: Manifest, took: float,
            now: datetime) -> Step:
-    art = artifact_record(job.result, manifest, spec.artifact)
+    assert isinstance(job.result, SnapshotResult)  # _follow checked
+    art = artifact_record(job.result, manifest)
     conds = set_condition(status.get("conditions"), COND_AGENT, True, "Reachable", f"agent on {status.get('node')}", now=now)
     conds = set_condition(conds, COND_READY, True, "ArtifactPublished", f"artifact {art['name']} ({art['size']})", now=now)
     step = Step(status={"phase": READY, "artifact": art, "timings": job_timings(job.result),
@@ -229,45 +235,19 @@ def _ready(spec: SnapshotSpec, status: dict[str, Any], job: Job, manifest: dict[
                       f"published in {human_duration(took)}")
 
 
-def artifact_record(result: dict[str, Any], manifest: dict[str, Any], name: str) -> dict[str, Any]:
+def artifact_record(result: SnapshotResult, manifest: Manifest) -> dict[str, Any]:
     """``status.artifact`` from a finished snapshot job's result and the artifact's manifest."""
-    record: dict[str, Any] = {"name": str(result.get("artifact") or manifest.get("name") or name)}
-    artifact_id = result.get("artifact_id") or manifest.get("artifact_id")
-    if artifact_id:
-        record["id"] = str(artifact_id)
-    digest, size = result.get("digest"), result.get("bytes")
-    if digest is None or size is None:
-        parsed = _parse_manifest(manifest)
-        if parsed is not None:
-            digest = digest if digest is not None else parsed.digest
-            size = size if size is not None else parsed.size
-    if digest:
-        record["digest"] = str(digest)
-    record["sizeBytes"] = int(size or 0)
-    record["size"] = human_size(record["sizeBytes"])
-    gpus = manifest.get("gpus") or []
-    record["gpuCount"] = len(gpus)
-    if gpus:
-        record["gpuProduct"] = str(gpus[0].get("name") or gpus[0].get("product") or "")
-        used = [g.get("used_bytes") for g in gpus if isinstance(g.get("used_bytes"), int)]
+    record: dict[str, Any] = {"name": result.artifact, "id": result.artifact_id, "digest": result.digest,
+                              "sizeBytes": result.bytes, "size": human_size(result.bytes),
+                              "gpuCount": len(manifest.gpus)}
+    if manifest.gpus:
+        record["gpuProduct"] = manifest.gpus[0].name
+        used = [g.used_bytes for g in manifest.gpus if g.used_bytes is not None]
         if used:  # what the restore's GPU must have free (NVML's count at snapshot time)
             record["gpuMemoryBytes"] = max(used)
-    record["hasCanary"] = (manifest.get("worker") or {}).get("canary") is not None
-    if result.get("store") or (manifest.get("source") or {}).get("store"):
-        record["store"] = str(result.get("store") or manifest["source"]["store"])
+    record["hasCanary"] = manifest.worker.canary is not None
     return record
 
 
-def job_timings(result: dict[str, Any]) -> dict[str, float]:
-    return {str(k): round(float(v), 4) for k, v in (result.get("timings") or {}).items() if isinstance(v, (int, float))}
-
-
-def _parse_manifest(raw: dict[str, Any]) -> Any:
-    from pydantic import ValidationError
-
-    from thaw.model.manifest import Manifest
-
-    try:
-        return Manifest.model_validate(raw)
-    except ValidationError:  # a manifest of another schema: the job's own digest and size are used instead
-        return None
+def job_timings(result: SnapshotResult) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in result.timings.items()}

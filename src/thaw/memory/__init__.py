@@ -24,16 +24,16 @@ loudly. The design and its pitfalls are in docs/memory.md.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from thaw.memory import hooks, tensors
+from thaw.worker import environment
 from thaw.memory.pool import DEFAULT_CHUNK_BYTES, POISON_PATTERN, Policy, Pool
 
-ENV_POISON = "THAW_MEMORY_POISON"
+ENV_POISON = environment.MEMORY_POISON
 
 _pool: Pool | None = None
 _pool_lock = threading.Lock()
@@ -113,7 +113,7 @@ def set_poison(enabled: bool = True, pattern: int = POISON_PATTERN) -> None:
 
 
 def _poison_from_env() -> int | None:
-    value = os.environ.get(ENV_POISON, "").strip().lower()
+    value = environment.memory_poison()
     if value in ("", "0", "false", "no", "off"):
         return None
     if value in ("1", "true", "yes", "on"):

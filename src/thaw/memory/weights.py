@@ -43,10 +43,11 @@ from thaw.errors import ConfigError, CudaError, GmsError
 from thaw.gms import Client, Layout, WeightSpec, libc, wire
 from thaw.gms.models import WEIGHTS_HOOK, FrozenWeights, MappedSet
 from thaw.gms.plan import describe
+from thaw.worker import environment
 
 #: one name for freeze and thaw (thaw.worker undoes a completed freeze hook with the thaw hook of its name)
 HOOK = WEIGHTS_HOOK
-ENV_GMS_DIR = "THAW_GMS_DIR"
+ENV_GMS_DIR = environment.GMS_DIR
 DEFAULT_GMS_DIR = Path("/var/lib/thaw/gms")
 
 _TORCH_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "I64": "int64",
@@ -277,7 +278,7 @@ _lock = threading.Lock()
 
 
 def gms_dir_default() -> Path:
-    return Path(os.environ.get(ENV_GMS_DIR) or DEFAULT_GMS_DIR)
+    return environment.gms_dir() or DEFAULT_GMS_DIR
 
 
 def available(device: int | str | None = None, *, gms_dir: Path | None = None) -> bool:

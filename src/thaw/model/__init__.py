@@ -37,7 +37,7 @@ from thaw.model.manifest import (
     check_name,
 )
 from thaw.model.sandbox import NET_KEY, SandboxLayout, SandboxRecord
-from thaw.model.timing import Phase, PhaseTime, Timings
+from thaw.model.timing import TOTAL, UNACCOUNTED, Phase, PhaseTime, Timings
 
 __all__ = [
     "CHUNK_SIZE",
@@ -45,6 +45,8 @@ __all__ = [
     "MANIFEST",
     "NET_KEY",
     "SCHEMA_VERSION",
+    "TOTAL",
+    "UNACCOUNTED",
     "FileEntry",
     "GpuInfo",
     "GpuPair",

@@ -9,14 +9,16 @@ from __future__ import annotations
 from thaw.config import Settings
 from thaw.errors import ThawError
 from thaw.pipeline import control
-from thaw.pipeline.instances import Instance, all_instances as list_instances, find, recover
+from thaw.pipeline.instances import Instance, find
+from thaw.pipeline.instances import all_instances as list_instances
+from thaw.pipeline.recovery import Recovered, clear_staging, recover
 from thaw.pipeline.restore import Restored, restore
 from thaw.pipeline.run import launch
 from thaw.pipeline.snapshot import Snapshot, snapshot
 from thaw.worker.protocol import Action
 
-__all__ = ["Instance", "Restored", "Snapshot", "find", "launch", "list_instances", "recover", "release",
-           "restore", "snapshot", "stop", "wait_ready"]
+__all__ = ["Instance", "Recovered", "Restored", "Snapshot", "clear_staging", "find", "launch", "list_instances",
+           "recover", "release", "restore", "snapshot", "stop", "wait_ready"]
 
 
 def wait_ready(settings: Settings, worker: str | Instance, timeout: float = 60.0):
@@ -35,14 +37,19 @@ def release(settings: Settings, worker: str | Instance, timeout: float = 60.0) -
 
 
 def stop(settings: Settings, worker: str | Instance, timeout: float = 10.0) -> Instance:
-    """Stop a worker: ask a parked one to return STOPPED, then make sure the sandbox is gone."""
+    """Stop a worker: ask a parked one to return STOPPED, then make sure the sandbox is gone.
+
+    Takes the worker's lock, as every operation on it does: a worker being snapshotted or
+    restored is not stopped under that operation's feet (BusyError names it).
+    """
     inst = worker if isinstance(worker, Instance) else find(settings, worker)
-    if inst.alive() and inst.ready() is not None:
-        try:
-            control.send(inst, Action.STOP, timeout=min(timeout, 2.0))
-        except ThawError:
-            pass  # not parked (serving), or not answering: the kill below ends it
-    inst.kill(timeout)
-    inst.state = "stopped"
-    inst.save()
+    with inst.operation("stop"):
+        if inst.alive() and inst.ready() is not None:
+            try:
+                control.send(inst, Action.STOP, timeout=min(timeout, 2.0))
+            except ThawError:
+                pass  # not parked (serving), or not answering: the kill below ends it
+        inst.kill(timeout)
+        inst.state = "stopped"
+        inst.save()
     return inst

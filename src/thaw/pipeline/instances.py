@@ -9,9 +9,11 @@
         ops/            CRIU logs of the operations on it
 
 A restore marks its instance ``restoring`` with its own pid as ``owner_pid`` until the
-restored worker passed its thaw hooks and canary. If the restoring process dies
-without unwinding (SIGKILL, OOM), the restored copy stays parked and nobody owns it:
-:func:`recover` (run by ``thaw ps`` and ``thaw gc``) kills such copies.
+restored worker passed its thaw hooks and canary; a snapshot records its attempt
+(``snapshotting``: the snapshotting pid, the artifact it stages, the phases it reached)
+until it is done. If that process dies without unwinding (SIGKILL, OOM, an agent that
+was killed), recovery.py settles what it left: it kills a half-restored copy, and rolls a
+half-snapshotted worker back (or finishes what was asked of it) and removes its staging.
 """
 
 from __future__ import annotations
@@ -36,6 +38,21 @@ from thaw.model import SandboxLayout, check_name
 from thaw.worker import protocol
 
 
+class SnapshotAttempt(BaseModel):
+    """A snapshot in progress on a worker, recorded so that recovery can undo exactly what it did."""
+
+    owner_pid: int  # the snapshotting process
+    artifact: str
+    leave_running: bool = False
+    artifact_id: str = ""  # once staged: the store's id of the new artifact ...
+    staged_dir: str = ""  # ... and where it is written
+    phases: list[str] = Field(default_factory=list)  # the phases started so far, in order
+
+    @property
+    def phase(self) -> str:
+        return self.phases[-1] if self.phases else ""
+
+
 class Instance(BaseModel):
     """One worker sandbox on this node, launched (``thaw run``) or restored from an artifact."""
 
@@ -55,6 +72,7 @@ class Instance(BaseModel):
     node: str = ""
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     layout: SandboxLayout = Field(default_factory=SandboxLayout)
+    snapshotting: SnapshotAttempt | None = None
 
     @property
     def log(self) -> Path:
@@ -149,10 +167,6 @@ class Instance(BaseModel):
             pass
 
 
-#: how long recovery waits for a CRIU restore that outlived its restorer
-CRIU_GRACE_S = 60.0
-
-
 def reap(pid: int, timeout: float = 10.0) -> None:
     """Wait for ``pid`` to be gone; reap it if it is our child (the dumped pid must be reaped before a restore)."""
     if pid <= 0:
@@ -167,33 +181,6 @@ def reap(pid: int, timeout: float = 10.0) -> None:
             if not proc.running(pid):
                 return
         time.sleep(0.005)
-
-
-def recover(settings: Settings) -> list[Instance]:
-    """Kill restored copies whose restore never finished because the restoring process died; return them.
-
-    A restore that fails or is interrupted (SIGINT, SIGTERM) kills what it restored
-    itself; only a restorer that died without unwinding leaves its copy parked.
-    """
-    recovered = []
-    everyone = all_instances(settings)
-    for inst in everyone:
-        if inst.state != "restoring" or proc.running(inst.owner_pid):
-            continue
-        if not inst.host_pid:
-            # the restorer died while CRIU worked: let CRIU finish first (it keeps its log open until it exits)
-            deadline = time.monotonic() + CRIU_GRACE_S
-            while proc.holders(inst.dir / "ops") and time.monotonic() < deadline:
-                time.sleep(0.05)
-            # With its restorer gone, the namespace outlives only in the copy; had CRIU made no copy, the
-            # kernel may have given its inode to a newer sandbox, which then records it too: not ours.
-            if any(other.netns == inst.netns and other.id != inst.id for other in everyone):
-                inst.netns = 0
-        inst.kill()
-        inst.state = "failed"
-        inst.save()
-        recovered.append(inst)
-    return recovered
 
 
 def create(settings: Settings, name: str, **fields: Any) -> Instance:

@@ -8,7 +8,6 @@ namespaces, so the same artifact can be restored many times at once on one node.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from thaw.criu import RestoreOptions, find_criu
 from thaw.criu import restore as criu_restore
 from thaw.errors import CanaryMismatch, RestoreError, ThawError
 from thaw.model import GpuPair, GpuTarget, Manifest, Phase, SandboxLayout, Timings, check_name
-from thaw.pipeline import control, gpu, instances
+from thaw.pipeline import canary, control, gpu, instances
 from thaw.pipeline.instances import Instance
 from thaw.pipeline.phases import Phases, Progress
 from thaw.pipeline.snapshot import IMAGES
@@ -38,6 +37,8 @@ class Restored:
     instance: Instance
     manifest: Manifest
     timings: Timings
+    #: what the store measured while fetching (bytes, seconds, read_gbps, ...)
+    store_stats: dict[str, float] = field(default_factory=dict)
     canary_expected: Any = None
     canary_got: Any = None
     thaw_report: dict[str, Any] = field(default_factory=dict)
@@ -63,22 +64,25 @@ def restore(settings: Settings, artifact: str, *, store: Store | None = None, gp
         with phases(Phase.PLAN):
             pairs = gpu.plan_gpu_pairs(manifest.gpus, gpu_target)  # refuses before anything is touched
             layout = manifest.sandbox.layout
-        # "restoring" until the copy passed its canary: `recover` kills it if we die before (instances.py)
+        # "restoring" until the copy passed its canary: recovery.py kills it if we die before
         inst = instances.create(settings, name or manifest.worker.name, argv=manifest.worker.argv,
                                 origin="restored", artifact=artifact, layout=layout,
                                 state="restoring", owner_pid=os.getpid())
-        try:
-            return _bring_up(settings, inst, manifest, fetched.dir, layout, pairs, verify_canary, reply_timeout,
-                             phases)
-        except BaseException as exc:
-            inst.kill()
-            inst.state = "failed"
-            inst.save()
-            if isinstance(exc, RestoreError):
+        with inst.operation("restore"):  # held like every operation on a worker: no stop under our feet
+            try:
+                restored = _bring_up(settings, inst, manifest, fetched.dir, layout, pairs, verify_canary,
+                                     reply_timeout, phases)
+            except BaseException as exc:
+                inst.kill()
+                inst.state = "failed"
+                inst.save()
+                if isinstance(exc, RestoreError):
+                    raise
+                if isinstance(exc, ThawError):
+                    raise RestoreError(f"restore of {artifact!r} failed: {exc}") from exc
                 raise
-            if isinstance(exc, ThawError):
-                raise RestoreError(f"restore of {artifact!r} failed: {exc}") from exc
-            raise
+        restored.store_stats = dict(fetched.stats)
+        return restored
     finally:
         fetched.cleanup()
 
@@ -123,10 +127,10 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
         reply = control.send(inst, Action.THAW, timeout=reply_timeout, info=info, verify=expected is not None)
     if expected is not None:
         got = reply.canary
-        if _canonical(got) != _canonical(expected):
+        if not canary.matches(expected, got):
             raise CanaryMismatch(
                 f"restored worker {inst.id!r} does not reproduce the canary recorded in {manifest.name!r}: "
-                f"expected {_short(expected)}, got {_short(got)}",
+                f"expected {canary.short(expected)}, got {canary.short(got)}",
                 expected=expected, got=got,
             )
         with phases(Phase.GO):
@@ -178,14 +182,3 @@ def _inherited_fds(manifest: Manifest, inst: Instance, net_key: str) -> dict[str
 def _become_subreaper() -> None:
     # restored trees are re-parented to us, not to init, if an intermediate CRIU process exits
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
-
-
-def _short(value: Any, n: int = 200) -> str:
-    text = _canonical(value)
-    return text if len(text) <= n else text[:n] + "..."
-
-

@@ -11,7 +11,7 @@ from thaw.pipeline import instances
 from thaw.pipeline.instances import Instance
 from thaw.sandbox.launch import child_env, launch as launch_sandbox
 from thaw.sandbox.layout import plan
-from thaw.worker import protocol
+from thaw.worker import environment, protocol
 
 
 def launch(settings: Settings, argv: list[str], *, name: str, env: dict[str, str] | None = None,
@@ -28,7 +28,7 @@ def launch(settings: Settings, argv: list[str], *, name: str, env: dict[str, str
     # keep every mount the worker needs: thaw's state, its working directory, its interpreter
     merged = child_env(dict(env if env is not None else os.environ), run_dir=settings.run_dir, name=name)
     # where the node's GPU memory services listen (thaw.memory.weights): the same path on every node
-    merged.setdefault("THAW_GMS_DIR", str(settings.gms_dir))
+    merged.setdefault(environment.GMS_DIR, str(settings.gms_dir))
     python_path = [p for p in merged.get("PYTHONPATH", "").split(os.pathsep) if p]
     layout = plan([settings.home, settings.gms_dir, cwd, sys.prefix, *python_path, *_paths_in(argv)],
                   settings.keep_mounts)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from thaw import __version__, proc
@@ -33,8 +33,8 @@ from thaw.model import (
     WorkerInfo,
     check_name,
 )
-from thaw.pipeline import control, gpu, instances, residual
-from thaw.pipeline.instances import Instance
+from thaw.pipeline import control, gpu, instances, recovery, residual
+from thaw.pipeline.instances import Instance, SnapshotAttempt
 from thaw.pipeline.phases import Phases, Progress
 from thaw.sandbox import netns
 from thaw.store import Store, open_store
@@ -50,6 +50,8 @@ class Snapshot:
     manifest: Manifest
     timings: Timings
     instance: Instance
+    #: what the store measured while publishing (bytes, seconds, write_gbps, ...)
+    store_stats: dict[str, float] = field(default_factory=dict)
 
 
 def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | None = None,
@@ -62,49 +64,69 @@ def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | N
     if store.exists(artifact):
         raise BusyError(f"an artifact named {artifact!r} already exists in {store.url}",
                         hint="pick another name, or `thaw rm` the old one first")
-    phases = Phases(progress)
     with inst.operation(f"snapshot to {artifact}"):
-        with phases(Phase.QUIESCE, "waiting for the worker's quiesce point"):
-            ready = control.wait_ready(inst, ready_timeout)
-        with phases(Phase.FREEZE_HOOKS):
-            try:
-                reply = control.send(inst, Action.FREEZE, timeout=reply_timeout)
-            except ThawError as exc:
-                raise CheckpointError(f"snapshot of {inst.name!r} failed in its freeze hooks: {exc}") from exc
-        attempt = _Attempt()
+        # recorded until done: if this process dies, recovery.py knows what to undo
+        inst.snapshotting = SnapshotAttempt(owner_pid=os.getpid(), artifact=artifact, leave_running=leave_running)
+        inst.save()
         try:
-            manifest = _capture(settings, inst, ready, reply.data, artifact, store, phases, attempt)
-        except BaseException as exc:
-            _roll_back(inst, attempt, reply_timeout)
-            if isinstance(exc, CheckpointError | BusyError):
-                raise
-            if isinstance(exc, ThawError):
-                raise CheckpointError(f"snapshot of {inst.name!r} failed: {exc}") from exc
-            raise
-        if leave_running:
-            with phases(Phase.RESUME_ORIGINAL):
-                if manifest.gpus:
-                    gpu.rollback_gpu(inst.host_pid)
-                control.send(inst, Action.RELEASE, timeout=reply_timeout, info={"artifact": artifact})
-        else:
-            with phases(Phase.STOP_ORIGINAL):
-                inst.kill()
-                inst.state = "snapshotted"
-                inst.save()
+            phases = Phases(_recorded(inst, progress))
+            manifest, stats = _freeze_and_capture(settings, inst, artifact, store, phases, ready_timeout,
+                                                  reply_timeout)
+            if leave_running:
+                with phases(Phase.RESUME_ORIGINAL):
+                    if manifest.gpus:
+                        gpu.rollback_gpu(inst.host_pid)
+                    control.send(inst, Action.RELEASE, timeout=reply_timeout, info={"artifact": artifact})
+            else:
+                with phases(Phase.STOP_ORIGINAL):
+                    inst.kill()
+                    inst.state = "snapshotted"
+        finally:
+            inst.snapshotting = None
+            inst.save()
     timings = phases.finish()
     return Snapshot(manifest=manifest.model_copy(update={"timings": {**manifest.timings, **timings.flat()}}),
-                    timings=timings, instance=inst)
+                    timings=timings, instance=inst, store_stats=stats)
 
 
-@dataclass
-class _Attempt:
-    """How far a capture got, so that a failure undoes exactly that much."""
+def _freeze_and_capture(settings: Settings, inst: Instance, artifact: str, store: Store, phases: Phases,
+                        ready_timeout: float, reply_timeout: float) -> tuple[Manifest, dict[str, float]]:
+    with phases(Phase.QUIESCE, "waiting for the worker's quiesce point"):
+        ready = control.wait_ready(inst, ready_timeout)
+    with phases(Phase.FREEZE_HOOKS):
+        try:
+            reply = control.send(inst, Action.FREEZE, timeout=reply_timeout)
+        except ThawError as exc:
+            raise CheckpointError(f"snapshot of {inst.name!r} failed in its freeze hooks: {exc}") from exc
+    try:
+        return _capture(settings, inst, ready, reply.data, artifact, store, phases)
+    except BaseException as exc:
+        attempt = inst.snapshotting
+        recovery.roll_back(inst, gpu_checkpointed=attempt is not None and Phase.GPU_CHECKPOINT.value in attempt.phases,
+                           timeout=reply_timeout)
+        if isinstance(exc, CheckpointError | BusyError):
+            raise
+        if isinstance(exc, ThawError):
+            raise CheckpointError(f"snapshot of {inst.name!r} failed: {exc}") from exc
+        raise
 
-    gpu_checkpointed: bool = False
+
+def _recorded(inst: Instance, progress: Progress | None) -> Progress:
+    """Progress that also records each phase in the instance's snapshot attempt before the phase runs."""
+
+    def report(phase: str, fraction: float | None, detail: str) -> None:
+        attempt = inst.snapshotting
+        if attempt is not None and phase not in attempt.phases:
+            attempt.phases.append(phase)
+            inst.save()
+        if progress is not None:
+            progress(phase, fraction, detail)
+
+    return report
 
 
 def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, Any], artifact: str,
-             store: Store, phases: Phases, attempt: _Attempt) -> Manifest:
+             store: Store, phases: Phases) -> tuple[Manifest, dict[str, float]]:
     pid = inst.host_pid
     layout = inst.layout
     # the host decides (maps of /dev/nvidia*), not the worker's word: live GPU state must never reach CRIU
@@ -112,9 +134,12 @@ def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, A
     criu = find_criu(settings.criu)
     before_lock = residual.census(pid)
     with store.stage(artifact) as staged:
+        if inst.snapshotting is not None:
+            inst.snapshotting.artifact_id, inst.snapshotting.staged_dir = staged.artifact_id, str(staged.dir)
+            inst.save()
         if gpus:
-            # order matters: the device state must be in host memory before CRIU reads that memory
-            attempt.gpu_checkpointed = True  # set first: a lock that succeeded before a failure needs undoing too
+            # order matters: the device state must be in host memory before CRIU reads that memory.
+            # The phase is recorded as it starts: a lock that succeeded before a failure is undone too.
             with phases(Phase.GPU_CHECKPOINT, "CUDA lock + checkpoint"):
                 gpu_timings = gpu.checkpoint_gpu(pid)
             phases.parts(Phase.GPU_CHECKPOINT, gpu_timings)
@@ -143,22 +168,7 @@ def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, A
         t_publish = time.perf_counter()
     phases.add(Phase.PUBLISH, time.perf_counter() - t_publish)  # the store publishes as the stage block ends
     assert staged.published is not None
-    return staged.published
-
-
-def _roll_back(inst: Instance, attempt: _Attempt, timeout: float) -> None:
-    """After a failed capture: GPU back to running, freeze undone; the worker stays parked."""
-    if not inst.alive():
-        return
-    if attempt.gpu_checkpointed:
-        try:
-            gpu.rollback_gpu(inst.host_pid)
-        except ThawError:
-            pass  # the ABORT below then fails too, and the error the caller sees stays the original one
-    try:
-        control.send(inst, Action.ABORT, timeout=timeout)
-    except ThawError:
-        pass
+    return staged.published, dict(staged.stats)
 
 
 def _weight_sets(report: dict[str, Any]) -> list[WeightSetRef]:

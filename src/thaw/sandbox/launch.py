@@ -12,7 +12,7 @@ from pathlib import Path
 from thaw import proc
 from thaw.errors import ConfigError, WorkerError
 from thaw.model.sandbox import SandboxLayout
-from thaw.worker import protocol
+from thaw.worker import environment, protocol
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def launch(argv: list[str], *, control_dir: Path, run_dir: Path, layout: Sandbox
 def child_env(base: dict[str, str], *, run_dir: Path, name: str) -> dict[str, str]:
     env = dict(base)
     env[protocol.ENV_RUN_DIR] = str(run_dir)
-    env["THAW_WORKER_NAME"] = name
+    env[environment.WORKER_NAME] = name
     env.setdefault("PYTHONUNBUFFERED", "1")
     # CPU torch workers on AMX CPUs die with SIGILL after restore: the kernel does not give a
     # restored task AMX permission back (probe, 2026-11-28). Keep oneDNN off AMX.

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from thaw import proc
+from thaw.worker import environment
 
 #: bumped when the files' meaning changes incompatibly
 PROTOCOL_VERSION = 1
@@ -43,7 +44,7 @@ REPLY = "reply.json"
 WORKER_LOG = "worker.log"
 
 #: environment variable naming the run directory (holds ``ns/<inode>`` links)
-ENV_RUN_DIR = "THAW_RUN_DIR"
+ENV_RUN_DIR = environment.RUN_DIR
 
 
 class Action(str, Enum):

@@ -30,7 +30,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from thaw.worker import hooks, protocol
+from thaw.worker import environment, hooks, protocol
 from thaw.worker.protocol import Action, Command
 
 POLL_S = 0.005  # a parked worker re-reads its control directory this often (cheap: one stat, one open)
@@ -67,7 +67,7 @@ class Outcome:
 
 def managed() -> bool:
     """True when this process runs in a thaw sandbox (``thaw run``)."""
-    return bool(os.environ.get(protocol.ENV_RUN_DIR))
+    return environment.run_dir() is not None
 
 
 def control_dir() -> Path | None:
@@ -77,11 +77,11 @@ def control_dir() -> Path | None:
     restored copy gets a directory of its own, reachable from the host at the same path.
     Call it after ``quiesce()`` returns: a restored copy's directory differs from the original's.
     """
-    run_dir = os.environ.get(protocol.ENV_RUN_DIR)
-    if not run_dir:
+    run_dir = environment.run_dir()
+    if run_dir is None:
         return None
     try:
-        return Path(os.readlink(protocol.ns_link(Path(run_dir), protocol.sandbox_key())))
+        return Path(os.readlink(protocol.ns_link(run_dir, protocol.sandbox_key())))
     except FileNotFoundError:
         return None
 
@@ -100,10 +100,10 @@ def quiesce(
     takes traffic. ``timeout`` (seconds) bounds the wait; on expiry the worker is
     released. Outside thaw this returns RELEASED at once (``managed=False``).
     """
-    run_dir = os.environ.get(protocol.ENV_RUN_DIR)
-    if not run_dir:
+    run_dir = environment.run_dir()
+    if run_dir is None:
         return Outcome(Kind.RELEASED, {"reason": "not running under thaw"}, managed=False)
-    return _Parked(Path(run_dir), name or _default_name(), canary).wait(timeout)
+    return _Parked(run_dir, name or _default_name(), canary).wait(timeout)
 
 
 class _Parked:
@@ -256,4 +256,4 @@ def _reopen_inherited_stdio(log: Path) -> None:
 
 
 def _default_name() -> str:
-    return os.environ.get("THAW_WORKER_NAME") or Path(os.sys.argv[0] or "worker").stem
+    return environment.worker_name() or Path(sys.argv[0] or "worker").stem

@@ -1,20 +1,22 @@
 """The agent's HTTP API, as pydantic models: every request and response body.
 
-Clients (``thaw.agent.client``, the CLI, the Kubernetes operator) import these, so the
-wire format is declared once. Names are checked with ``thaw.store.check_name`` on the
-way in: a name with ``..`` or ``/`` never reaches the pipeline.
+The agent (server), its client (thaw.api.client), the CLI and the Kubernetes operator all
+import these, so the wire format is declared once. The results are also what the CLI prints
+with ``--json``, whether it ran an operation itself or through an agent (thaw.ops).
+Names are checked with ``thaw.model.check_name`` on the way in: a name with ``..`` or ``/``
+never reaches the pipeline.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from thaw.errors import ConfigError
-from thaw.model.manifest import check_name
+from thaw.model import GpuInfo, GpuTarget, check_name
 
 API_VERSION = "v1"
 
@@ -80,7 +82,7 @@ class RestoreRequest(_Request):
 
     artifact: str
     name: str | None = Field(default=None, description="name of the restored worker; default: the original's")
-    gpu: int | str | None = Field(default=None, description="GPU index or UUID to restore onto; default: as recorded")
+    gpu: GpuTarget | None = Field(default=None, description="GPU index or UUID to restore onto; default: as recorded")
     verify_canary: bool = Field(default=True, description="require the worker to reproduce its recorded canary")
 
     @field_validator("artifact")
@@ -101,8 +103,11 @@ class ErrorDetail(BaseModel):
     reason: str = Field(description="machine-readable: invalid_request, unauthorized, not_found, busy, ...")
     message: str
     hint: str | None = None
+    kind: str = Field(default="", description="the thaw.errors type the agent raised (a client raises it again)")
+    retryable: bool = Field(default=False, description="whether the same request may succeed later")
     #: for invalid requests: which fields were wrong and why
     fields: list[dict[str, Any]] = Field(default_factory=list)
+    detail: dict[str, Any] = Field(default_factory=dict, description="the error's facts (field, path, log_tail, ...)")
 
 
 class ErrorBody(BaseModel):
@@ -150,12 +155,18 @@ class Progress(BaseModel):
     detail: str = ""
     at: datetime
 
+    def text(self) -> str:
+        """``dump 40% CRIU dump``: the phase, how far it is (when known), and what it does."""
+        parts = [self.phase, f"{self.fraction:.0%}" if self.fraction is not None else "", self.detail]
+        return " ".join(p for p in parts if p)
+
 
 class JobError(BaseModel):
     reason: str = Field(description="ThawError.reason: checkpoint, restore, canary_mismatch, integrity, "
                                     "agent_restarted, ...")
     message: str
     hint: str | None = None
+    kind: str = Field(default="", description="the thaw.errors type the job failed with")
     detail: dict[str, Any] = Field(default_factory=dict, description="e.g. canary expected/got/differences")
 
 
@@ -172,11 +183,12 @@ class Job(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     progress: Progress | None = None
-    result: dict[str, Any] | None = Field(default=None, description="SnapshotResult / RestoreResult / VerifyResult")
+    result: JobResult | None = Field(default=None, description="SnapshotResult / RestoreResult / VerifyResult")
     error: JobError | None = None
 
 
 class SnapshotResult(BaseModel):
+    kind: Literal["snapshot"] = "snapshot"
     artifact: str
     artifact_id: str
     digest: str
@@ -184,6 +196,8 @@ class SnapshotResult(BaseModel):
     timings: dict[str, float]
     write_gbps: float | None = None
     original: str = Field(description="what became of the original: stopped | running")
+    worker_id: str = Field(description="instance id of the snapshotted worker")
+    worker: str = Field(description="name of the snapshotted worker")
 
 
 class CanaryReport(BaseModel):
@@ -195,6 +209,7 @@ class CanaryReport(BaseModel):
 
 
 class RestoreResult(BaseModel):
+    kind: Literal["restore"] = "restore"
     worker: Worker
     artifact: str
     artifact_id: str
@@ -206,12 +221,36 @@ class RestoreResult(BaseModel):
 
 
 class VerifyResult(BaseModel):
+    kind: Literal["verify"] = "verify"
     artifact: str
     artifact_id: str
     digest: str
     bytes: int
+    files: int
     seconds: float
     read_gbps: float | None = None
+
+
+#: a finished job's result, told apart by its ``kind``
+JobResult = Annotated[SnapshotResult | RestoreResult | VerifyResult, Field(discriminator="kind")]
+
+
+class Deleted(BaseModel):
+    """``thaw rm``: the artifact that was deleted."""
+
+    artifact: str
+    artifact_id: str
+    digest: str
+
+
+class Recovery(BaseModel):
+    """An operation whose process died without unwinding, and what recovery did about it (``thaw gc``)."""
+
+    operation: Literal["snapshot", "restore"]
+    worker: Worker
+    owner_pid: int = Field(description="the process that died running it")
+    phase: str = Field(default="", description="how far it had got")
+    notes: list[str] = Field(default_factory=list, description="what recovery did")
 
 
 class ArtifactSummary(BaseModel):
@@ -236,6 +275,9 @@ class AgentStatus(BaseModel):
     started_at: datetime
     jobs_running: int
     workers_alive: int
-    gpus: list[dict[str, Any]] = Field(default_factory=list,
-                                       description="thaw.cuda.GpuInfo of each GPU: index, uuid, name, memory_total, "
-                                                   "memory_free, driver_version, compute_capability")
+    gpus: list[GpuInfo] = Field(default_factory=list, description="this node's GPUs")
+    gpu_error: str | None = Field(default=None, description="why the GPUs could not be read (a broken driver): "
+                                                            "then `gpus` is empty for that reason, not for none")
+
+
+Job.model_rebuild()  # its result's types are declared after it

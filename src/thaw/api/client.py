@@ -2,7 +2,7 @@
 
 ::
 
-    from thaw.agent.client import AgentClient
+    from thaw.api import AgentClient
 
     agent = AgentClient(socket="/run/thaw/agent.sock")          # or AgentClient(base_url=..., token=...)
     job = agent.snapshot("llm", "llm-v1")
@@ -10,8 +10,10 @@
     if job.state == "failed":
         print(job.error.reason, job.error.message)
 
-Errors the agent answers with (``{"error": {...}}``) raise ``AgentError`` carrying the
-HTTP status and the agent's reason, message and hint.
+An error the agent answers with (``{"error": {...}}``) raises ``AgentError`` carrying the
+HTTP status, the agent's reason, message and hint, whether it is retryable, and the type
+the agent raised (``AgentError.original()`` gives that error back: BusyError,
+ArtifactNotFound, ...). No agent answering is ``AgentUnavailable`` (retryable).
 """
 
 from __future__ import annotations
@@ -23,35 +25,22 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from thaw.agent.models import (
+from thaw.api.models import (
     AgentStatus,
     ArtifactSummary,
+    ErrorBody,
     Job,
     LaunchRequest,
+    Recovery,
     RestoreRequest,
     SnapshotRequest,
     Worker,
 )
-from thaw.errors import ConfigError, ThawError
+from thaw.config import DEFAULT_AGENT_SOCKET
+from thaw.errors import AgentError, AgentUnavailable, ConfigError, ThawError
+from thaw.model import GpuTarget, Manifest
 
-DEFAULT_SOCKET = "/run/thaw/agent.sock"
-
-
-class AgentError(ThawError):
-    """The agent refused or failed a request; ``status`` is the HTTP status, ``reason`` the agent's."""
-
-    def __init__(self, status: int, reason: str, message: str, *, hint: str | None = None,
-                 fields: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.status = status
-        self.reason = reason
-        self.fields = fields or []
-
-
-class AgentUnavailable(ThawError):
-    """No agent answers at that address."""
-
-    reason = "agent_unavailable"
+DEFAULT_SOCKET = str(DEFAULT_AGENT_SOCKET)
 
 
 class AgentClient:
@@ -83,7 +72,7 @@ class AgentClient:
         try:
             self._call("GET", "/healthz")
             return True
-        except (AgentUnavailable, AgentError):
+        except ThawError:  # unavailable, or answering with an error: not an agent to use
             return False
 
     def metrics(self) -> str:
@@ -114,7 +103,7 @@ class AgentClient:
                        ready_timeout=ready_timeout)
         return Job.model_validate(self._call("POST", "/v1/snapshots", json=req))
 
-    def restore(self, artifact: str, *, name: str | None = None, gpu: int | str | None = None,
+    def restore(self, artifact: str, *, name: str | None = None, gpu: GpuTarget | None = None,
                 verify_canary: bool = True) -> Job:
         req = _request(RestoreRequest, artifact=artifact, name=name, gpu=gpu, verify_canary=verify_canary)
         return Job.model_validate(self._call("POST", "/v1/restores", json=req))
@@ -124,8 +113,9 @@ class AgentClient:
 
     def job(self, job_id: str, *, wait: float = 0.0) -> Job:
         params = {"wait": wait} if wait else None
+        read = self._http.timeout.read or 0.0
         return Job.model_validate(self._call("GET", f"/v1/jobs/{job_id}", params=params,
-                                             timeout=self._http.timeout.read + wait if wait else None))
+                                             timeout=read + wait if wait else None))
 
     def jobs(self, limit: int = 100) -> list[Job]:
         return [Job.model_validate(j) for j in self._call("GET", "/v1/jobs", params={"limit": limit})]
@@ -146,12 +136,16 @@ class AgentClient:
     def artifacts(self) -> list[ArtifactSummary]:
         return [ArtifactSummary.model_validate(a) for a in self._call("GET", "/v1/artifacts")]
 
-    def artifact(self, name: str) -> dict[str, Any]:
-        """The artifact's manifest, as JSON (``thaw.store.Manifest.model_validate`` reads it)."""
-        return self._call("GET", f"/v1/artifacts/{name}")
+    def artifact(self, name: str) -> Manifest:
+        """The artifact's manifest."""
+        return Manifest.model_validate(self._call("GET", f"/v1/artifacts/{name}"))
 
     def delete(self, name: str) -> None:
         self._call("DELETE", f"/v1/artifacts/{name}")
+
+    def recover(self) -> list[Recovery]:
+        """Have the agent settle operations whose process died without unwinding (``thaw gc``)."""
+        return [Recovery.model_validate(r) for r in self._call("POST", "/v1/recover")]
 
     # ---- transport ----
     def _call(self, method: str, path: str, *, raw: bool = False, timeout: float | None = None,
@@ -163,13 +157,7 @@ class AgentClient:
             raise AgentUnavailable(f"no thaw agent answers at {self.where}: {exc}",
                                    hint="is `thaw agent serve` running? (--socket / --listen)") from exc
         if r.status_code >= 400:
-            try:
-                err = r.json()["error"]
-            except (ValueError, KeyError, TypeError):
-                raise AgentError(r.status_code, "http_error", f"{method} {path}: HTTP {r.status_code}: "
-                                 f"{r.text[:300]}") from None
-            raise AgentError(r.status_code, err.get("reason", "error"), err.get("message", ""),
-                             hint=err.get("hint"), fields=err.get("fields"))
+            raise _error(r, f"{method} {path}")
         if raw:
             return r.text
         return r.json() if r.content else None
@@ -183,3 +171,13 @@ def _request(model: type[BaseModel], **fields: Any) -> dict[str, Any]:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or model.__name__
         raise ConfigError(where, first.get("msg", str(exc))) from None
+
+
+def _error(r: httpx.Response, what: str) -> AgentError:
+    """The agent's error answer: status, reason, message, hint, and the type it raised (``AgentError.original``)."""
+    try:
+        err = ErrorBody.model_validate(r.json()).error
+    except (ValueError, ValidationError):
+        return AgentError(r.status_code, "http_error", f"{what}: HTTP {r.status_code}: {r.text[:300]}")
+    return AgentError(r.status_code, err.reason, err.message, hint=err.hint, kind=err.kind,
+                      retryable=err.retryable if err.kind else None, fields=err.fields, detail=err.detail)
