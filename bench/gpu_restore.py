@@ -329,6 +329,7 @@ def cycle(home: Path, label: str, weights: Path, kv_gb: float, n: int, extra: li
     out["restore_warm"] = stats([r["to_first_answer_s"] for r in out["restores"] if r["page_cache"] == "warm"])
     out["restore_cold"] = stats([r["to_first_answer_s"] for r in out["restores"] if r["page_cache"] == "cold"])
     out["concurrent"] = two_at_once(settings, label, canary)
+    out["canary"] = canary
     return out
 
 
@@ -377,6 +378,131 @@ def two_at_once(settings: Any, artifact: str, canary: dict[str, Any]) -> dict[st
     return {"gpu_used_mib_before": before, "gpu_used_mib_with_two": during, **results}
 
 
+FLOOR_WORKER = """
+import sys, torch, thaw.worker
+from thaw.cuda import worker_hooks
+worker_hooks.install()
+x = torch.randn(1024, 1024, device="cuda")
+y = (x @ x).sum().item()  # cuBLAS loaded, one kernel of each kind run
+if sys.argv[1:] == ["graph"]:
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        x @ x
+    torch.cuda.current_stream().wait_stream(s)
+    with torch.cuda.graph(g):
+        z = x @ x
+    g.replay()
+thaw.worker.quiesce(name="floor", canary=lambda: round(y, 2))
+"""
+
+
+def floor(home: Path, variant: str) -> dict[str, Any]:
+    """The smallest torch CUDA worker's image, by kind: what every torch worker carries whatever it serves."""
+    from thaw import pipeline
+    from thaw.cli.memory_view import memory_breakdown
+    from thaw.config import Settings
+
+    settings = Settings(home=home)
+    script = home / "floor_worker.py"
+    script.write_text(FLOOR_WORKER)
+    inst = pipeline.launch(settings, [sys.executable, str(script), variant], name=f"floor-{variant}")
+    pipeline.wait_ready(settings, inst, timeout=300)
+    snap = pipeline.snapshot(settings, inst.id, f"floor-{variant}")
+    t = time.perf_counter()
+    res = pipeline.restore(settings, f"floor-{variant}", name=f"floor-{variant}-r")
+    restored = time.perf_counter() - t
+    pipeline.stop(settings, res.instance)
+    return {"image_bytes": snap.manifest.size, "memory": memory_breakdown(snap.manifest),
+            "snapshot": snap.timings, "restore_s": round(restored, 3), "restore": res.timings}
+
+
+# --- the production path: through the agent, and through the CLI ----------------------------------
+
+
+class AgentProc:
+    """``thaw agent serve`` on a unix socket in the bench's home (as a node would run it)."""
+
+    def __init__(self, home: Path, log: Path) -> None:
+        self.sock = home / "agent.sock"
+        self.proc = subprocess.Popen([sys.executable, "-m", "thaw", "agent", "serve", "--socket", str(self.sock),
+                                      "--home", str(home), "--log-level", "warning"],
+                                     stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while not self.sock.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("thaw agent serve did not come up:\n" + log.read_text()[-3000:])
+            time.sleep(0.05)
+        time.sleep(1.0)  # let it finish its CUDA initialisation before the first request
+
+    def client(self) -> Any:
+        from thaw.agent.client import AgentClient
+
+        return AgentClient(self.sock)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def agent_restores(agent: AgentProc, artifact: str, canary: dict[str, Any], n: int) -> dict[str, Any]:
+    """Restore → first answer, timed from the request to the agent (an API client, as the operator calls it)."""
+    runs = []
+    with agent.client() as c:
+        for i in range(n):
+            t = time.perf_counter()
+            job = c.wait(c.restore(artifact, name=f"{artifact}-agent{i}").id)
+            done = time.perf_counter() - t
+            if job.state.value != "succeeded":
+                raise RuntimeError(f"agent restore failed: {job.error}")
+            worker = job.result["worker"]
+            tokens = first_answer(canary, uds=Path(worker["control_dir"]) / "http.sock")
+            runs.append({"job_done_s": round(done, 3), "to_first_answer_s": round(time.perf_counter() - t, 3),
+                         "tokens_match_canary": tokens == canary["tokens"][0], "timings": job.result["timings"]})
+            c.stop(worker["id"])
+    return {"runs": runs, "to_first_answer": stats([r["to_first_answer_s"] for r in runs])}
+
+
+def cli_restores(agent: AgentProc, artifact: str, canary: dict[str, Any], n: int) -> dict[str, Any]:
+    """``thaw restore`` run as a command (Python start, imports, the agent round trip) → first answer."""
+    runs = []
+    for i in range(n):
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, "-m", "thaw", "restore", artifact, "--name", f"{artifact}-cli{i}",
+                            "--agent", str(agent.sock), "--json"], capture_output=True, text=True, timeout=300)
+        done = time.perf_counter() - t
+        if p.returncode != 0:
+            raise RuntimeError(f"thaw restore failed: {p.stdout[-2000:]} {p.stderr[-2000:]}")
+        out = json.loads(p.stdout)
+        inst = out.get("instance") or out.get("worker") or (out.get("result") or {}).get("worker") or {}
+        ctl = inst.get("dir") or inst.get("control_dir")
+        tokens = first_answer(canary, uds=Path(ctl) / "http.sock")
+        runs.append({"cli_done_s": round(done, 3), "to_first_answer_s": round(time.perf_counter() - t, 3),
+                     "tokens_match_canary": tokens == canary["tokens"][0]})
+        with agent.client() as c:
+            c.stop(inst.get("id") or inst.get("name"))
+    return {"runs": runs, "to_first_answer": stats([r["to_first_answer_s"] for r in runs])}
+
+
+def thp_restores(home: Path, artifact: str, canary: dict[str, Any], n: int, mode: str) -> dict[str, Any]:
+    """Warm restores with transparent huge pages set to ``mode`` (the setting is put back after)."""
+    from thaw.config import Settings
+
+    knob = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    before = knob.read_text().split("[")[1].split("]")[0]
+    knob.write_text(mode)
+    try:
+        runs = [restore_once(Settings(home=home), artifact, f"{artifact}-thp{mode}{i}", canary) for i in range(n)]
+    finally:
+        knob.write_text(before)
+    return {"thp": mode, "to_first_answer": stats([r["to_first_answer_s"] for r in runs]),
+            "criu_restore": stats([r["timings"].get("criu_restore") for r in runs]),
+            "runs": [{k: r[k] for k in ("to_first_answer_s", "tokens_match_canary", "timings")} for r in runs]}
+
+
 # --- main ------------------------------------------------------------------------------------------
 
 
@@ -390,7 +516,7 @@ def main() -> int:
     ap.add_argument("--home", type=Path, default=Path("/var/tmp/thaw-bench"))
     ap.add_argument("--weights-root", type=Path, default=Path("/var/tmp/thaw-weights"))
     ap.add_argument("--extra", default="", help="extra engine flags, e.g. '--graph-pool torch'")
-    ap.add_argument("--skip", default="", help="steps to skip: loads,cold,cycle")
+    ap.add_argument("--skip", default="", help="steps to skip: floor,loads,cold,cycle,thp,agent")
     ap.add_argument("--cpu", action="store_true", help="dry run without a GPU (tiny config, memfd service)")
     args = ap.parse_args()
     if args.cpu:
@@ -406,7 +532,11 @@ def main() -> int:
         run.step("pretouch", pretouch, args.pretouch_gib)
     gms = run.step("gms_start", lambda: Gms(args.home, args.weights_root, args.out / "gms.log"))
     env = {**os.environ, "THAW_GMS_DIR": str(args.home / "gms")}
+    agent = None if "agent" in skip else run.step("agent_start", lambda: AgentProc(args.home, args.out / "agent.log"))
     try:
+        if "floor" not in skip and not args.cpu:
+            for variant in ("plain", "graph"):
+                run.step(f"floor_{variant}", floor, args.home, variant)
         for config in args.configs.split(","):
             weights = args.weights_root / config
             run.step(f"{config}/weights", ensure_weights, args.weights_root, config)
@@ -424,10 +554,26 @@ def main() -> int:
                 c = run.step(f"{config}/cycle_gms", cycle, args.home, f"e-{config.replace('.', '')}", weights,
                              kv_gb, args.n, extra)
                 if c:
-                    run.results.setdefault("summary", {})[f"{config}/restore"] = {
+                    label = f"e-{config.replace('.', '')}"
+                    summary = run.results.setdefault("summary", {})
+                    summary[f"{config}/restore"] = {
                         "image_bytes": c["image_bytes"], "warm": c["restore_warm"], "cold": c["restore_cold"]}
+                    if "thp" not in skip:
+                        t = run.step(f"{config}/thp_always", thp_restores, args.home, label, c["canary"], args.n,
+                                     "always")
+                        if t:
+                            summary[f"{config}/restore_thp_always"] = t["to_first_answer"]
+                    if agent is not None:
+                        a = run.step(f"{config}/agent", agent_restores, agent, label, c["canary"], args.n)
+                        if a:
+                            summary[f"{config}/restore_via_agent"] = a["to_first_answer"]
+                        cl = run.step(f"{config}/cli", cli_restores, agent, label, c["canary"], args.n)
+                        if cl:
+                            summary[f"{config}/restore_via_cli"] = cl["to_first_answer"]
             run.save()
     finally:
+        if agent is not None:
+            agent.stop()
         if gms is not None:
             run.step("gms_status", lambda: gms.client().status().model_dump(mode="json"))
             gms.stop()

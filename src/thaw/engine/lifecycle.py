@@ -81,7 +81,7 @@ def serve(opts: ServeOptions, clock: StartupClock) -> int:
     engine = hooks.engine = build(opts, clock)
     config, max_len = engine.model.config, engine.max_model_len
     gpu = engine.model.device.type == "cuda"
-    canary = Canary(engine, config.name, prompts=opts.canary_prompts or (3 if gpu else 1),
+    canary = Canary(engine, config.name, prompts=opts.canary_prompts or 1,
                     max_tokens=opts.canary_tokens or (8 if gpu else 4))
     with clock.phase("canary"):
         recorded = canary.record()
