@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     gms_allow: Annotated[list[Path], NoDecode] = Field(default_factory=list,
                                                        description="directories the services may load weights from "
                                                        "(THAW_GMS_ALLOW: comma-separated)")
+    gms_devices: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="GPUs (index or UUID; memfd:NAME for the CPU stand-in) the agent runs "
+        "services for (THAW_GMS_DEVICES: comma-separated); default every GPU")
     gms_budget_gb: float | None = Field(default=None, description="GPU memory each service may keep weights in")
     thp: str | None = Field(default=None, description="transparent huge pages mode the agent sets at start "
                             "(always | madvise | never); None leaves the host's setting")
@@ -41,7 +44,7 @@ class Settings(BaseSettings):
     def _split(cls, v: object) -> object:
         return [p for p in v.split(",") if p] if isinstance(v, str) else v
 
-    @field_validator("gms_allow", mode="before")
+    @field_validator("gms_allow", "gms_devices", mode="before")
     @classmethod
     def _split_paths(cls, v: object) -> object:
         return [p for p in v.split(",") if p] if isinstance(v, str) else v

@@ -60,7 +60,8 @@ def serve(config: AgentConfig, options: ServeOptions) -> None:
     if settings.gms:
         from thaw.gms.supervisor import Supervisor
 
-        supervisor = Supervisor(settings.gms_dir, settings.gms_allow, budget_gb=settings.gms_budget_gb)
+        supervisor = Supervisor(settings.gms_dir, settings.gms_allow, budget_gb=settings.gms_budget_gb,
+                                devices=settings.gms_devices or None)
         log.info("GPU memory services for %s", ", ".join(supervisor.start()) or "no GPU")
     agent = Agent(config)
     recovered = agent.start()
