@@ -522,6 +522,20 @@ def warm_restores(home: Path, artifact: str, canary: dict[str, Any], n: int, tag
             "runs": [{k: r[k] for k in ("to_first_answer_s", "tokens_match_canary", "timings")} for r in runs]}
 
 
+def streamed_restores(home: Path, gms: Gms, artifact: str, canary: dict[str, Any], n: int) -> dict[str, Any]:
+    """Restores with the weights *not* resident: the service loads them from the page cache while CRIU runs."""
+    from thaw.config import Settings
+
+    runs = []
+    for i in range(n):
+        gms.evict_all()
+        runs.append(restore_once(Settings(home=home), artifact, f"{artifact}-streamed{i}", canary))
+    return {"to_first_answer": stats([r["to_first_answer_s"] for r in runs]),
+            "all_match_canary": all(r["tokens_match_canary"] for r in runs),
+            "runs": [{k: r[k] for k in ("to_first_answer_s", "tokens_match_canary", "timings", "thaw_report")}
+                     for r in runs]}
+
+
 def other_gpu(home: Path, artifact: str, canary: dict[str, Any]) -> dict[str, Any]:
     """A restore onto GPU 1 of a snapshot taken on GPU 0: its weights come from GPU 1's service."""
     from thaw.config import Settings
@@ -544,7 +558,7 @@ def main() -> int:
     ap.add_argument("--home", type=Path, default=Path("/var/tmp/thaw-bench"))
     ap.add_argument("--weights-root", type=Path, default=Path("/var/tmp/thaw-weights"))
     ap.add_argument("--extra", default="", help="extra engine flags, e.g. '--graph-pool torch'")
-    ap.add_argument("--skip", default="", help="steps to skip: floor,loads,coldloads,cold,cycle,thp,agent,gpu1")
+    ap.add_argument("--skip", default="", help="steps to skip: floor,loads,coldloads,cold,cycle,thp,agent,streamed,gpu1")
     ap.add_argument("--criu-fast", help="a second CRIU build to measure beside the default one (portable tree)")
     ap.add_argument("--cpu", action="store_true", help="dry run without a GPU (tiny config, memfd service)")
     args = ap.parse_args()
@@ -614,6 +628,11 @@ def main() -> int:
                 a = run.step(f"{config}/agent", agent_restores, agent, label, c["canary"], args.n)
                 if a:
                     summary[f"{config}/restore_via_agent"] = a["to_first_answer"]
+            if gms is not None and "streamed" not in skip:
+                st = run.step(f"{config}/weights_streamed", streamed_restores, args.home, gms, label, c["canary"],
+                              args.n)
+                if st:
+                    summary[f"{config}/restore_weights_streamed"] = st["to_first_answer"]
             if args.criu_fast:
                 f = run.step(f"{config}/criu_fast", warm_restores, args.home, label, c["canary"], args.n, "fast",
                              args.criu_fast)
