@@ -3,7 +3,8 @@
 ``Settings`` holds what every command needs (home, store, staging, CRIU, node) and one
 section per component, each read from its own variables::
 
-    Settings                 THAW_HOME, THAW_STORE, THAW_STAGING, THAW_CRIU, THAW_NODE, THAW_KEEP_MOUNTS, THAW_GMS_DIR
+    Settings                 THAW_HOME, THAW_STORE, THAW_STAGING, THAW_CRIU, THAW_NODE, THAW_KEEP_MOUNTS,
+                             THAW_GMS_DIR, THAW_GMS, THAW_GMS_ALLOW, THAW_GMS_DEVICES, THAW_GMS_BUDGET_GB, THAW_THP
     ├── agent   AgentSettings     the node agent's listeners: THAW_AGENT_SOCKET, _LISTEN, _TOKEN_FILE, _MAX_JOBS
     ├── client  ClientSettings    how the CLI reaches an agent: THAW_AGENT, THAW_AGENT_TOKEN, THAW_AGENT_URL
     └── operator OperatorSettings the Kubernetes operator: THAW_NAMESPACES, THAW_POLL_SECONDS, THAW_AGENT_NAMESPACE,
@@ -136,6 +137,16 @@ class Settings(BaseSettings):
     node: str = Field(default_factory=socket.gethostname, description="this node's name")
     keep_mounts: Annotated[list[str], NoDecode] = Field(default_factory=list, description="extra mounts kept in sandboxes")
     gms_dir: Path = Field(default=Path(""), description="the GPU memory services' sockets; default <home>/gms")
+    gms: bool = Field(default=False, description="the agent runs a GPU memory service per GPU")
+    gms_allow: Annotated[list[Path], NoDecode] = Field(default_factory=list,
+                                                       description="directories the services may load weights from "
+                                                       "(THAW_GMS_ALLOW: comma-separated)")
+    gms_devices: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="GPUs (index or UUID; memfd:NAME for the CPU stand-in) the agent runs "
+        "services for (THAW_GMS_DEVICES: comma-separated); default every GPU")
+    gms_budget_gb: float | None = Field(default=None, description="GPU memory each service may keep weights in")
+    thp: str | None = Field(default=None, description="transparent huge pages mode the agent sets at start "
+                            "(always | madvise | never); None leaves the host's setting")
 
     agent: AgentSettings = Field(default_factory=AgentSettings)
     client: ClientSettings = Field(default_factory=ClientSettings)
@@ -153,6 +164,18 @@ class Settings(BaseSettings):
     @classmethod
     def _split(cls, v: object) -> object:
         return _comma_list(v)
+
+    @field_validator("gms_allow", "gms_devices", mode="before")
+    @classmethod
+    def _split_paths(cls, v: object) -> object:
+        return _comma_list(v)
+
+    @field_validator("thp")
+    @classmethod
+    def _thp_mode(cls, v: str | None) -> str | None:
+        if v is not None and v not in ("always", "madvise", "never"):
+            raise ValueError(f"THP mode must be always, madvise or never, got {v!r}")
+        return v
 
     @field_validator("home")
     @classmethod

@@ -48,6 +48,9 @@ def serve(
     node: Annotated[str | None, typer.Option("--node", help="this node's name [env THAW_NODE; default: hostname]", show_default=False)] = None,
     criu: Annotated[str | None, typer.Option("--criu", help="CRIU binary or portable tree [env THAW_CRIU]", show_default=False)] = None,
     max_jobs: Annotated[int | None, typer.Option("--max-jobs", help="operations run at once [env THAW_AGENT_MAX_JOBS; default: 8]", show_default=False)] = None,
+    gms: Annotated[bool | None, typer.Option("--gms/--no-gms", show_default=False, help="run a GPU memory service per GPU: workers map their weights from it, so weights stay out of every snapshot (docs/gms.md) [env THAW_GMS]")] = None,
+    gms_allow: Annotated[list[Path] | None, typer.Option("--gms-allow", help="a directory the GPU memory services may load weights from (repeat); e.g. the model volume [env THAW_GMS_ALLOW]")] = None,
+    thp: Annotated[str | None, typer.Option("--thp", help="set transparent huge pages at start: always (restores fill memory ~2x faster; for dedicated GPU nodes), madvise or never [env THAW_THP; default: leave the host's]", show_default=False)] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")] = "info",
 ) -> None:
     """Run the agent until SIGTERM: recover interrupted jobs, then serve the API."""
@@ -62,7 +65,8 @@ def serve(
         listeners.socket = socket
     if no_socket:
         listeners.socket = None
-    config = settings(home=home, store=store, staging=staging, node=node, criu=criu, agent=listeners)
+    config = settings(home=home, store=store, staging=staging, node=node, criu=criu, gms=gms,
+                      gms_allow=gms_allow or None, thp=thp, agent=listeners)
     console.print(f"thaw agent on [bold]{config.node}[/]: store {config.store_url}, staging "
                   f"{config.staging_dir}" + (f", socket {listeners.socket}" if listeners.socket else "")
                   + (f", tcp {listeners.listen}" if listeners.listen else ""), highlight=False)
