@@ -93,7 +93,7 @@ def decode_in_process(weights: str, device: str, batches: list[int], tokens: int
     from thaw.engine.engine import Request, SamplingParams
     from thaw.engine.lifecycle import build
     from thaw.engine.options import ServeOptions
-    from thaw.engine.startup import StartupClock
+    from thaw.engine.clock import StartupClock
 
     engine = build(ServeOptions(weights=Path(weights), device=device, max_batch=max(batches), kv_gb=kv_gb),
                    StartupClock())

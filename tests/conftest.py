@@ -32,8 +32,12 @@ def _criu_missing() -> str | None:
 def _gpu_missing() -> str | None:
     """Why GPU tests cannot run here, or None when they can."""
     from thaw.cuda import available
+    from thaw.errors import CudaError
 
-    return None if available() else "no NVIDIA GPU / driver (thaw.cuda.available() is False)"
+    try:
+        return None if available() else "no NVIDIA GPU / driver (thaw.cuda.available() is False)"
+    except CudaError as exc:  # a broken driver: say so in every skipped test rather than fail collection
+        return f"the NVIDIA driver is broken here: {exc}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -9,6 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from thaw import proc
 from thaw.config import Settings
 from thaw.errors import ThawError
 
@@ -37,11 +38,7 @@ def _root() -> Check:
 
 
 def _caps() -> Check:
-    eff = 0
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("CapEff:"):
-                eff = int(line.split()[1], 16)
+    eff = proc.effective_capabilities()
     missing = [name for name, bit in CAPS.items() if not eff >> bit & 1]
     return Check("capabilities", not missing, "all present" if not missing else "missing " + ", ".join(missing),
                  "grant " + ", ".join(missing) + " (see deploy/kubernetes for the agent's securityContext)")
@@ -49,8 +46,7 @@ def _caps() -> Check:
 
 def _kernel() -> Check:
     release = os.uname().release
-    # /proc/sys/kernel/ns_last_pid exists only with CONFIG_CHECKPOINT_RESTORE, which CRIU needs
-    ok = os.path.exists("/proc/sys/kernel/ns_last_pid") and os.path.exists("/proc/self/ns/pid")
+    ok = proc.checkpoint_restore_kernel()  # CRIU needs CONFIG_CHECKPOINT_RESTORE and namespaces
     return Check("kernel", ok, f"Linux {release}" + (", CHECKPOINT_RESTORE" if ok else ", no CHECKPOINT_RESTORE"),
                  "use a kernel built with CONFIG_CHECKPOINT_RESTORE=y and namespaces")
 
@@ -89,10 +85,10 @@ def _store(settings: Settings) -> Check:
 
 
 def _nvidia() -> Check:
-    version_file = Path("/proc/driver/nvidia/version")
-    if not version_file.exists():
+    text = proc.nvidia_version_line()
+    if text is None:
         return Check("nvidia driver", True, "no NVIDIA driver (CPU workers only)", required=False)
-    m = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9]+)\.([0-9.]+)", version_file.read_text())
+    m = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9]+)\.([0-9.]+)", text)
     if not m:
         return Check("nvidia driver", False, "cannot read the driver version", "check /proc/driver/nvidia/version")
     major = int(m.group(1))

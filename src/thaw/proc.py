@@ -153,6 +153,25 @@ def mapped_paths(pid: int) -> set[str]:
         return {fields[5].strip() for line in maps if len(fields := line.split(maxsplit=5)) == 6}
 
 
+def smaps(pid: int) -> list[tuple[str, dict[str, int]]]:
+    """Every mapping of ``pid``: its name (a path, ``[heap]``, "" for anonymous) and its sizes in bytes (Rss, ...)."""
+    out: list[tuple[str, dict[str, int]]] = []
+    with open(path(pid, "smaps")) as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if " " in key or not rest:  # a mapping header: "start-end perms offset dev inode [name]"
+                parts = line.split(maxsplit=5)
+                out.append((parts[5].strip() if len(parts) > 5 else "", {}))
+            elif out and rest.strip().endswith("kB"):
+                out[-1][1][key] = int(rest.split()[0]) * 1024
+    return out
+
+
+def rss(pid: int | str = "self") -> int:
+    """Resident memory of ``pid`` in bytes (statm)."""
+    return int(path(pid, "statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def holders(directory: Path | str) -> list[int]:
     """Processes (other than this one) with a file under ``directory`` open."""
     prefix = str(directory).rstrip("/") + "/"

@@ -7,8 +7,9 @@ from cuda_fakes import H200, H200_B, FakeCuda, FakeNvml, uuid_of
 
 import thaw.cuda
 import thaw.model
+from thaw import proc
 from thaw.cuda import gpus, native
-from thaw.errors import ConfigError
+from thaw.errors import ConfigError, CudaError
 
 
 def test_available_is_false_without_a_driver_and_nothing_raises(monkeypatch) -> None:
@@ -27,6 +28,14 @@ def test_available_is_false_when_cuinit_finds_no_device(fake_cuda) -> None:
     fake_cuda.cu_init_code = 100  # CUDA_ERROR_NO_DEVICE
     assert thaw.cuda.available() is False
     assert thaw.cuda.devices() == []
+
+
+def test_a_broken_driver_is_an_error_not_no_gpus(fake_cuda) -> None:
+    fake_cuda.cu_init_code = 999  # CUDA_ERROR_UNKNOWN: e.g. the library does not match the kernel module
+    with pytest.raises(CudaError, match="cuInit failed: CUDA_ERROR_UNKNOWN"):
+        thaw.cuda.available()
+    with pytest.raises(CudaError):
+        thaw.cuda.devices()
 
 
 def test_devices_describe_each_gpu(fake_cuda) -> None:
@@ -76,7 +85,7 @@ def test_a_bad_uuid_is_a_config_error(bad: str) -> None:
 
 def test_driver_version_without_nvml_or_proc_is_empty(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(native, "load_nvml", lambda: None)
-    monkeypatch.setattr(gpus, "Path", lambda _: tmp_path / "absent")
+    monkeypatch.setattr(proc, "NVIDIA_VERSION", tmp_path / "absent")
     assert thaw.cuda.driver_version() == ""
 
 
@@ -84,5 +93,5 @@ def test_driver_version_falls_back_to_proc(monkeypatch, tmp_path) -> None:
     version = tmp_path / "version"
     version.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (x)\n")
     monkeypatch.setattr(native, "load_nvml", lambda: None)
-    monkeypatch.setattr(gpus, "Path", lambda _: version)
+    monkeypatch.setattr(proc, "NVIDIA_VERSION", version)
     assert thaw.cuda.driver_version() == "580.159.04"

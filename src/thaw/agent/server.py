@@ -88,8 +88,12 @@ def _set_thp(mode: str) -> None:
 
 def _warm_cuda() -> None:
     from thaw.cuda import available
+    from thaw.errors import CudaError
 
-    available()
+    try:
+        available()
+    except CudaError as exc:  # /v1/status reports it to the operator (gpu_error); the agent serves CPU workers
+        log.warning("the NVIDIA driver does not initialise: %s", exc)
 
 
 def _server_class() -> type:

@@ -20,45 +20,30 @@ _TYPES = {
 
 # (message, [(field, number, label, type or message/enum name)])
 _MESSAGES: list[tuple[str, list[tuple[str, int, int, str]]]] = [
-    ("join_namespace", [("ns", 1, _REQ, "string"), ("ns_file", 2, _REQ, "string"), ("extra_opt", 3, _OPT, "string")]),
+    ("join_namespace", [("ns", 1, _REQ, "string"), ("ns_file", 2, _REQ, "string")]),
     ("inherit_fd", [("key", 1, _REQ, "string"), ("fd", 2, _REQ, "int32")]),
     ("criu_opts", [
         ("images_dir_fd", 1, _REQ, "int32"),
         ("pid", 2, _OPT, "int32"),
         ("leave_running", 3, _OPT, "bool"),
-        ("ext_unix_sk", 4, _OPT, "bool"),
-        ("tcp_established", 5, _OPT, "bool"),
-        ("shell_job", 7, _OPT, "bool"),
         ("file_locks", 8, _OPT, "bool"),
         ("log_level", 9, _OPT, "int32"),
         ("log_file", 10, _OPT, "string"),
         ("root", 13, _OPT, "string"),
         ("work_dir_fd", 17, _OPT, "int32"),
-        ("link_remap", 18, _OPT, "bool"),
         ("rst_sibling", 26, _OPT, "bool"),
         ("inherit_fd", 27, _REP, ".inherit_fd"),
         ("manage_cgroups_mode", 34, _OPT, ".criu_cg_mode"),
         ("external", 37, _REP, "string"),
         ("join_ns", 39, _REP, ".join_namespace"),
         ("timeout", 45, _OPT, "uint32"),
-        ("orphan_pts_master", 50, _OPT, "bool"),
         ("network_lock", 64, _OPT, ".criu_network_lock_method"),
     ]),
     ("criu_dump_resp", [("restored", 1, _OPT, "bool")]),
     ("criu_restore_resp", [("pid", 1, _REQ, "int32")]),
-    ("criu_version", [
-        ("major_number", 1, _REQ, "int32"),
-        ("minor_number", 2, _REQ, "int32"),
-        ("gitid", 3, _OPT, "string"),
-        ("sublevel", 4, _OPT, "int32"),
-        ("extra", 5, _OPT, "int32"),
-        ("name", 6, _OPT, "string"),
-    ]),
     ("criu_req", [
         ("type", 1, _REQ, ".criu_req_type"),
         ("opts", 2, _OPT, ".criu_opts"),
-        ("notify_success", 3, _OPT, "bool"),
-        ("keep_open", 4, _OPT, "bool"),
     ]),
     ("criu_resp", [
         ("type", 1, _REQ, ".criu_req_type"),
@@ -67,7 +52,6 @@ _MESSAGES: list[tuple[str, list[tuple[str, int, int, str]]]] = [
         ("restore", 4, _OPT, ".criu_restore_resp"),
         ("cr_errno", 7, _OPT, "int32"),
         ("cr_errmsg", 9, _OPT, "string"),
-        ("version", 10, _OPT, ".criu_version"),
     ]),
 ]
 

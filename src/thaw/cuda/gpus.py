@@ -13,21 +13,31 @@ from __future__ import annotations
 
 import ctypes
 import re
-from pathlib import Path
-
+from thaw import proc
 from thaw.cuda import native
 from thaw.errors import CudaError
 from thaw.model.gpu import GpuInfo, format_uuid, normalize_uuid
 
 
+#: what cuInit answers on a host whose driver loads but has no GPU (cuda.h: CUDA_ERROR_NO_DEVICE)
+CUDA_ERROR_NO_DEVICE = 100
+
+
 def available() -> bool:
-    """True when the NVIDIA driver loads, initialises and reports at least one GPU. Never raises."""
+    """True when the NVIDIA driver loads, initialises and reports at least one GPU.
+
+    False without the driver library or without a GPU; a driver that is there but broken
+    (a library/kernel-module mismatch, a failed cuInit) raises CudaError: "no GPUs" would
+    hide it, and a GPU restore would then be refused for the wrong reason.
+    """
     if native.load_cuda() is None:
         return False
     try:
         return device_count() > 0
-    except CudaError:
-        return False  # e.g. cuInit → CUDA_ERROR_NO_DEVICE, or a driver/library mismatch
+    except CudaError as exc:
+        if exc.code == CUDA_ERROR_NO_DEVICE:
+            return False
+        raise
 
 
 def device_count() -> int:
@@ -66,9 +76,9 @@ def driver_version() -> str:
         buf = ctypes.create_string_buffer(96)
         if nvml["nvmlSystemGetDriverVersion"](buf, len(buf)) == native.NVML_SUCCESS:
             return buf.value.decode()
-    try:  # "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build ..."
-        text = Path("/proc/driver/nvidia/version").read_text()
-    except OSError:
+    # "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build ..."
+    text = proc.nvidia_version_line()
+    if text is None:
         return ""
     found = re.search(r"\s(\d+\.\d+(?:\.\d+)?)\s", text)
     return found.group(1) if found else ""

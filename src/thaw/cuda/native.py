@@ -238,7 +238,6 @@ CUDA_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
 
 NVML_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "nvmlInit_v2": (c_int, []),
-    "nvmlErrorString": (c_char_p, [c_int]),
     "nvmlSystemGetDriverVersion": (c_int, [c_char_p, c_uint]),
     "nvmlDeviceGetHandleByUUID": (c_int, [c_char_p, POINTER(c_void_p)]),
     "nvmlDeviceGetMemoryInfo": (c_int, [c_void_p, POINTER(NvmlMemory)]),
@@ -380,12 +379,3 @@ def cuda_call(name: str, *args: Any, pid: int | None = None, hints: Mapping[int,
     rc = lib[name](*args)
     if rc != CUDA_SUCCESS:
         raise CudaError(name, rc, error_name(rc), pid=pid, detail=(hints or {}).get(rc, ""))
-
-
-def nvml_error(code: int) -> str:
-    lib = load_nvml()
-    if lib is not None and lib.has("nvmlErrorString"):
-        text = lib["nvmlErrorString"](code)
-        if text:
-            return text.decode(errors="replace")
-    return f"NVML error {code}"

@@ -30,8 +30,10 @@ import sys
 from typing import Any
 
 import thaw.worker
-from thaw.cuda.gpus import device_uuid, normalize_uuid
+from thaw import proc
+from thaw.cuda.gpus import device_uuid
 from thaw.errors import ConfigError, CudaError, WorkerError
+from thaw.model import normalize_uuid
 
 #: one name for both hooks: thaw.worker undoes a completed freeze hook with the thaw hook of its name
 HOOK = "thaw.cuda.torch"
@@ -110,11 +112,8 @@ def trim_host(torch: Any = None) -> dict[str, int]:
 
 
 def _rss() -> int:
-    import os
-
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return proc.rss()
     except (OSError, ValueError, IndexError):
         return 0
 

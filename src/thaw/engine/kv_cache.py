@@ -17,13 +17,10 @@ and zeroed (``KVCache.clear``).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
 
 import torch
 
 from thaw.engine.config import ModelConfig
-from thaw.errors import HostError
 
 NULL_BLOCK = 0
 KV_REGION = "kv"
@@ -73,7 +70,9 @@ class KVCache:
         self.block_size = block_size
         shape = (config.num_layers, 2, num_blocks, block_size, config.num_kv_heads, config.head_dim)
         if device.type == "cuda":
-            with _thaw_memory().region(KV_REGION):
+            import thaw.memory  # the GPU path only: a CPU engine never loads the VMM pool
+
+            with thaw.memory.region(KV_REGION):
                 self.data = torch.zeros(shape, dtype=dtype, device=device)
         else:
             self.data = torch.zeros(shape, dtype=dtype, device=device)
@@ -99,14 +98,3 @@ class KVCache:
     def bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
         itemsize = torch.empty((), dtype=dtype).element_size()
         return config.kv_bytes_per_token(itemsize) * block_size
-
-
-def _thaw_memory() -> Any:
-    # imported only on the GPU, so that CPU runs never need it
-    try:
-        return importlib.import_module("thaw.memory")
-    except ImportError as exc:
-        raise HostError(
-            f"thaw.memory is not importable ({exc}); the engine allocates its GPU KV cache through it",
-            hint="install thaw with its native memory pool, or run with --device cpu",
-        ) from exc

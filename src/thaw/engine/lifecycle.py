@@ -49,7 +49,7 @@ from thaw.engine.loop import EngineLoop
 from thaw.engine.metrics import EngineMetrics
 from thaw.engine.model import Qwen3
 from thaw.engine.options import ServeOptions
-from thaw.engine.startup import StartupClock
+from thaw.engine.clock import StartupClock
 from thaw.engine.tokenizer import ByteTokenizer
 from thaw.errors import ConfigError, HostError, WorkerError
 from thaw.worker import protocol

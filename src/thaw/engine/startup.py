@@ -1,16 +1,7 @@
-"""Starting the engine process, and accounting for how long each start-up phase took.
+"""Starting the engine process: set it up before torch is imported, then time that import.
 
-This module imports nothing heavy: ``start()`` sets the process up before torch is
-imported, then times that import as the ``imports`` phase.
-
-This is the baseline every restore is compared with. The clock starts when the kernel
-created the process (``/proc/self/stat``), so ``interpreter`` covers Python's own start
-and whatever ran before the engine's entry point; the phases follow in order::
-
-    interpreter → imports → [cuda_context] → weights → kv → graphs (GPU) | warmup (CPU) → canary
-
-``total`` runs from process creation to the end of the last phase (the moment the
-worker parks at its quiesce point); ``unaccounted`` is what no phase claimed.
+This module imports nothing heavy: ``start()`` pins the CPU ISA, times the import of the
+engine as the ``imports`` phase (clock.py) and hands over to the lifecycle.
 """
 
 from __future__ import annotations
@@ -18,61 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from thaw.engine.clock import StartupClock
 
 if TYPE_CHECKING:
     from thaw.engine.options import ServeOptions
 
 log = logging.getLogger("thaw.engine")
-
-
-class StartupClock:
-    def __init__(self) -> None:
-        self._t0 = time.perf_counter() - _seconds_since_process_start()
-        self.phases: dict[str, float] = {"interpreter": time.perf_counter() - self._t0}
-        self.details: dict[str, dict[str, Any]] = {}
-        self._end = time.perf_counter()
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[dict[str, Any]]:
-        """Time the block as phase ``name``; what the block puts in the yielded dict is kept as its details."""
-        details: dict[str, Any] = {}
-        start = time.perf_counter()
-        try:
-            yield details
-        finally:
-            self._end = time.perf_counter()
-            self.phases[name] = self._end - start
-            if details:
-                self.details[name] = details
-
-    def report(self) -> dict[str, Any]:
-        total = self._end - self._t0
-        return {
-            "phases": {k: round(v, 4) for k, v in self.phases.items()},
-            "total": round(total, 4),
-            "unaccounted": round(total - sum(self.phases.values()), 4),
-            "details": self.details,
-        }
-
-    def summary_line(self) -> str:
-        r = self.report()
-        parts = ", ".join(f"{k} {v:.2f}s" for k, v in r["phases"].items())
-        return f"thaw-engine cold start {r['total']:.2f}s: {parts}, unaccounted {r['unaccounted']:.2f}s"
-
-
-def _seconds_since_process_start() -> float:
-    """How long ago the kernel started this process, or 0 where /proc cannot say (10 ms resolution)."""
-    try:
-        with open("/proc/self/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime: clock ticks after boot
-        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
-    except (OSError, ValueError, IndexError, AttributeError):
-        return 0.0
 
 
 def start(opts: ServeOptions) -> int:

@@ -36,8 +36,9 @@ def uses_gpu(pid: int) -> bool:
 
 
 def identity() -> dict[str, str]:
-    """The driver version, for the manifest's source info; empty on a host without a GPU."""
-    return {"cuda_driver": gpus.driver_version()} if gpus.available() else {}
+    """The driver version, for the manifest's source info; empty on a host without the driver."""
+    version = gpus.driver_version()  # NVML or the kernel module's version: no cuInit, so a CPU snapshot never fails here
+    return {"cuda_driver": version} if version else {}
 
 
 # --- snapshot -------------------------------------------------------------------------------

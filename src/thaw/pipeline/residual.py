@@ -17,6 +17,7 @@ from the GPU memory service, released regions, torch's allocator).
 
 from __future__ import annotations
 
+from thaw import proc
 from thaw.model.manifest import MemoryCensus
 
 KINDS = ("heap", "anonymous", "shared_anonymous", "file_dirty", "device_mapped", "stack")
@@ -26,27 +27,14 @@ def census(pid: int, *, top: int = 8) -> MemoryCensus:
     """Read ``/proc/PID/smaps`` once; bytes by kind. Returns an empty census if the process is gone."""
     totals = dict.fromkeys(KINDS, 0)
     sizes: list[tuple[str, int]] = []
-    count = 0
     try:
-        with open(f"/proc/{pid}/smaps") as f:
-            name, fields = "", {}
-            for line in f:
-                key, _, rest = line.partition(":")
-                if " " in key or not rest:  # a mapping header: "start-end perms offset dev inode [name]"
-                    if count:
-                        _add(totals, sizes, name, fields)
-                    parts = line.split(maxsplit=5)
-                    name = parts[5].strip() if len(parts) > 5 else ""
-                    fields = {}
-                    count += 1
-                elif rest.strip().endswith("kB"):
-                    fields[key] = int(rest.split()[0]) * 1024
-            if count:
-                _add(totals, sizes, name, fields)
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        mappings = proc.smaps(pid)
+    except (*proc.Gone, PermissionError):
         return MemoryCensus()
+    for name, fields in mappings:
+        _add(totals, sizes, name, fields)
     sizes.sort(key=lambda s: -s[1])
-    return MemoryCensus(**totals, mappings=count, largest=sizes[:top])
+    return MemoryCensus(**totals, mappings=len(mappings), largest=sizes[:top])
 
 
 def _add(totals: dict[str, int], sizes: list[tuple[str, int]], name: str, fields: dict[str, int]) -> None:

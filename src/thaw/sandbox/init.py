@@ -26,6 +26,8 @@ import socket
 import struct
 import sys
 
+from thaw import proc
+
 MNT_DETACH = 2
 # open_tree(2) and move_mount(2) (Linux 5.2), x86_64 syscall numbers
 SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429
@@ -67,14 +69,12 @@ def keep_top_of_stack(path: str, depth: int) -> None:
 
 def trim_mounts(keep: set[str]) -> None:
     keep = keep | {"/", "/proc"}
-    with open("/proc/self/mountinfo") as f:
-        mounts = [line.split()[4] for line in f]
+    mounts = proc.mountpoints()
     for m in sorted(keep - {"/", "/proc"}, key=lambda p: -p.count("/")):
         if mounts.count(m) > 1:
             keep_top_of_stack(m, mounts.count(m))
     for _ in range(8):
-        with open("/proc/self/mountinfo") as f:
-            mounts = [line.split()[4] for line in f]
+        mounts = proc.mountpoints()
         seen: dict[str, int] = {}
         for m in mounts:
             seen[m] = seen.get(m, 0) + 1
