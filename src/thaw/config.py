@@ -36,7 +36,12 @@ DEFAULT_AGENT_SOCKET = Path("/run/thaw/agent.sock")
 
 
 def _comma_list(v: object) -> object:
-    return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
+    """``"a, b"`` → ``["a", "b"]`` (a variable holds a list as commas); a list's items may hold commas too."""
+    if isinstance(v, str):
+        return [p.strip() for p in v.split(",") if p.strip()]
+    if isinstance(v, list):
+        return [p.strip() for item in v for p in str(item).split(",") if p.strip()]
+    return v
 
 
 class AgentSettings(BaseSettings):
@@ -103,8 +108,6 @@ class OperatorSettings(BaseSettings):
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split(cls, v: object) -> object:
-        if isinstance(v, list):
-            return [n for item in v for n in _comma_list(item)]  # type: ignore[union-attr]
         return _comma_list(v)
 
     @field_validator("in_cluster", mode="before")

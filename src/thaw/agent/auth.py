@@ -35,7 +35,7 @@ PEER_KEY = "thaw_peer"
 class PeerProtocol(H11Protocol):
     """uvicorn's h11 protocol, plus the peer of each connection in ``request.state.thaw_peer``."""
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
         peer: dict[str, Any] = {"transport": "unknown"}

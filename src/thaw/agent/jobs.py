@@ -134,14 +134,12 @@ _COLUMNS = ("id, kind, state, worker, artifact, request, caller, node, created_a
 def _job(row: tuple[Any, ...]) -> Job:
     (id_, kind, state, worker, artifact, request, caller, node, created, started, finished, progress, result,
      error) = row
-    return Job(
-        id=id_, kind=JobKind(kind), state=JobState(state), worker=worker, artifact=artifact,
-        request=json.loads(request), caller=json.loads(caller), node=node,
-        created_at=datetime.fromisoformat(created),
-        started_at=datetime.fromisoformat(started) if started else None,
-        finished_at=datetime.fromisoformat(finished) if finished else None,
-        progress=Progress.model_validate_json(progress) if progress else None,
+    return Job.model_validate({
+        "id": id_, "kind": kind, "state": state, "worker": worker, "artifact": artifact,
+        "request": json.loads(request), "caller": json.loads(caller), "node": node, "created_at": created,
+        "started_at": started, "finished_at": finished,
+        "progress": Progress.model_validate_json(progress) if progress else None,
         # results written before they named their kind get it from the job's
-        result={"kind": kind, **json.loads(result)} if result else None,
-        error=JobError.model_validate_json(error) if error else None,
-    )
+        "result": {"kind": kind, **json.loads(result)} if result else None,
+        "error": JobError.model_validate_json(error) if error else None,
+    })

@@ -76,7 +76,7 @@ class AgentClient:
             return False
 
     def metrics(self) -> str:
-        return self._call("GET", "/metrics", raw=True)
+        return str(self._call("GET", "/metrics", raw=True))
 
     # ---- workers ----
     def launch(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: str = "/") -> Worker:

@@ -7,6 +7,8 @@ wire-compatible). Adding an option means adding one line below with its number.
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -87,7 +89,8 @@ def _build() -> dict[str, type]:
     }
 
 
-_classes = _build()
+# message classes are made at run time: to a type checker their instances are Any
+_classes: dict[str, Any] = _build()
 Request = _classes["criu_req"]
 Response = _classes["criu_resp"]
 Options = _classes["criu_opts"]

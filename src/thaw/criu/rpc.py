@@ -18,6 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from thaw.criu import messages
 from thaw.criu.locate import Criu, find_criu
@@ -97,7 +98,7 @@ def check(work_dir: Path, *, criu: Criu | None = None) -> None:
         _call(req, "check", work_dir / "check.log", criu=criu, timeout=60)
 
 
-def _common(o: object, img_fd: int, work_fd: int, log_name: str) -> None:
+def _common(o: Any, img_fd: int, work_fd: int, log_name: str) -> None:
     o.images_dir_fd = img_fd
     o.work_dir_fd = work_fd
     o.log_file = log_name
@@ -126,8 +127,8 @@ class _dirs:
             os.close(fd)
 
 
-def _call(req: object, operation: str, log: Path | None, *, criu: Criu | None, timeout: float,
-          pass_fds: tuple[int, ...] = ()) -> object:
+def _call(req: Any, operation: str, log: Path | None, *, criu: Criu | None, timeout: float,
+          pass_fds: tuple[int, ...] = ()) -> Any:
     criu = criu or find_criu()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:

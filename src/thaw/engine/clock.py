@@ -63,12 +63,3 @@ def _seconds_since_process_start() -> float:
         return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
     except (OSError, ValueError, IndexError):
         return 0.0
-
-
-def _seconds_since_process_start() -> float:
-    """How long ago the kernel started this process, or 0 where /proc cannot say (10 ms resolution)."""
-    try:
-        started = proc.start_ticks() / os.sysconf("SC_CLK_TCK")
-        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
-    except (OSError, ValueError, IndexError):
-        return 0.0

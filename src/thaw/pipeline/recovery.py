@@ -23,6 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from thaw import proc
 from thaw.config import Settings
@@ -44,7 +45,7 @@ REPLY_S = 15.0
 class Recovered:
     """One operation recovery settled: which, on which instance, and what it did (for logs and job records)."""
 
-    operation: str  # "snapshot" | "restore"
+    operation: Literal["snapshot", "restore"]
     instance: Instance
     artifact: str | None
     owner_pid: int  # the process that died

@@ -29,6 +29,7 @@ from thaw.model import (
     SandboxRecord,
     SourceInfo,
     Timings,
+    WeightFileRef,
     WeightSetRef,
     WorkerInfo,
     check_name,
@@ -187,10 +188,10 @@ def _weight_sets(report: dict[str, Any]) -> list[WeightSetRef]:
                               f"{exc.errors()[0]['msg']}") from None
     refs = []
     for s in frozen.sets:
-        if any(f.digest is None for f in s.spec.files):
+        files = [WeightFileRef(path=f.path, size=f.size, digest=f.digest) for f in s.spec.files if f.digest is not None]
+        if len(files) != len(s.spec.files):
             raise CheckpointError(f"the worker reported weight set {s.key} without file digests")
-        refs.append(WeightSetRef(key=s.key, digest=s.digest, bytes=s.bytes, device=s.device,
-                                 files=[{"path": f.path, "size": f.size, "digest": f.digest} for f in s.spec.files],
+        refs.append(WeightSetRef(key=s.key, digest=s.digest, bytes=s.bytes, device=s.device, files=files,
                                  order=s.spec.order, align=s.spec.align))
     return refs
 

@@ -44,7 +44,9 @@ def fresh() -> int:
     if "error" in result:
         raise HostError(f"cannot create a network namespace: {result['error']}",
                         hint="thaw needs root (CAP_SYS_ADMIN) to restore into new namespaces")
-    return int(result["fd"])  # type: ignore[arg-type]
+    fd = result["fd"]
+    assert isinstance(fd, int)  # make() put it there, or an error
+    return fd
 
 
 def dump_external(pid: int) -> str:
