@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     for config in configs:
         try:
             report["results"].append(bench_config(config, device, args))
-        except Exception as exc:  # keep going: the other configs' figures are still worth having
+        except Exception as exc:  # noqa: BLE001 - keep going: the other configs' figures are still worth having
             traceback.print_exc()
             report["errors"].append({"config": config, "error": f"{type(exc).__name__}: {exc}"})
         out.write_text(json.dumps(report, indent=2))
@@ -121,7 +121,7 @@ def _decode_in_child(weights: Path, device: str, args: argparse.Namespace) -> di
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import engine_bench; "
             f"print('RESULT ' + json.dumps(engine_bench.decode_in_process({str(weights)!r}, {device!r}, "
             f"{args.batches!r}, {args.decode_tokens!r}, {args.decode_kv_gb!r})))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=args.start_timeout)
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=args.start_timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"the decode benchmark failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"

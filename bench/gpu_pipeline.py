@@ -29,6 +29,7 @@ from gpu.conftest import get, start_worker  # noqa: E402
 
 from thaw import pipeline  # noqa: E402
 from thaw.config import Settings  # noqa: E402
+from thaw.errors import ThawError  # noqa: E402
 
 SIZES = {
     "small": {"filler_gib": "0"},  # model + graph only
@@ -114,21 +115,21 @@ def main() -> None:
         for label in args.sizes.split(","):
             try:
                 results.append(bench_size(settings, label))
-            except Exception as exc:  # record what failed, with the workers' logs, and go on
+            except Exception as exc:  # noqa: BLE001 - record what failed, with the workers' logs, and go on
                 results.append({"worker": label, "error": f"{type(exc).__name__}: {exc}",
                                 "logs": {i.id: i.log_tail(40) for i in pipeline.list_instances(settings)
                                          if label.replace("@", "-kv") in i.id},
                                 "gpu_memory": subprocess.run(
                                     ["nvidia-smi", "--query-gpu=index,memory.used,memory.total",
-                                     "--format=csv,noheader"], capture_output=True, text=True).stdout})
+                                     "--format=csv,noheader"], check=False, capture_output=True, text=True).stdout})
             print(json.dumps(results[-1]), flush=True)
             args.out.write_text(json.dumps({"benchmark": "gpu_pipeline", "results": results}, indent=2))
     finally:
         for inst in pipeline.list_instances(settings):
             try:
                 pipeline.stop(settings, inst)
-            except Exception:
-                pass
+            except (ThawError, OSError) as exc:  # cleaning up: say so, and go on with the others
+                print(f"could not stop {inst.id}: {exc}", file=sys.stderr)
         shutil.rmtree(args.home, ignore_errors=True)
     args.out.write_text(json.dumps({"benchmark": "gpu_pipeline", "results": results}, indent=2))
 

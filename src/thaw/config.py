@@ -91,7 +91,8 @@ class OperatorSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="THAW_", extra="ignore", populate_by_name=True)
 
-    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list, description="namespaces to watch; empty: the whole cluster")
+    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                                       description="namespaces to watch; empty: the whole cluster")
     poll: float = Field(default=1.0, validation_alias="THAW_POLL_SECONDS",
                         description="seconds between two looks at an object in progress")
     agent_namespace: str = Field(default="thaw-system", description="namespace of the agent DaemonSet's pods")
@@ -138,7 +139,8 @@ class Settings(BaseSettings):
     staging: Path | None = Field(default=None, description="node-local staging for fetched artifacts")
     criu: str | None = Field(default=None, description="CRIU binary or portable tree")
     node: str = Field(default_factory=socket.gethostname, description="this node's name")
-    keep_mounts: Annotated[list[str], NoDecode] = Field(default_factory=list, description="extra mounts kept in sandboxes")
+    keep_mounts: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                                        description="extra mounts kept in sandboxes")
     gms_dir: Path = Field(default=Path(""), description="the GPU memory services' sockets; default <home>/gms")
     gms: bool = Field(default=False, description="the agent runs a GPU memory service per GPU")
     gms_allow: Annotated[list[Path], NoDecode] = Field(default_factory=list,
@@ -156,10 +158,11 @@ class Settings(BaseSettings):
     operator: OperatorSettings = Field(default_factory=OperatorSettings)
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         # each section reads its own variables: THAW_AGENT (the client's address) is not the `agent` section
         return init_settings, _EnvWithoutSections(settings_cls)
 

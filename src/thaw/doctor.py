@@ -53,7 +53,8 @@ def _kernel() -> Check:
 
 def _unshare() -> Check:
     path = shutil.which("unshare")
-    return Check("unshare", path is not None, path or "not found", "install util-linux (thaw starts sandboxes with unshare)")
+    return Check("unshare", path is not None, path or "not found",
+                 "install util-linux (thaw starts sandboxes with unshare)")
 
 
 def _criu(settings: Settings) -> list[Check]:

@@ -30,7 +30,7 @@ class Thaw:
         self.env.pop("THAW_STORE", None)
 
     def __call__(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(THAW), *args], env={**self.env, **env}, cwd=self.cwd, capture_output=True,
+        return subprocess.run([str(THAW), *args], check=False, env={**self.env, **env}, cwd=self.cwd, capture_output=True,
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
     def ok(self, *args: str, **env: str) -> str:

@@ -127,5 +127,5 @@ for line in sys.stdin:
             break
         else:
             answer({"error": f"unknown command {command!r}"})
-    except Exception as exc:  # report, keep serving: the test decides
+    except Exception as exc:  # noqa: BLE001 - report, keep serving: the test decides
         answer({"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})

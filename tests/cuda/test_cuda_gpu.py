@@ -67,7 +67,7 @@ class Child:
             try:
                 if checkpointing.get_state(self.pid) is ProcessState.RUNNING:
                     self.ask("exit", timeout=30)
-            except Exception:
+            except Exception:  # noqa: BLE001,S110 - it is killed just below anyway
                 pass
             self.proc.kill()
         self.proc.wait(timeout=30)

@@ -48,7 +48,7 @@ def test_the_benchmark_runs_on_the_cpu_and_writes_its_figures(tmp_path: Path, ti
     (weights_root / "tiny").symlink_to(tiny_weights)
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "engine_bench.py"), str(out), "--device", "cpu", "--configs", "tiny",
-         "--weights-root", str(weights_root), "--batches", "1,2", "--decode-tokens", "12", "--decode-kv-gb", "0.01"],
+         "--weights-root", str(weights_root), "--batches", "1,2", "--decode-tokens", "12", "--decode-kv-gb", "0.01"], check=False,
         capture_output=True, text=True, timeout=300, env={**os.environ, **ONE_THREAD},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

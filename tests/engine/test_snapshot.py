@@ -32,7 +32,7 @@ TIMEOUT_S = 180
 
 
 def thaw_cli(home: Path, command: str, *args: str) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "thaw.cli.main", command, "--json", *args], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "thaw.cli.main", command, "--json", *args], check=False, capture_output=True,
                           text=True, timeout=TIMEOUT_S, env={**os.environ, "THAW_HOME": str(home), **ONE_THREAD})
     assert proc.returncode == 0, f"thaw {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return json.loads(proc.stdout)

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import save_file  # noqa: E402
 
 
-def write_model(path: Path, *, seed: int = 0, layers: int = 2, width: int = 64) -> dict[str, "torch.Tensor"]:
+def write_model(path: Path, *, seed: int = 0, layers: int = 2, width: int = 64) -> dict[str, torch.Tensor]:
     """A small safetensors file with bf16 matrices, an fp32 vector and a large-ish embedding."""
     g = torch.Generator().manual_seed(seed)
     tensors = {"embed": torch.randn(1000, width, generator=g).to(torch.bfloat16),

@@ -27,7 +27,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def thaw_cli(home: Path, *args: str) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "thaw", *args[:1], "--json", *args[1:]], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "thaw", *args[:1], "--json", *args[1:]], check=False, capture_output=True,
                           text=True, timeout=TIMEOUT_S, env={**os.environ, "THAW_HOME": str(home), **ONE_THREAD})
     assert proc.returncode == 0, f"thaw {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return json.loads(proc.stdout)
@@ -130,7 +130,7 @@ def test_a_restore_where_no_service_runs_is_refused_before_anything_is_restored(
         thaw_cli(home, "snapshot", "llm", "--artifact", "llm-v1")
     finally:
         svc.stop()
-    proc = subprocess.run([sys.executable, "-m", "thaw", "restore", "llm-v1", "--name", "orphan"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "thaw", "restore", "llm-v1", "--name", "orphan"], check=False, capture_output=True,
                           text=True, timeout=TIMEOUT_S, env={**os.environ, "THAW_HOME": str(home)})
     assert proc.returncode == 1
     assert "none answers for memfd:ci" in proc.stderr and "Traceback" not in proc.stderr

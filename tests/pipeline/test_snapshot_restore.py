@@ -66,7 +66,7 @@ def test_two_restores_of_one_artifact_at_the_same_time_both_answer(settings: Set
         start.wait()
         try:
             results[name] = pipeline.restore(settings, "a1", store=store, name=name)
-        except BaseException as exc:  # reported below
+        except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=restore, args=(n,)) for n in ("one", "two")]

@@ -39,18 +39,36 @@ TokenFileOpt = Annotated[Path | None, typer.Option(
 def serve(
     socket: SocketOpt = None,
     no_socket: Annotated[bool, typer.Option("--no-socket", help="serve on TCP only")] = False,
-    listen: Annotated[str | None, typer.Option("--listen", help="also serve on TCP HOST:PORT (needs --token-file: without a token every TCP request gets 401) [env THAW_AGENT_LISTEN]", show_default=False)] = None,
+    listen: Annotated[str | None, typer.Option(
+        "--listen", help="also serve on TCP HOST:PORT (needs --token-file: without a token every TCP request gets "
+        "401) [env THAW_AGENT_LISTEN]", show_default=False)] = None,
     token_file: TokenFileOpt = None,
-    socket_group: Annotated[str | None, typer.Option("--socket-group", help="group allowed to use the socket (mode 0660); default: root only (0600)")] = None,
-    store: Annotated[str | None, typer.Option("--store", help="artifact store: a (shared) directory, dir:///path or s3://bucket/prefix?endpoint=URL [env THAW_STORE; default: HOME/artifacts]", show_default=False)] = None,
-    staging: Annotated[Path | None, typer.Option("--staging", help="node-local staging for fetched artifacts (tmpfs or local disk) [env THAW_STAGING; default: HOME/staging]", show_default=False)] = None,
-    home: Annotated[Path | None, typer.Option("--home", help="thaw's state directory; the same path on every node [env THAW_HOME; default: /var/lib/thaw]", show_default=False)] = None,
-    node: Annotated[str | None, typer.Option("--node", help="this node's name [env THAW_NODE; default: hostname]", show_default=False)] = None,
-    criu: Annotated[str | None, typer.Option("--criu", help="CRIU binary or portable tree [env THAW_CRIU]", show_default=False)] = None,
-    max_jobs: Annotated[int | None, typer.Option("--max-jobs", help="operations run at once [env THAW_AGENT_MAX_JOBS; default: 8]", show_default=False)] = None,
-    gms: Annotated[bool | None, typer.Option("--gms/--no-gms", show_default=False, help="run a GPU memory service per GPU: workers map their weights from it, so weights stay out of every snapshot (docs/gms.md) [env THAW_GMS]")] = None,
-    gms_allow: Annotated[list[Path] | None, typer.Option("--gms-allow", help="a directory the GPU memory services may load weights from (repeat); e.g. the model volume [env THAW_GMS_ALLOW]")] = None,
-    thp: Annotated[str | None, typer.Option("--thp", help="set transparent huge pages at start: always (restores fill memory ~2x faster; for dedicated GPU nodes), madvise or never [env THAW_THP; default: leave the host's]", show_default=False)] = None,
+    socket_group: Annotated[str | None, typer.Option(
+        "--socket-group", help="group allowed to use the socket (mode 0660); default: root only (0600)")] = None,
+    store: Annotated[str | None, typer.Option(
+        "--store", help="artifact store: a (shared) directory, dir:///path or s3://bucket/prefix?endpoint=URL "
+        "[env THAW_STORE; default: HOME/artifacts]", show_default=False)] = None,
+    staging: Annotated[Path | None, typer.Option(
+        "--staging", help="node-local staging for fetched artifacts (tmpfs or local disk) [env THAW_STAGING; "
+        "default: HOME/staging]", show_default=False)] = None,
+    home: Annotated[Path | None, typer.Option(
+        "--home", help="thaw's state directory; the same path on every node [env THAW_HOME; default: /var/lib/thaw]",
+        show_default=False)] = None,
+    node: Annotated[str | None, typer.Option(
+        "--node", help="this node's name [env THAW_NODE; default: hostname]", show_default=False)] = None,
+    criu: Annotated[str | None, typer.Option(
+        "--criu", help="CRIU binary or portable tree [env THAW_CRIU]", show_default=False)] = None,
+    max_jobs: Annotated[int | None, typer.Option(
+        "--max-jobs", help="operations run at once [env THAW_AGENT_MAX_JOBS; default: 8]", show_default=False)] = None,
+    gms: Annotated[bool | None, typer.Option(
+        "--gms/--no-gms", show_default=False, help="run a GPU memory service per GPU: workers map their weights from "
+        "it, so weights stay out of every snapshot (docs/gms.md) [env THAW_GMS]")] = None,
+    gms_allow: Annotated[list[Path] | None, typer.Option(
+        "--gms-allow", help="a directory the GPU memory services may load weights from (repeat); e.g. the model "
+        "volume [env THAW_GMS_ALLOW]")] = None,
+    thp: Annotated[str | None, typer.Option(
+        "--thp", help="set transparent huge pages at start: always (restores fill memory ~2x faster; for dedicated "
+        "GPU nodes), madvise or never [env THAW_THP; default: leave the host's]", show_default=False)] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")] = "info",
 ) -> None:
     """Run the agent until SIGTERM: recover interrupted jobs, then serve the API."""
@@ -77,7 +95,8 @@ def serve(
 @friendly
 def status(
     socket: SocketOpt = None,
-    url: Annotated[str | None, typer.Option("--url", help="talk over TCP instead: http://HOST:PORT [env THAW_AGENT_URL]", show_default=False)] = None,
+    url: Annotated[str | None, typer.Option(
+        "--url", help="talk over TCP instead: http://HOST:PORT [env THAW_AGENT_URL]", show_default=False)] = None,
     token_file: TokenFileOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
 ) -> None:

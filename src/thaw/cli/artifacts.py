@@ -27,7 +27,8 @@ from thaw.model import TOTAL
 def snapshot(
     worker: Annotated[str, typer.Argument(help="the worker's name or id (see `thaw ps`)")],
     artifact: Annotated[str, typer.Option("--artifact", "-a", help="name of the new artifact")],
-    leave_running: Annotated[bool, typer.Option("--leave-running", help="keep the original worker and let it serve")] = False,
+    leave_running: Annotated[bool, typer.Option(
+        "--leave-running", help="keep the original worker and let it serve")] = False,
     ready_timeout: Annotated[float, typer.Option(help="seconds to wait for the worker's quiesce point")] = 600.0,
     home: HomeOpt = None,
     store: StoreOpt = None,
@@ -51,9 +52,11 @@ def snapshot(
 @friendly
 def restore(
     artifact: Annotated[str, typer.Argument(help="the artifact to restore (see `thaw ls`)")],
-    name: Annotated[str | None, typer.Option("--name", "-n", help="name of the restored worker [default: the original's]")] = None,
+    name: Annotated[str | None, typer.Option(
+        "--name", "-n", help="name of the restored worker [default: the original's]")] = None,
     gpu: GpuOpt = None,
-    canary: Annotated[bool, typer.Option("--canary/--no-canary", help="check the worker reproduces its recorded canary before it serves")] = True,
+    canary: Annotated[bool, typer.Option(
+        "--canary/--no-canary", help="check the worker reproduces its recorded canary before it serves")] = True,
     home: HomeOpt = None,
     store: StoreOpt = None,
     agent: AgentOpt = None,

@@ -24,7 +24,8 @@ HomeOpt = Annotated[Path | None, typer.Option(
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", help="artifact store: a directory, dir:///path or s3://bucket/prefix [env THAW_STORE; "
     "default: HOME/artifacts]", show_default=False)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON (the same with or without an agent)")]
+JsonOpt = Annotated[bool, typer.Option(
+    "--json", help="print machine-readable JSON (the same with or without an agent)")]
 AgentOpt = Annotated[str | None, typer.Option(
     "--agent", help="go through this node agent: a unix socket path or http://HOST:PORT ($THAW_AGENT_TOKEN) "
     "[env THAW_AGENT; default: /run/thaw/agent.sock when an agent serves it]", show_default=False)]

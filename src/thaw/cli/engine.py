@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -29,7 +29,7 @@ def configs(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] 
     """List the model configs with their sizes."""
     from thaw.engine.config import CONFIGS
 
-    rows = [{
+    rows: list[dict[str, Any]] = [{
         "name": c.name, "params": c.param_count(), "weight_bytes": c.weight_bytes(), "dtype": c.dtype,
         "layers": c.num_layers, "hidden": c.hidden_size, "heads": c.num_heads, "kv_heads": c.num_kv_heads,
         "vocab": c.vocab_size, "tied_embeddings": c.tie_word_embeddings,
@@ -90,7 +90,8 @@ def serve(
     gpu_memory_utilization: float = 0.9,
     graph_batch_sizes: str = "1,2,4,8",
     cuda_graphs: bool = True,
-    canary_prompts: Annotated[int | None, typer.Option(help="how many canary prompts, 1-3 (default 1: a restore waits for the canary)")] = None,
+    canary_prompts: Annotated[int | None, typer.Option(
+        help="how many canary prompts, 1-3 (default 1: a restore waits for the canary)")] = None,
     canary_tokens: Annotated[int | None, typer.Option(help="tokens per canary prompt (default: 8 GPU, 4 CPU)")] = None,
     log_level: str = "info",
     weights_from: Annotated[str, typer.Option(help="gms: map weights from this node's GPU memory service "

@@ -65,7 +65,7 @@ def demo(
     home: Annotated[Path, typer.Option("--home", help="where the demo keeps its state")] = Path("/var/lib/thaw/demo"),
     keep: Annotated[bool, typer.Option("--keep", help="leave the demo's workers running")] = False,
 ) -> None:
-    """Cold-start a real inference worker (torch.compile'd encoder + index, CPU), snapshot it, restore copies, compare."""
+    """Cold-start a real inference worker (torch.compile'd encoder, CPU), snapshot it, restore copies, compare."""
     from thaw.demo import run_demo
 
     run_demo(home, keep=keep)

@@ -22,7 +22,8 @@ def memory_breakdown(m: Manifest) -> dict[str, Any]:
     image = {"total": m.size, "pages": sum(f.size for f in m.files if f.path.rsplit("/", 1)[-1].startswith("pages-"))}
     host = m.residual.summary() if m.residual else {}
     report = m.worker.freeze_report
-    torch_gpus = report.get("thaw.cuda.torch", {}).get("gpus", []) if isinstance(report.get("thaw.cuda.torch"), dict) else []
+    torch_report = report.get("thaw.cuda.torch")
+    torch_gpus = torch_report.get("gpus", []) if isinstance(torch_report, dict) else []
     kept_out = {
         "released_regions": {r.tag: r.bytes for r in m.memory_released},
         "gms_weights": sum(w.bytes for w in m.weights),
@@ -59,13 +60,15 @@ def render_breakdown(m: Manifest) -> None:
     else:
         table.add_row("(not recorded)", "", "this snapshot predates the memory census")
     gpu = d["gpu"]
-    table.add_row("GPU: in use before the lock", human_bytes(gpu["nvml_used_before_lock"]), "NVML, the worker's processes")
+    table.add_row("GPU: in use before the lock", human_bytes(gpu["nvml_used_before_lock"]),
+                  "NVML, the worker's processes")
     table.add_row("GPU: torch reserved", human_bytes(gpu["torch_reserved"]),
                   f"allocated {human_bytes(gpu['torch_allocated'])}; the rest was cached")
     for tag, n in d["kept_out"]["released_regions"].items():
         table.add_row(f"kept out: {escape(tag)}", human_bytes(n), "thaw.memory region released before the lock")
     if d["kept_out"]["gms_weights"]:
-        table.add_row("kept out: weights", human_bytes(d["kept_out"]["gms_weights"]), "mapped from the GPU memory service")
+        table.add_row("kept out: weights", human_bytes(d["kept_out"]["gms_weights"]),
+                      "mapped from the GPU memory service")
     console.print(table)
     for name, n in d["largest_mappings"]:
         console.print(f"  {human_bytes(n):>10}  {escape(name)}", highlight=False)

@@ -65,9 +65,9 @@ def run(
     from thaw.k8s.config import OperatorConfig
     from thaw.k8s.runner import run as run_operator
 
-    given = {"namespaces": namespace or None, "kubeconfig": kubeconfig, "poll": poll, "agent_namespace": agent_namespace,
-             "agent_selector": agent_selector, "agent_port": agent_port, "agent_token_file": agent_token_file,
-             "delete_timeout": delete_timeout, "liveness": liveness}
+    given = {"namespaces": namespace or None, "kubeconfig": kubeconfig, "poll": poll,
+             "agent_namespace": agent_namespace, "agent_selector": agent_selector, "agent_port": agent_port,
+             "agent_token_file": agent_token_file, "delete_timeout": delete_timeout, "liveness": liveness}
     settings = load(OperatorSettings, **given)
     run_operator(OperatorConfig.of(settings), kubeconfig=settings.kubeconfig, in_cluster=settings.in_cluster,
                  verbose=verbose)

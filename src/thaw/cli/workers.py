@@ -19,7 +19,8 @@ from thaw.ops import Operations
 def run(
     ctx: typer.Context,
     name: Annotated[str, typer.Option("--name", "-n", help="the worker's name (used by snapshot, release, stop)")],
-    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait until the worker parks at its quiesce point")] = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait/--no-wait", help="wait until the worker parks at its quiesce point")] = False,
     ready_timeout: Annotated[float, typer.Option(help="seconds to wait for the quiesce point with --wait")] = 600.0,
     home: HomeOpt = None,
     agent: AgentOpt = None,
@@ -73,8 +74,7 @@ def ps(
 
 @friendly
 def gc(home: HomeOpt = None, agent: AgentOpt = None, local: LocalOpt = False, json_out: JsonOpt = False) -> None:
-    """Settle operations whose process died before it finished (e.g. SIGKILL): kill half-restored copies,
-    roll half-snapshotted workers back."""
+    """Settle operations whose process died before they finished (SIGKILL): kill copies, roll workers back."""
     recovered = _recover(operations(home, agent=agent, local=local))
     if json_out:
         emit_json([r.model_dump(mode="json") for r in recovered])

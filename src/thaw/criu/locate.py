@@ -56,7 +56,7 @@ def _is_elf(path: Path) -> bool:
 
 def _version(argv: tuple[str, ...]) -> str | None:
     try:
-        out = subprocess.run([*argv, "--version"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run([*argv, "--version"], check=False, capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     m = re.search(r"Version:\s*([0-9][0-9.]*)", out)

@@ -151,7 +151,7 @@ def _call(req: Any, operation: str, log: Path | None, *, criu: Criu | None, time
         ours.send(req.SerializeToString())
         try:
             data = ours.recv(1 << 20)
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             proc.kill()
             raise CriuError(operation, f"no answer within {timeout:.0f}s", log_tail=log_tail(log)) from exc
         if not data:

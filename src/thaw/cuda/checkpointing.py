@@ -135,7 +135,7 @@ def restore_args(pairs: Sequence[GpuPair] | None) -> native.CUcheckpointRestoreA
             ctypes.memmove(slot.newUuid.bytes, parse_uuid(pair.new), 16)
         args.gpuPairs = ctypes.cast(array, ctypes.POINTER(native.CUcheckpointGpuPair))
         args.gpuPairsCount = len(pairs)
-        args._pairs_keepalive = array  # type: ignore[attr-defined]
+        args._pairs_keepalive = array
     return args
 
 

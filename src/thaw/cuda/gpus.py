@@ -147,8 +147,9 @@ def _describe(index: int, version: str) -> GpuInfo:
     total = ctypes.c_size_t(0)
     native.cuda_call("cuDeviceTotalMem_v2", ctypes.byref(total), dev)
     major, minor = ctypes.c_int(0), ctypes.c_int(0)
-    native.cuda_call("cuDeviceGetAttribute", ctypes.byref(major), native.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev)
-    native.cuda_call("cuDeviceGetAttribute", ctypes.byref(minor), native.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev)
+    for value, attribute in ((major, native.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR),
+                             (minor, native.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)):
+        native.cuda_call("cuDeviceGetAttribute", ctypes.byref(value), attribute, dev)
     uuid = device_uuid(index)
     return GpuInfo(
         index=index,
@@ -177,7 +178,8 @@ def _processes_detail(nvml: native.Library, handle: ctypes.c_void_p) -> list[tup
         return None
     fn = nvml["nvmlDeviceGetRunningProcessDetailList"]
     for _ in range(3):  # the process list can grow between the sizing call and the real one
-        plist = native.NvmlProcessDetailList(version=native.NVML_PROCESS_DETAIL_LIST_V1, mode=native.NVML_PROCESS_MODE_COMPUTE)
+        plist = native.NvmlProcessDetailList(version=native.NVML_PROCESS_DETAIL_LIST_V1,
+                                             mode=native.NVML_PROCESS_MODE_COMPUTE)
         rc = fn(handle, ctypes.byref(plist))
         if rc == native.NVML_SUCCESS and plist.numProcArrayEntries == 0:
             return []

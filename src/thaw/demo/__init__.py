@@ -71,7 +71,8 @@ def run_demo(home: Path, *, keep: bool = False) -> dict[str, Any]:
     table.add_column("2 restores at once", justify="right")
     table.add_row("ready and answering after", f"{cold:.2f} s", f"{one[2]:.2f} s",
                   " / ".join(f"{p[2]:.2f} s" for p in pair))
-    table.add_row("  of which", f"warm-up {t_parked:.2f} s", f"CRIU restore {one[0].timings.seconds(Phase.CRIU_RESTORE):.2f} s",
+    criu_s = one[0].timings.seconds(Phase.CRIU_RESTORE)
+    table.add_row("  of which", f"warm-up {t_parked:.2f} s", f"CRIU restore {criu_s:.2f} s",
                   " / ".join(f"{p[0].timings.seconds(Phase.CRIU_RESTORE):.2f} s" for p in pair))
     table.add_row("same answer as the original", "(reference)", *(
         "yes" if all(c[1] == reference for c in group) else "NO" for group in ([one], pair)))

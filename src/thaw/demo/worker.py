@@ -125,7 +125,9 @@ outcome = thaw.worker.quiesce(name="search", canary=canary)
 if outcome.stopped:
     sys.exit(0)
 print("quiesce returned", outcome.kind.value, flush=True)
-sock = thaw.worker.control_dir() / "http.sock"
+control = thaw.worker.control_dir()
+assert control is not None  # quiesce() returned thawed or released: this worker runs under thaw
+sock = control / "http.sock"
 sock.unlink(missing_ok=True)
 server = Server(str(sock), Handler)
 server.serve_forever()

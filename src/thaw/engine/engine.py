@@ -191,6 +191,7 @@ class Engine:
         ], dtype=torch.int64)
         tables = torch.tensor([(r.blocks + [NULL_BLOCK] * width)[:width] for r in batch], dtype=torch.int64)
         if shape is not None:
+            assert self.graphs is not None  # a shape comes from the graphs
             logits = self.graphs.run(shape, rows, tables)
         else:
             device = self.model.device

@@ -14,6 +14,8 @@ longest table), so that short contexts do not pay for the longest one.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from thaw.engine.kv_cache import NULL_BLOCK, KVCache
@@ -24,7 +26,7 @@ MIN_WIDTH = 16  # blocks; the smallest context bucket (256 tokens at block_size 
 
 class DecodeGraphs:
     def __init__(self, model: Qwen3, kv: KVCache, *, batch_sizes: list[int], max_blocks: int,
-                 pool: object | None = None) -> None:
+                 pool: Any = None) -> None:  # torch.cuda.graph_pool_handle() (an opaque handle)
         self.model = model
         self.kv = kv
         self.batch_sizes = sorted(set(batch_sizes))

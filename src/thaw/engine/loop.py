@@ -94,7 +94,7 @@ class EngineLoop:
             assert isinstance(payload, Request) and sink is not None
             try:
                 self.engine.add(payload)
-            except Exception as exc:  # the server checks requests first; this is a last line of defence
+            except Exception as exc:  # noqa: BLE001 - the server checks requests first; a last line of defence
                 log.warning("refused request %s: %s", payload.id, exc)
                 self._deliver(sink, Output(payload, None, None, "error"))
                 return

@@ -141,7 +141,7 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, at)
         self.mlp = MLP(c, at)
 
-    def forward(self, x, cos, sin, slots, kv, decode):  # type: ignore[no-untyped-def]
+    def forward(self, x, cos, sin, slots, kv, decode):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, slots, kv, decode)
         return x + self.mlp(self.post_attention_layernorm(x))
 

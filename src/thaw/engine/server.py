@@ -109,7 +109,7 @@ def build_app(state: ServerState) -> FastAPI:
         aio = asyncio.get_running_loop()
         outputs: asyncio.Queue[Output] = asyncio.Queue()
         try:
-            state.loop.submit(request, lambda out: aio.call_soon_threadsafe(outputs.put_nowait, out))
+            state.loop.submit(request, lambda out: _deliver(aio, outputs, out))
         except EngineStopped as exc:
             return _error(503, str(exc), None, kind="server_error")
         head = {"id": request.id, "object": "text_completion", "created": int(time.time()),
@@ -169,3 +169,8 @@ async def _stream(loop: EngineLoop, request: Request, queue: asyncio.Queue[Outpu
 def _error(status: int, message: str, param: str | None, *, kind: str = "invalid_request_error") -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
                         status_code=status)
+
+
+def _deliver(aio: asyncio.AbstractEventLoop, outputs: asyncio.Queue[Output], out: Output) -> None:
+    """Hand an output from the engine's thread to the request's coroutine on the event loop."""
+    aio.call_soon_threadsafe(outputs.put_nowait, out)

@@ -109,7 +109,8 @@ class MemfdBackend:
             os.ftruncate(fd, size)
         except OSError as exc:
             os.close(fd)
-            raise GmsError(f"cannot create {size} bytes of memfd memory: {exc.strerror}", code="out_of_memory") from None
+            raise GmsError(f"cannot create {size} bytes of memfd memory: {exc.strerror}",
+                           code="out_of_memory") from None
         return fd
 
     def export(self, handle: int) -> int:

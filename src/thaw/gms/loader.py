@@ -102,8 +102,10 @@ def fill(backend: Backend, base: int, spec: WeightSpec, placement: Placement, bu
     total = sum(f.size for f in spec.files)
     modes = {mode for _fd, mode, _cached in opened}
     cached = sum(c * f.size for (_fd, _m, c), f in zip(opened, spec.files)) / total if total else 1.0
-    report = LoadReport(bytes=total, seconds=round(seconds, 6), gbps=round(total / seconds / 1e9, 3) if seconds else 0.0,
-                        io=modes.pop() if len(modes) == 1 else "mixed", threads=threads,
+    gbps = round(total / seconds / 1e9, 3) if seconds else 0.0
+    report = LoadReport(bytes=total, seconds=round(seconds, 6), gbps=gbps,
+                        io=modes.pop() if len(modes) == 1 else "mixed",  # type: ignore[arg-type]  # modes: buffered|direct
+                        threads=threads,
                         read_seconds=round(run.read_s, 6), hash_seconds=round(run.hash_s, 6),
                         copy_wait_seconds=round(run.wait_s, 6), page_cache_fraction=round(cached, 4))
     return files, report
@@ -159,7 +161,7 @@ class _Run:
                     stream.wait(slot[1])
                 stream.close()
                 wait_s += time.perf_counter() - t
-        except BaseException as exc:  # the first failure stops every thread; fill() re-raises it
+        except BaseException as exc:  # noqa: BLE001 - the first failure stops every thread; fill() re-raises it
             with self.lock:
                 if self.error is None:
                     self.error = exc

@@ -1,4 +1,5 @@
-"""From safetensors files to a placement: where each tensor's bytes go in the set's memory, and the copies that put them there.
+"""From safetensors files to a placement: where each tensor's bytes go in the set's memory, and the copies
+that put them there.
 
 A safetensors file is ``u64 header length (little endian) | JSON header | data``; the
 header maps each tensor name to its dtype, shape and ``data_offsets`` (begin, end)

@@ -213,8 +213,9 @@ class WeightService:
                     entry.alias, entry.state = twin, "ready"
             if twin is not None:
                 self._free(entry, locked=False)
-        except BaseException as exc:
-            entry.error = exc if isinstance(exc, ThawError) else GmsError(f"loading failed: {type(exc).__name__}: {exc}")
+        except BaseException as exc:  # noqa: BLE001 - a failed load is the entry's state, seen by its waiters
+            entry.error = (exc if isinstance(exc, ThawError)
+                           else GmsError(f"loading failed: {type(exc).__name__}: {exc}"))
             entry.state = "failed"
             self._free(entry, locked=False)
         finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from thaw.k8s import agents
 from thaw.k8s.agents import AgentPort, AgentUnavailable, Connect
@@ -91,14 +91,16 @@ class KubeCluster:
         from kubernetes.client import ApiException
 
         try:
-            return self._custom.create_namespaced_custom_object(GROUP, VERSION, namespace, RESTORES, body)
+            return cast(dict[str, Any], self._custom.create_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                                                    RESTORES, body))
         except ApiException as exc:
             if exc.status != 409:
                 raise
-        return self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, RESTORES, body["metadata"]["name"])
+        return cast(dict[str, Any], self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, RESTORES,
+                                                                             body["metadata"]["name"]))
 
     def patch_pod(self, patch: PodPatch) -> None:
-        """Condition first, annotations last: the restore-state annotation is what readers act on. A gone pod is fine."""
+        """Condition first, annotations last: readers act on the restore-state annotation. A gone pod is fine."""
         # strategic merge: conditions merge by type, so the kubelet's own conditions are kept
         smp = "application/strategic-merge-patch+json"
         if patch.condition is not None and _or_none(lambda: self._core.patch_namespaced_pod_status(

@@ -16,7 +16,7 @@ Progress and the last handled state are kept in annotations under ``thaw.dev/``
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -50,9 +50,12 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     # a fresh registry has no login handler: kopf uses the credentials the kubernetes client was given
     kopf.on.login(registry=registry)(login)
     kopf.on.startup(registry=registry)(configure)
-    kopf.timer(GROUP, VERSION, SNAPSHOTS, registry=registry, interval=config.poll, when=in_progress)(snapshot_tick)
+    # kopf passes handler arguments by name; its TimerFn protocol is stricter than that
+    kopf.timer(GROUP, VERSION, SNAPSHOTS, registry=registry, interval=config.poll,
+               when=in_progress)(snapshot_tick)  # type: ignore[arg-type]
     kopf.on.delete(GROUP, VERSION, SNAPSHOTS, registry=registry, timeout=config.delete_timeout)(snapshot_deleted)
-    kopf.timer(GROUP, VERSION, RESTORES, registry=registry, interval=config.poll, when=in_progress)(restore_tick)
+    kopf.timer(GROUP, VERSION, RESTORES, registry=registry, interval=config.poll,
+               when=in_progress)(restore_tick)  # type: ignore[arg-type]
     kopf.timer("", "v1", "pods", registry=registry, interval=config.poll, annotations={RESTORE_FROM: kopf.PRESENT},
                when=wants_restore)(pod_tick)
     # a finalizer on restore-from pods: scaling down must stop the restored worker, or its GPU leaks
@@ -64,7 +67,7 @@ def login(memo: Memo, **_: Any) -> kopf.ConnectionInfo:
     """kopf's connection, from the kubernetes client configuration runner.run loaded (one source of credentials)."""
     cfg = memo.kube_config
     header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization") or ""
-    scheme, _, token = header.partition(" ")
+    scheme, _sep, token = header.partition(" ")
     return kopf.ConnectionInfo(server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
                                scheme=scheme or None, token=token or None, certificate_path=cfg.cert_file,
                                private_key_path=cfg.key_file)
@@ -73,7 +76,8 @@ def login(memo: Memo, **_: Any) -> kopf.ConnectionInfo:
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP,
+                                                                            key="last-handled-configuration")
     # Events are thaw's own (reasons like SnapshotReady, CanaryMismatch); kopf adds only its warnings and errors
     settings.posting.level = logging.WARNING
     # no watching of CRDs and namespaces: the operator's RBAC then needs no cluster-wide read of either
@@ -113,7 +117,8 @@ def apply(step: Step, body: kopf.Body, patch: kopf.Patch, memo: Memo) -> None:
     if step.pod is not None:
         memo.cluster.patch_pod(step.pod)  # before the status: Ready is never recorded ahead of the pod
     for event in step.events:
-        kopf.event(event.target or body, type=event.type, reason=event.reason, message=event.message[:1024])
+        target = cast(kopf.Body, event.target) if event.target is not None else body  # kopf takes any object's dict
+        kopf.event(target, type=event.type, reason=event.reason, message=event.message[:1024])
     if step.status:
         patch.setdefault("status", {}).update(fit_status(step.status))
     if step.retry_in is not None:

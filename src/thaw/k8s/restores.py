@@ -229,7 +229,8 @@ def _ready(spec: RestoreSpec, status: dict[str, Any], result: RestoreResult, can
     if canary == PASSED:
         conds = set_condition(conds, COND_CANARY, True, "Matched", "the restored worker reproduced its canary", now=now)
     else:
-        conds = set_condition(conds, COND_CANARY, None, "NotRecorded", "the snapshot recorded no canary to check", now=now)
+        conds = set_condition(conds, COND_CANARY, None, "NotRecorded", "the snapshot recorded no canary to check",
+                              now=now)
     conds = set_condition(conds, COND_READY, True, "Restored", f"worker {worker} runs on {node}", now=now)
     step = Step(status={"phase": READY, "worker": worker, "canary": canary, "completedAt": now_iso(now),
                         "duration": human_duration(took), "timings": _timings(result), "progress": None,
@@ -323,7 +324,8 @@ def take_on_pod(pod: dict[str, Any], cluster: Cluster, *, now: datetime | None =
     body = restore_for_pod(pod)
     meta = pod["metadata"]
     spec = RestoreSpec.of(body)
-    if (meta.get("annotations") or {}).get(RESTORE_STATE) == RESTORING and cluster.get_restore(spec.namespace, spec.name):
+    restoring = (meta.get("annotations") or {}).get(RESTORE_STATE) == RESTORING
+    if restoring and cluster.get_restore(spec.namespace, spec.name):
         return Step()  # taken on already; its WorkerRestore is under way
     marker = _pod_patch(spec, RESTORING, f"WorkerRestore {spec.name} created", False, now)
     marker.annotations[RESTORE_OBJECT] = spec.name

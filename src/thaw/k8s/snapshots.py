@@ -112,7 +112,8 @@ def finalize(body: dict[str, Any], cluster: Cluster, connect: Connect, *, retry:
         except Exception as exc:
             if not agents.is_temporary(exc):
                 raise
-            return retry_later(step, f"waiting for the agent to finish job {status['agentJob']} before deleting: {exc}", retry)
+            return retry_later(step, f"waiting for the agent to finish job {status['agentJob']} before deleting: "
+                               f"{exc}", retry)
         if not job.state.finished:
             return retry_later(step, f"snapshot job {job.id} still running; its artifact is deleted once it finishes",
                                retry)
@@ -150,8 +151,8 @@ def _start(spec: SnapshotSpec, body: dict[str, Any], status: dict[str, Any], clu
         waiting = ("PodNotScheduled", f"pod {spec.pod} is not bound to a node yet")
     elif (pod.get("status") or {}).get("phase") != "Running":
         waiting = ("PodNotRunning", f"pod {spec.pod} is {(pod.get('status') or {}).get('phase') or 'not running'}")
-    if waiting:
-        return pending(conds, *waiting, now)
+    if waiting or pod is None:
+        return pending(conds, *(waiting or ("PodNotFound", f"pod {spec.pod} does not exist (yet)")), now)
     node = pod["spec"]["nodeName"]
     worker = spec.worker or ((pod.get("metadata") or {}).get("annotations") or {}).get(WORKER) or spec.pod
     step = Step()
@@ -225,8 +226,10 @@ def _ready(spec: SnapshotSpec, status: dict[str, Any], job: Job, manifest: Manif
            now: datetime) -> Step:
     assert isinstance(job.result, SnapshotResult)  # _follow checked
     art = artifact_record(job.result, manifest)
-    conds = set_condition(status.get("conditions"), COND_AGENT, True, "Reachable", f"agent on {status.get('node')}", now=now)
-    conds = set_condition(conds, COND_READY, True, "ArtifactPublished", f"artifact {art['name']} ({art['size']})", now=now)
+    conds = set_condition(status.get("conditions"), COND_AGENT, True, "Reachable", f"agent on {status.get('node')}",
+                          now=now)
+    conds = set_condition(conds, COND_READY, True, "ArtifactPublished", f"artifact {art['name']} ({art['size']})",
+                          now=now)
     step = Step(status={"phase": READY, "artifact": art, "timings": job_timings(job.result),
                         "completedAt": now_iso(now), "duration": human_duration(took), "progress": None,
                         "message": f"artifact {art['name']} published", "conditions": conds})

@@ -71,7 +71,8 @@ def parse_iso(text: str | None) -> datetime | None:
 
 
 def set_condition(conditions: list[dict[str, Any]] | None, type: str, status: bool | None, reason: str,
-                  message: str = "", *, now: datetime | None = None, generation: int | None = None) -> list[dict[str, Any]]:
+                  message: str = "", *, now: datetime | None = None,
+                  generation: int | None = None) -> list[dict[str, Any]]:
     """``conditions`` with the condition ``type`` set; lastTransitionTime moves only when the status changes.
 
     ``status`` None means Unknown. Returns a new list (the whole list is what a merge patch replaces).

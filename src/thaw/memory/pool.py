@@ -182,7 +182,8 @@ class Pool:
                 va = self.driver.reserve(device, size)
             except CudaError as exc:
                 raise CudaError(exc.call, exc.code, exc.name,
-                                detail=f"reserving {_size(size)} of addresses for tag {name!r} on device {device}") from exc
+                                detail=f"reserving {_size(size)} of addresses for tag {name!r} on device "
+                                f"{device}") from exc
             alloc = Allocation(name, device, va, size, nbytes, origin, chunks)
             try:
                 self._map(list(enumerate((alloc, c) for c in chunks)), len(chunks),
@@ -214,7 +215,8 @@ class Pool:
                 errors.append(str(exc))
             if errors:
                 raise CudaError("thaw.memory.free", -1, "PARTIAL_FREE",
-                                detail=f"freeing 0x{va:x} ({_size(alloc.size)}) left memory behind: " + "; ".join(errors))
+                                detail=f"freeing 0x{va:x} ({_size(alloc.size)}) left memory behind: "
+                                + "; ".join(errors))
 
     # --- release and reacquire ---------------------------------------------------------------------------
 
@@ -255,7 +257,8 @@ class Pool:
                 self._fill(tag, items)
             except CudaError as exc:
                 errors = self._unmap_quietly(items)
-                state = "released again, its host backup kept" if not errors else f"left {tag.state} ({'; '.join(errors)})"
+                state = ("released again, its host backup kept" if not errors
+                         else f"left {tag.state} ({'; '.join(errors)})")
                 raise CudaError(exc.call, exc.code, exc.name,
                                 detail=f"restoring the contents of tag {name!r} failed; the tag was {state}") from exc
             for _, chunk in items:

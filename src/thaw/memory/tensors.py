@@ -81,7 +81,7 @@ class TorchTagAllocator:
     def _on_alloc(self, size: int, device: int, stream: int | None) -> int:
         try:
             return self.pool.allocate(self.tag, size, device, origin="region")
-        except BaseException as exc:  # must not unwind into torch's C++: report through last_error
+        except BaseException as exc:  # noqa: BLE001 - must not unwind into torch's C++: reported via last_error
             self.pool.last_error = exc
             return 0
 
@@ -89,7 +89,7 @@ class TorchTagAllocator:
         try:
             if ptr:
                 self.pool.free(ptr)  # synchronizes first: cudaFree would, torch does not on this path
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - must not unwind into torch's C++ either
             self.pool.last_error = exc
             print(f"thaw.memory: freeing 0x{ptr or 0:x} of tag {self.tag!r} failed:", file=sys.stderr)
             traceback.print_exception(exc, file=sys.stderr)

@@ -58,7 +58,8 @@ _TORCH_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": 
 class Importer(Protocol):
     """Maps another process's memory into this one at fixed addresses (CUDA VMM, or memfds)."""
 
-    device: str | int
+    @property
+    def device(self) -> str | int: ...
 
     def identity(self) -> str:
         """The device as the service names it *now* (after a restore onto another GPU, the new one)."""

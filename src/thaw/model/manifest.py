@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ def check_name(name: str, *, what: str = "artifact name") -> str:
         raise ConfigError(
             what,
             f"{name!r} is not a valid name",
-            hint="use 1-128 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' or '/'",
+            hint="use 1-128 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit, "
+            "without '..' or '/'",
         )
     return name
 
@@ -147,7 +148,7 @@ class Manifest(BaseModel):
     schema_version: int = SCHEMA_VERSION
     artifact_id: str
     name: str
-    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     source: SourceInfo
     worker: WorkerInfo
     sandbox: SandboxRecord = Field(default_factory=SandboxRecord)  # what a restore must rebuild

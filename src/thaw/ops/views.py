@@ -47,9 +47,10 @@ def restore_result(restored: Restored) -> RestoreResult:
     checked = restored.canary_checked
     canary = CanaryReport(checked=checked, match=True if checked else None, expected=restored.canary_expected,
                           got=restored.canary_got)
+    fetched = restored.timings.seconds(Phase.FETCH)
     return RestoreResult(worker=worker(restored.instance), artifact=m.name, artifact_id=m.artifact_id, digest=m.digest,
                          bytes=m.size, timings=restored.timings.flat(), canary=canary,
-                         read_gbps=_gbps(restored.store_stats.get("read_gbps"), m, restored.timings.seconds(Phase.FETCH)))
+                         read_gbps=_gbps(restored.store_stats.get("read_gbps"), m, fetched))
 
 
 def verify_result(m: Manifest, seconds: float) -> VerifyResult:

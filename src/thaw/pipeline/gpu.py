@@ -37,7 +37,7 @@ def uses_gpu(pid: int) -> bool:
 
 def identity() -> dict[str, str]:
     """The driver version, for the manifest's source info; empty on a host without the driver."""
-    version = gpus.driver_version()  # NVML or the kernel module's version: no cuInit, so a CPU snapshot never fails here
+    version = gpus.driver_version()  # NVML or the kernel module: no cuInit, so a CPU snapshot never fails here
     return {"cuda_driver": version} if version else {}
 
 
@@ -197,7 +197,8 @@ def _choose(used: list[GpuRecord], target: GpuTarget | Sequence[GpuTarget] | Non
         return _choose_automatically(used, local, headroom)
     wanted = [target] if isinstance(target, (int, str)) else list(target)
     if len(wanted) != len(used):
-        raise ConfigError("gpu", f"the snapshot used {len(used)} GPU(s); give one target per used GPU, got {len(wanted)}")
+        raise ConfigError("gpu", f"the snapshot used {len(used)} GPU(s); give one target per used GPU, "
+                          f"got {len(wanted)}")
     chosen: dict[str, GpuInfo] = {}
     for record, want in zip(used, wanted):
         gpu = _find(want, local)

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ class Instance(BaseModel):
     artifact: str | None = None  # restored from
     state: str = "starting"  # starting | restoring | running | snapshotted | stopped | exited | failed
     node: str = ""
-    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     layout: SandboxLayout = Field(default_factory=SandboxLayout)
     snapshotting: SnapshotAttempt | None = None
 
@@ -212,7 +212,8 @@ def all_instances(settings: Settings) -> list[Instance]:
 def find(settings: Settings, ref: str, *, alive: bool = True) -> Instance:
     """The instance with id ``ref``, else the newest live one named ``ref`` (the newest of any, with alive=False)."""
     if not ref:
-        raise ConfigError("worker", "no worker given", hint="name it as `thaw run --name NAME` did; `thaw ps` lists them")
+        raise ConfigError("worker", "no worker given",
+                          hint="name it as `thaw run --name NAME` did; `thaw ps` lists them")
     candidates = all_instances(settings)
     for inst in candidates:
         if inst.id == ref:

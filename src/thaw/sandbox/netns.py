@@ -35,7 +35,7 @@ def fresh() -> int:
                 raise OSError(err, os.strerror(err))
             loopback_up()
             result["fd"] = os.open(proc.ns_path("self", "net", tid=threading.get_native_id()), os.O_RDONLY)
-        except BaseException as exc:  # reported to the caller's thread below
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller's thread below
             result["error"] = exc
 
     t = threading.Thread(target=make, name="thaw-netns")

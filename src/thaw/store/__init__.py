@@ -36,5 +36,6 @@ def open_store(url: str | Path, *, scratch: Path | None = None) -> Store:
     options = dict(part.partition("=")[::2] for part in query.split("&") if part)
     if set(options) - {"fetch"} or options.get("fetch", "in-place") not in ("in-place", "copy"):
         raise ConfigError("store", f"unknown option in {url!r}",
-                          hint="a directory store takes ?fetch=copy (stage on local disk before restore) or ?fetch=in-place")
+                          hint="a directory store takes ?fetch=copy (stage on local disk before restore) or "
+                          "?fetch=in-place")
     return DirectoryStore(path, copy=options.get("fetch") == "copy")

@@ -105,7 +105,8 @@ def verify_tree(root: Path, manifest: Manifest, *, workers: int = WORKERS) -> No
     if missing := sorted(listed - present):
         raise IntegrityError(f"artifact {manifest.name!r}: file {missing[0]} is missing", path=root / missing[0])
     if extra := sorted(present - listed):
-        raise IntegrityError(f"artifact {manifest.name!r}: file {extra[0]} is not in the manifest", path=root / extra[0])
+        raise IntegrityError(f"artifact {manifest.name!r}: file {extra[0]} is not in the manifest",
+                             path=root / extra[0])
     for entry in manifest.files:
         actual = os.stat(root / entry.path).st_size
         if actual != entry.size:

@@ -27,6 +27,7 @@ checked against the manifest's chunk digest before it is written into node-local
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 import os
 import re
@@ -189,7 +190,7 @@ class S3Store(Store):
             _check_chunks(manifest, piece, data, what="changed while it was uploaded")
             md5 = hashlib.md5(data)
             key = data_prefix + piece.entry.path
-            common = {"Bucket": self.bucket, "Key": key, "Body": data,
+            common: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": data,
                       "ContentMD5": base64.b64encode(md5.digest()).decode()}
             if piece.entry.path in multipart:
                 out = self._call("upload_part", UploadId=multipart[piece.entry.path],
@@ -388,7 +389,7 @@ class S3Store(Store):
                 for o in page.get("Contents", [])]
         self._delete_keys(keys)
 
-    def _delete_keys(self, keys: list[str]) -> None:
+    def _delete_keys(self, keys: builtins.list[str]) -> None:  # `list` is a method of this class
         for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
             batch = [{"Key": k} for k in keys[i:i + 1000]]
             self._call("delete_objects", Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})

@@ -127,7 +127,7 @@ def _timed(hook: Hook, ctx: HookContext) -> dict[str, Any]:
 
 def _register(hooks: list[Hook], fn: HookFn | None, name: str | None) -> Any:
     def add(f: HookFn) -> HookFn:
-        hook_name = name or getattr(f, "__qualname__", repr(f))
+        hook_name = name or str(getattr(f, "__qualname__", repr(f)))
         hooks[:] = [h for h in hooks if h.name != hook_name]  # re-registering replaces
         hooks.append(Hook(hook_name, f))
         return f

@@ -27,7 +27,7 @@ import socket
 import struct
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -179,7 +179,7 @@ def _netns_cookie_of(pid: int) -> str:
             if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "setns")
             out["cookie"] = _netns_cookie()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread below
             out["error"] = exc
 
     try:
@@ -213,7 +213,7 @@ def now() -> float:
 
 def _known(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
     # ignore fields a newer peer added, so that minor additions stay compatible
-    names = cls.__dataclass_fields__.keys()
+    names = {f.name for f in fields(cls)}
     return {k: v for k, v in raw.items() if k in names}
 
 

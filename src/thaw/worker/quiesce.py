@@ -221,7 +221,7 @@ class _Parked:
         except hooks.HookFailed as exc:
             self._reply(cmd, False, error=str(exc) + "\n" + traceback.format_exc(limit=5))
             return None
-        except Exception as exc:  # the worker must survive anything thaw asks of it
+        except Exception as exc:  # noqa: BLE001 - the worker must survive anything thaw asks of it
             self._reply(cmd, False, error=f"{type(exc).__name__}: {exc}\n" + traceback.format_exc(limit=5))
             return None
         self._reply(cmd, True, data=data, canary=canary_out)
