@@ -6,9 +6,10 @@ import os
 import socket
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -26,8 +27,13 @@ class Settings(BaseSettings):
     criu: str | None = Field(default=None, description="CRIU binary or portable tree")
     node: str = Field(default_factory=socket.gethostname, description="this node's name")
     keep_mounts: list[str] = Field(default_factory=list, description="extra mounts kept in sandboxes")
+    signing_key: Path | None = Field(default=None, description="ed25519 private key (PEM) that signs every "
+                                     "artifact this node publishes (`thaw keys generate`)")
+    trusted_keys: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="ed25519 public keys (PEM files, comma-separated in THAW_TRUSTED_KEYS); "
+        "when set, this node restores only artifacts signed by one of them")
 
-    @field_validator("keep_mounts", mode="before")
+    @field_validator("keep_mounts", "trusted_keys", mode="before")
     @classmethod
     def _split(cls, v: object) -> object:
         return [p for p in v.split(",") if p] if isinstance(v, str) else v
@@ -52,3 +58,8 @@ class Settings(BaseSettings):
     @property
     def staging_dir(self) -> Path:
         return self.staging or self.home / "staging"
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Where new artifacts are written before an object store uploads them: node-local, thaw's own."""
+        return self.staging_dir / ".scratch"
