@@ -3,6 +3,7 @@ that key signed, and refuses, before anything runs, what it did not sign or what
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -11,7 +12,6 @@ import pytest
 from thaw import pipeline
 from thaw.config import Settings
 from thaw.errors import CheckpointError, UntrustedArtifact
-from thaw.pipeline import snapshot as snapshot_module
 from thaw.store import store_for
 from thaw.store.signing import generate
 from workers import processes_of, state
@@ -70,6 +70,8 @@ def test_a_node_that_trusts_keys_refuses_an_unsigned_snapshot_before_anything_ru
 def test_a_dump_that_produced_no_images_fails_the_snapshot_and_the_worker_stays(settings: Settings, launch_worker,
                                                                                 monkeypatch) -> None:
     original = launch_worker()
+    # thaw.pipeline re-exports the function snapshot(), which hides the module of that name
+    snapshot_module = importlib.import_module("thaw.pipeline.snapshot")
     monkeypatch.setattr(snapshot_module, "dump", lambda options, criu: None)  # "succeeds", writes nothing
 
     with pytest.raises(CheckpointError, match="produced no image files"):
