@@ -130,7 +130,7 @@ def verify_tree(root: Path, manifest: Manifest, *, workers: int = WORKERS) -> No
             raise IntegrityError(f"artifact {manifest.name!r}: file {extra[0]!r} is not in the manifest",
                                  path=root / extra[0])
         for entry in manifest.files:
-            _check_size(manifest, entry, tree.size(entry.path))
+            _check_size(manifest, entry, tree.size(entry.path), root)
         size = manifest.chunk_size
 
         def check(task: tuple[FileEntry, int]) -> None:
@@ -141,7 +141,7 @@ def verify_tree(root: Path, manifest: Manifest, *, workers: int = WORKERS) -> No
             finally:
                 os.close(fd)
             if got != entry.chunks[k]:
-                raise _mismatch(manifest, entry, k)
+                raise _mismatch(manifest, entry, k, root)
 
         _parallel(check, [(e, k) for e in manifest.files for k in range(len(e.chunks))], workers)
 
@@ -155,7 +155,7 @@ def copy_verified(src: Path, dst: Path, manifest: Manifest, *, workers: int = WO
     size = manifest.chunk_size
     with Tree.open(src) as source, Tree.open(dst) as target:
         for entry in manifest.files:
-            _check_size(manifest, entry, source.size(entry.path))
+            _check_size(manifest, entry, source.size(entry.path), src)
             target.create_file(entry.path, entry.size)
 
         def copy(task: tuple[FileEntry, int]) -> None:
@@ -168,20 +168,20 @@ def copy_verified(src: Path, dst: Path, manifest: Manifest, *, workers: int = WO
             finally:
                 os.close(fd)
             if n != len(view) or chunk_digest(view) != entry.chunks[k]:
-                raise _mismatch(manifest, entry, k)
+                raise _mismatch(manifest, entry, k, src)
             target.write_at(entry.path, offset, view)
 
         _parallel(copy, [(e, k) for e in manifest.files for k in range(len(e.chunks))], workers)
 
 
-def _check_size(manifest: Manifest, entry: FileEntry, actual: int) -> None:
+def _check_size(manifest: Manifest, entry: FileEntry, actual: int, root: Path) -> None:
     if actual != entry.size:
         raise IntegrityError(f"artifact {manifest.name!r}: {entry.path} has {actual} bytes, the manifest says "
-                             f"{entry.size}", path=entry.path)
+                             f"{entry.size}", path=Path(root) / entry.path)
 
 
-def _mismatch(manifest: Manifest, entry: FileEntry, k: int) -> IntegrityError:
+def _mismatch(manifest: Manifest, entry: FileEntry, k: int, root: Path) -> IntegrityError:
     start = k * manifest.chunk_size
     end = min(start + manifest.chunk_size, entry.size)
     return IntegrityError(f"artifact {manifest.name!r}: {entry.path} does not match its digest (chunk {k}, bytes "
-                          f"{start}-{end})", path=entry.path)
+                          f"{start}-{end})", path=Path(root) / entry.path)
