@@ -91,7 +91,7 @@ def test_a_malformed_manifest_is_one_clear_error_everywhere(thaw, change, messag
 def test_verify_and_restore_pin_a_digest(thaw) -> None:
     publish(thaw.home)
     digest = thaw.json("inspect", "a1")["digest"]
-    assert thaw.ok("verify", f"a1@{digest}").startswith(f"ok a1: 2 files")
+    assert thaw.ok("verify", f"a1@{digest}").startswith("ok a1: 2 files")
     data = json.loads(manifest_path(thaw).read_text())
     data["worker"]["canary"] = None  # the canary gate silently off: the digest changes
     manifest_path(thaw).write_text(json.dumps(data))

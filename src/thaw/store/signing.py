@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import os
 import stat
 from collections.abc import Iterable
@@ -101,7 +100,7 @@ class Trust:
     def check(self, manifest: Manifest, *, expected_digest: str | None = None) -> None:
         """Raise UntrustedArtifact unless ``manifest`` is the expected artifact and signed as this node requires."""
         digest = manifest.digest
-        if expected_digest is not None and not hmac.compare_digest(digest, expected_digest):
+        if expected_digest is not None and digest != expected_digest:  # both public: no need for constant time
             raise UntrustedArtifact(
                 f"artifact {manifest.name!r} has digest {digest}, not the expected {expected_digest}: "
                 "it was changed or replaced since that digest was taken", path=manifest.name,
