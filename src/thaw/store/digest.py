@@ -28,7 +28,8 @@ from thaw.errors import IntegrityError
 from thaw.store.confined import Tree
 from thaw.store.manifest import CHUNK_SIZE, FileEntry, Manifest, chunk_count, file_digest
 
-__all__ = ["chunk_digest", "copy_verified", "describe_file", "describe_tree", "file_digest", "verify_tree"]
+__all__ = ["chunk_digest", "copy_verified", "describe_file", "describe_files", "describe_tree", "file_digest",
+           "verify_tree"]
 
 #: readers at once; reads and hashing release the GIL
 WORKERS = min(16, (os.cpu_count() or 2) * 2)
@@ -90,10 +91,16 @@ def describe_tree(root: Path, *, chunk_size: int = CHUNK_SIZE, workers: int = WO
         return _describe(tree, tree.files(make_private=make_private), chunk_size, workers)
 
 
+def describe_files(root: Path, rels: list[str], *, chunk_size: int = CHUNK_SIZE,
+                   workers: int = WORKERS) -> list[FileEntry]:
+    """Entries for the files ``rels`` below ``root`` (opened without following symlinks)."""
+    with Tree.open(root) as tree:
+        return _describe(tree, rels, chunk_size, workers)
+
+
 def describe_file(root: Path, rel: str, *, chunk_size: int = CHUNK_SIZE) -> FileEntry:
     """Size, chunk digests and file digest of ``root/rel``."""
-    with Tree.open(root) as tree:
-        return _describe(tree, [rel], chunk_size, WORKERS)[0]
+    return describe_files(root, [rel], chunk_size=chunk_size)[0]
 
 
 def _describe(tree: Tree, rels: Iterable[str], chunk_size: int, workers: int) -> list[FileEntry]:
