@@ -40,10 +40,8 @@ from dataclasses import dataclass, field
 
 from thaw.cuda import checkpointing, process
 from thaw.cuda.checkpointing import DEFAULT_LOCK_TIMEOUT_MS, GpuPair, ProcessState
+from thaw.cuda.worker_hooks import HOOK as TORCH_HOOK  # the freeze hook that shuts inductor's compile pool down
 from thaw.errors import CheckpointError, CudaError, RestoreError, WorkerError
-
-#: the name of the torch freeze hook that shuts inductor's compile pool down (thaw.cuda.worker_hooks.HOOK)
-TORCH_HOOK = "thaw.cuda.torch"
 #: how inductor's compile-worker sidecar shows in its command line (torch 2.2 … 2.13)
 COMPILE_WORKER_MARK = "torch/_inductor/compile_worker"
 #: how long confirm_tree waits for the processes a freeze hook shut down to be gone
