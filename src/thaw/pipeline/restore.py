@@ -107,7 +107,7 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
     protocol.link_sandbox(settings.run_dir, inst.ns_key, inst.dir)
     if manifest.gpus:
         with phases("gpu_restore", "CUDA restore + unlock"):
-            gpu_timings = gpu.restore(pid, pairs)
+            gpu_timings = gpu.restore_tree(pid, manifest.gpu_pids, pairs)
         phases.timings.update(gpu_timings)
     expected = manifest.worker.canary if verify_canary else None
     info = {"restore_id": inst.id, "artifact": manifest.name, "artifact_id": manifest.artifact_id,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from thaw import __version__
@@ -54,6 +54,8 @@ def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | N
     with inst.operation(f"snapshot to {artifact}"):
         with phases("quiesce", "waiting for the worker's quiesce point"):
             ready = control.wait_ready(inst, ready_timeout)
+        # before the freeze: every process of the tree that holds the GPU, and a refusal naming any CRIU could not dump
+        tree = gpu.plan_tree(inst.host_pid, ready.pid, ready.hooks)
         with phases("freeze_hooks"):
             try:
                 reply = control.send(inst, Action.FREEZE, timeout=reply_timeout)
@@ -61,7 +63,7 @@ def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | N
                 raise CheckpointError(f"snapshot of {inst.name!r} failed in its freeze hooks: {exc}") from exc
         attempt = _Attempt()
         try:
-            manifest = _capture(settings, inst, ready, reply.data, artifact, store, phases, attempt)
+            manifest = _capture(settings, inst, ready, reply.data, artifact, store, phases, attempt, tree)
         except BaseException as exc:
             _roll_back(inst, attempt, reply_timeout)
             if isinstance(exc, CheckpointError | BusyError):
@@ -71,8 +73,8 @@ def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | N
             raise
         if leave_running:
             with phases("resume_original"):
-                if manifest.gpus:
-                    gpu.rollback(inst.host_pid)
+                if attempt.gpu_pids:
+                    gpu.rollback_tree(attempt.gpu_pids)
                 control.send(inst, Action.RELEASE, timeout=reply_timeout, info={"artifact": artifact})
         else:
             with phases("stop_original"):
@@ -88,22 +90,23 @@ def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | N
 class _Attempt:
     """How far a capture got, so that a failure undoes exactly that much."""
 
-    gpu_checkpointed: bool = False
+    gpu_pids: list[int] = field(default_factory=list)  # host pids whose GPU state may be locked or checkpointed
 
 
 def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, Any], artifact: str,
-             store: Store, phases: Phases, attempt: _Attempt) -> Manifest:
+             store: Store, phases: Phases, attempt: _Attempt, tree: Any) -> Manifest:
     pid = inst.host_pid
     layout = Layout.from_dict(inst.layout)
     # the host decides (maps of /dev/nvidia*), not the worker's word: live GPU state must never reach CRIU
-    gpus = gpu.record(pid) if gpu.uses_gpu(pid) else []
+    gpu_pids = gpu.confirm_tree(tree)
+    gpus = gpu.record_tree(pid, gpu_pids)
     criu = find_criu(settings.criu)
     with store.stage(artifact) as staged:
-        if gpus:
+        if gpu_pids:
             # order matters: the device state must be in host memory before CRIU reads that memory
-            attempt.gpu_checkpointed = True  # set first: a lock that succeeded before a failure needs undoing too
+            attempt.gpu_pids = gpu_pids  # set first: a lock that succeeded before a failure needs undoing too
             with phases("gpu_checkpoint", "CUDA lock + checkpoint"):
-                gpu_timings = gpu.checkpoint(pid)
+                gpu_timings = gpu.checkpoint_tree(gpu_pids)
             phases.timings.update(gpu_timings)
         stdio = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (1, 2)]
         op_dir = inst.dir / "ops" / f"snapshot-{staged.artifact_id[:8]}"
@@ -120,6 +123,7 @@ def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, A
                               freeze_report=report),
             sandbox={**layout.to_dict(), "net_key": netns.NET_KEY, "stdio": sorted(set(stdio))},
             gpus=gpus,
+            gpu_pids=gpu.namespace_pids(gpu_pids),
             memory_released=[ReleasedMemory(**r) for r in _released(report)],
             timings=dict(phases.timings),
         )
@@ -134,9 +138,9 @@ def _roll_back(inst: Instance, attempt: _Attempt, timeout: float) -> None:
     """After a failed capture: GPU back to running, freeze undone; the worker stays parked."""
     if not inst.alive():
         return
-    if attempt.gpu_checkpointed:
+    if attempt.gpu_pids:
         try:
-            gpu.rollback(inst.host_pid)
+            gpu.rollback_tree(attempt.gpu_pids)
         except ThawError:
             pass  # the ABORT below then fails too, and the error the caller sees stays the original one
     try:

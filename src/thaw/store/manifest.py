@@ -82,6 +82,9 @@ class Manifest(BaseModel):
     worker: WorkerInfo
     sandbox: dict[str, Any] = Field(default_factory=dict)  # the layout restore must rebuild (sandbox.Layout)
     gpus: list[dict[str, Any]] = Field(default_factory=list)  # one record per GPU the worker used
+    #: the processes whose GPU state the images hold, by their pid inside the sandbox (CRIU restores the
+    #: same pids there); empty with ``gpus`` set: the root alone (artifacts taken before this was recorded)
+    gpu_pids: list[int] = Field(default_factory=list)
     memory_released: list[ReleasedMemory] = Field(default_factory=list)
     digest_algorithm: str = DIGEST_ALGORITHM
     chunk_size: int = CHUNK_SIZE
