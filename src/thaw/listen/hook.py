@@ -195,8 +195,17 @@ def _expects_gpu(setting: str) -> bool:
 def _sandbox_holds_gpu() -> bool:
     # the sandbox has a /proc of its own pid namespace: every process listed is the worker's
     from thaw.cuda import process  # noqa: PLC0415 - /proc only; libcuda is never loaded here
+    from thaw.errors import ThawError  # noqa: PLC0415
 
-    return bool(process.gpu_processes(1))
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if process.process_uses_gpu(int(entry)):
+                return True
+        except ThawError:
+            continue  # gone, or not ours to read
+    return False
 
 
 def _report_early(serves: str, reason: str) -> None:
