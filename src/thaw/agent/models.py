@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from thaw.errors import ConfigError
-from thaw.store.manifest import check_name
+from thaw.listen.spec import ParkAtListen
+from thaw.store.manifest import HttpCanaryRequest, check_name
 
 API_VERSION = "v1"
 
@@ -42,6 +43,9 @@ class LaunchRequest(_Request):
     env: dict[str, str] = Field(default_factory=dict,
                                 description="environment of the worker; the agent's own environment is NOT inherited")
     cwd: str = Field(default="/", description="absolute working directory")
+    park_at_listen: ParkAtListen | None = Field(
+        default=None, description="an unmodified Python server: park it at its first listening socket "
+                                  "(thaw run --park-at-listen; docs/integrations.md)")
 
     @field_validator("name")
     @classmethod
@@ -63,6 +67,10 @@ class SnapshotRequest(_Request):
     artifact: str
     leave_running: bool = Field(default=False, description="keep the original serving after the snapshot")
     ready_timeout: float = Field(default=60.0, gt=0, le=3600, description="seconds to wait for the quiesce point")
+    canary_http: list[HttpCanaryRequest] = Field(
+        default_factory=list, max_length=64,
+        description="requests the original answers after the snapshot; every restored copy must answer them alike "
+                    "(thaw snapshot --canary-http)")
 
     @field_validator("worker")
     @classmethod
@@ -192,6 +200,7 @@ class CanaryReport(BaseModel):
     expected: Any = None
     got: Any = None
     differences: list[str] = Field(default_factory=list)
+    http_requests: int = Field(default=0, description="HTTP canary requests the copy answered as the original did")
 
 
 class RestoreResult(BaseModel):

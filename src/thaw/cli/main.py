@@ -163,6 +163,7 @@ def snapshot(
     artifact: Annotated[str, typer.Option("--artifact", "-a", help="name of the new artifact")],
     leave_running: Annotated[bool, typer.Option("--leave-running", help="keep the original worker and let it serve")] = False,
     ready_timeout: Annotated[float, typer.Option(help="seconds to wait for the worker's quiesce point")] = 600.0,
+    canary_http: Annotated[Optional[Path], typer.Option("--canary-http", help="JSONL of requests (OpenAI-style {\"prompt\": ...} / {\"messages\": ...} at temperature 0, or {\"method\", \"path\", \"body\"}) the original answers after the snapshot; every restored copy must answer alike", show_default=False)] = None,
     home: HomeOpt = None,
     store: StoreOpt = None,
     agent: AgentOpt = None,
@@ -172,10 +173,13 @@ def snapshot(
     """Snapshot a parked worker into an artifact (GPU state, process tree, canary)."""
     from thaw import pipeline
     from thaw.cli.remote import agent_for, follow
+    from thaw.pipeline.http_canary import parse
 
+    requests = parse(canary_http.read_text(), where=str(canary_http)) if canary_http else []
     if client := agent_for(agent, local=local):
         result = follow(client, client.snapshot(worker, artifact, leave_running=leave_running,
-                                                ready_timeout=ready_timeout), json_out=json_out)
+                                                ready_timeout=ready_timeout, canary_http=requests),
+                        json_out=json_out)
         if result is not None:
             console.print(f"[green]snapshot[/] [bold]{result['artifact']}[/] ({human_bytes(result['bytes'])}, "
                           f"{result['digest']}) through the agent: " + _phases(result.get("timings", {})))
@@ -183,7 +187,7 @@ def snapshot(
     settings = _settings(home, store)
     with _unwind_on_sigterm(), progress(not json_out) as cb:
         res = pipeline.snapshot(settings, worker, artifact, store=_store(settings), leave_running=leave_running,
-                                ready_timeout=ready_timeout, progress=cb)
+                                ready_timeout=ready_timeout, canary_http=requests, progress=cb)
     if json_out:
         emit_json({"manifest": json.loads(res.manifest.to_json()), "digest": res.manifest.digest, "timings": res.timings})
         return
@@ -232,6 +236,8 @@ def restore(
                    "canary": "passed" if res.canary_checked else "not checked"})
         return
     check = "canary passed" if res.canary_checked else "no canary"
+    if res.http_canary_got:
+        check += f" ({len(res.http_canary_got)} HTTP requests answered as the original did)"
     console.print(f"[green]restored[/] [bold]{inst.name}[/] ({inst.id}), pid {inst.host_pid}, {check}, "
                   f"in {seconds(res.timings['total'])}: " + _phases(res.timings))
     console.print(f"control directory: {inst.dir}")
@@ -307,6 +313,10 @@ def inspect(
                   + (f", CUDA driver {m.source.cuda_driver}" if m.source.cuda_driver else "") + ")")
     console.print(f"worker {m.worker.name}: {' '.join(m.worker.argv)}")
     console.print(f"canary: {'recorded' if m.worker.canary is not None else 'none'}; hooks: {', '.join(m.worker.hooks) or 'none'}")
+    if m.worker.http_canary is not None:
+        console.print(f"HTTP canary: {len(m.worker.http_canary.exchanges)} requests to {m.worker.http_canary.serves}")
+    if m.gpu_pids:
+        console.print(f"GPU state of processes {', '.join(map(str, m.gpu_pids))} (pids inside the sandbox)")
     for g in m.gpus:
         console.print(f"gpu: {g.get('name')} {g.get('uuid')} " + (f"({human_bytes(g['used_bytes'])} used)" if g.get("used_bytes") else ""))
     for r in m.memory_released:

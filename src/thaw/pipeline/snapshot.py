@@ -8,6 +8,12 @@ Nothing half-done is ever visible, and a failure leaves the worker running:
   the worker is told to ABORT (its thaw hooks undo the freeze); it stays parked at its
   quiesce point, ready for another attempt;
 * the artifact is staged and published by the store in one atomic step.
+
+With an HTTP canary (``--canary-http``) the original is let go right after the dump
+(its GPU state restored, RELEASE) and answers the canary requests; their answers go
+into the manifest, which is published only then. The original keeps serving with
+``--leave-running`` and is stopped otherwise; if recording fails, nothing is
+published and the original, released already, goes on serving.
 """
 
 from __future__ import annotations
@@ -20,14 +26,14 @@ from typing import Any
 from thaw import __version__
 from thaw.config import Settings
 from thaw.criu import DumpOptions, dump, find_criu
-from thaw.errors import BusyError, CheckpointError, ThawError
-from thaw.pipeline import control, gpu, instances
+from thaw.errors import BusyError, CheckpointError, ConfigError, ThawError
+from thaw.pipeline import control, gpu, http_canary, instances
 from thaw.pipeline.instances import Instance
 from thaw.pipeline.phases import Phases, Progress
 from thaw.sandbox import netns
 from thaw.sandbox.layout import Layout
 from thaw.store import Manifest, Store, check_name, open_store
-from thaw.store.manifest import ReleasedMemory, SourceInfo, WorkerInfo
+from thaw.store.manifest import HttpCanary, HttpCanaryRequest, ReleasedMemory, SourceInfo, WorkerInfo
 from thaw.worker.protocol import Action
 
 IMAGES = "images"
@@ -42,8 +48,12 @@ class SnapshotResult:
 
 def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | None = None,
              leave_running: bool = False, ready_timeout: float = 60.0, reply_timeout: float = 120.0,
-             progress: Progress | None = None) -> SnapshotResult:
-    """Snapshot the worker named (or with id) ``worker`` into the artifact ``artifact``."""
+             canary_http: list[HttpCanaryRequest] | None = None, progress: Progress | None = None) -> SnapshotResult:
+    """Snapshot the worker named (or with id) ``worker`` into the artifact ``artifact``.
+
+    ``canary_http``: requests the original answers after the dump; every restored copy
+    must answer them the same (thaw.pipeline.http_canary).
+    """
     check_name(artifact)
     store = store or open_store(settings.store_url)
     inst = instances.find(settings, worker)
@@ -54,6 +64,10 @@ def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | N
     with inst.operation(f"snapshot to {artifact}"):
         with phases("quiesce", "waiting for the worker's quiesce point"):
             ready = control.wait_ready(inst, ready_timeout)
+        if canary_http and not ready.serves:
+            raise ConfigError("canary-http", f"worker {inst.name!r} did not say where it serves, so thaw cannot send it "
+                              "the HTTP canary", hint="run it with --park-at-listen, or pass serves= to "
+                              "thaw.worker.quiesce(); nothing was frozen")
         # before the freeze: every process of the tree that holds the GPU, and a refusal naming any CRIU could not dump
         tree = gpu.plan_tree(inst.host_pid, ready.pid, ready.hooks)
         with phases("freeze_hooks"):
@@ -63,15 +77,21 @@ def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | N
                 raise CheckpointError(f"snapshot of {inst.name!r} failed in its freeze hooks: {exc}") from exc
         attempt = _Attempt()
         try:
-            manifest = _capture(settings, inst, ready, reply.data, artifact, store, phases, attempt, tree)
+            manifest = _capture(settings, inst, ready, reply.data, artifact, store, phases, attempt, tree,
+                                canary_http=canary_http or [], reply_timeout=reply_timeout)
         except BaseException as exc:
             _roll_back(inst, attempt, reply_timeout)
-            if isinstance(exc, CheckpointError | BusyError):
+            released = (f"; the original was released to answer the HTTP canary and serves on"
+                        if attempt.released else "")
+            if isinstance(exc, CheckpointError | BusyError) and not released:
                 raise
             if isinstance(exc, ThawError):
-                raise CheckpointError(f"snapshot of {inst.name!r} failed: {exc}") from exc
+                raise CheckpointError(f"snapshot of {inst.name!r} failed: {exc.message}{released}",
+                                      hint=exc.hint) from exc
             raise
-        if leave_running:
+        if leave_running and attempt.released:
+            pass  # it serves already: it answered the HTTP canary
+        elif leave_running:
             with phases("resume_original"):
                 if attempt.gpu_pids:
                     gpu.rollback_tree(attempt.gpu_pids)
@@ -91,10 +111,12 @@ class _Attempt:
     """How far a capture got, so that a failure undoes exactly that much."""
 
     gpu_pids: list[int] = field(default_factory=list)  # host pids whose GPU state may be locked or checkpointed
+    released: bool = False  # the original was let go (to answer the HTTP canary): it is no longer parked
 
 
 def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, Any], artifact: str,
-             store: Store, phases: Phases, attempt: _Attempt, tree: Any) -> Manifest:
+             store: Store, phases: Phases, attempt: _Attempt, tree: Any, *, canary_http: list[HttpCanaryRequest],
+             reply_timeout: float) -> Manifest:
     pid = inst.host_pid
     layout = Layout.from_dict(inst.layout)
     # the host decides (maps of /dev/nvidia*), not the worker's word: live GPU state must never reach CRIU
@@ -114,13 +136,17 @@ def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, A
             dump(DumpOptions(pid=pid, images_dir=staged.dir / IMAGES, work_dir=op_dir, leave_running=True,
                              external=layout.dump_externals() + [netns.dump_external(pid)]),
                  criu=criu)
+        http: HttpCanary | None = None
+        if canary_http:
+            with phases("canary_record", "the original answers the HTTP canary"):
+                http = _record_http_canary(inst, ready, canary_http, attempt, reply_timeout)
         staged.published = Manifest(
             artifact_id=staged.artifact_id,
             name=artifact,
             source=SourceInfo(host=settings.node, kernel=os.uname().release, criu_version=criu.version,
                               thaw_version=__version__, **gpu.identity()),
             worker=WorkerInfo(name=inst.name, argv=inst.argv, pid=pid, canary=ready.canary, hooks=ready.hooks,
-                              freeze_report=report),
+                              freeze_report=report, serves=ready.serves, http_canary=http),
             sandbox={**layout.to_dict(), "net_key": netns.NET_KEY, "stdio": sorted(set(stdio))},
             gpus=gpus,
             gpu_pids=gpu.namespace_pids(gpu_pids),
@@ -134,9 +160,20 @@ def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, A
     return staged.published
 
 
+def _record_http_canary(inst: Instance, ready: Any, requests: list[HttpCanaryRequest], attempt: _Attempt,
+                        timeout: float) -> HttpCanary:
+    """Let the original go (its GPU state back, RELEASE), then record what it answers to ``requests``."""
+    if attempt.gpu_pids:
+        gpu.rollback_tree(attempt.gpu_pids)
+        attempt.gpu_pids = []
+    control.send(inst, Action.RELEASE, timeout=timeout, info={"reason": "answering the HTTP canary"})
+    attempt.released = True
+    return http_canary.record(ready.serves, inst.host_pid, requests)
+
+
 def _roll_back(inst: Instance, attempt: _Attempt, timeout: float) -> None:
-    """After a failed capture: GPU back to running, freeze undone; the worker stays parked."""
-    if not inst.alive():
+    """After a failed capture: GPU back to running, freeze undone; the worker stays parked (unless released)."""
+    if not inst.alive() or attempt.released:
         return
     if attempt.gpu_pids:
         try:

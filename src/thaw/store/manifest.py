@@ -12,7 +12,7 @@ import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -55,6 +55,33 @@ class SourceInfo(BaseModel):
     cuda_driver: str = ""
 
 
+class HttpCanaryRequest(BaseModel):
+    """One request of an HTTP canary (``--canary-http``): sent to the original after the snapshot and to every
+    restored copy before it counts as ready. ``compare`` names the parts of the JSON answer that must be
+    equal (dotted paths such as ``choices.0.text``); empty: the whole answer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Literal["GET", "POST"] = "POST"
+    path: str = Field(pattern=r"^/[!-~]*$", max_length=2048, description="absolute path and query, e.g. /v1/completions")
+    body: Any = Field(default=None, description="JSON body (POST)")
+    compare: list[str] = Field(default_factory=list, max_length=32)
+    timeout_s: float = Field(default=60.0, gt=0, le=600)
+
+
+class HttpExchange(BaseModel):
+    request: HttpCanaryRequest
+    status: int
+    answer: Any = None  # the compared part of the answer, as the original gave it
+
+
+class HttpCanary(BaseModel):
+    """What the original answered to the HTTP canary, and where it serves (``tcp://…`` or ``unix://…``)."""
+
+    serves: str
+    exchanges: list[HttpExchange]
+
+
 class WorkerInfo(BaseModel):
     name: str
     argv: list[str] = Field(default_factory=list)
@@ -62,6 +89,8 @@ class WorkerInfo(BaseModel):
     canary: Any = None  # the canary outputs recorded at quiesce time
     hooks: list[str] = Field(default_factory=list)
     freeze_report: dict[str, Any] = Field(default_factory=dict)  # what the freeze hooks reported
+    serves: str | None = None  # where the worker said it would serve (quiesce(serves=...), --park-at-listen)
+    http_canary: HttpCanary | None = None  # --canary-http: replayed against every restored copy
 
 
 class ReleasedMemory(BaseModel):
