@@ -41,6 +41,12 @@ class DumpOptions:
     leave_running: bool = False
     external: list[str] = field(default_factory=list)
     timeout_s: int = 120
+    #: a file that is open but no longer reachable by its path while another link to it exists: a POSIX
+    #: semaphore of a multiprocessing "spawn" context (glibc creates it as sem.XXXXXX, links it to its name and
+    #: unlinks the first; the name stays while the semaphore may be shared). CRIU links it back under
+    #: link_remap.N for the dump ("Can't create link remap ... Use link-remap option" otherwise); in the
+    #: sandbox's own /dev/shm that link is dumped with the tmpfs, and CRIU removes it after a leave-running dump
+    link_remap: bool = True
 
 
 @dataclass
@@ -60,6 +66,7 @@ def dump(opts: DumpOptions, *, criu: Criu | None = None, log_name: str = "dump.l
     o = req.opts
     o.pid = opts.pid
     o.leave_running = opts.leave_running
+    o.link_remap = opts.link_remap
     o.external.extend(opts.external)
     o.timeout = opts.timeout_s
     with _dirs(opts.images_dir, opts.work_dir) as (img_fd, work_fd):
