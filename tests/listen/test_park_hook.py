@@ -7,7 +7,7 @@ import os
 import sys
 import textwrap
 
-from conftest import answers, free_port
+from park_servers import answers, free_port
 
 from thaw.listen.spec import ParkAtListen
 from thaw.worker import protocol
