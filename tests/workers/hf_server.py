@@ -150,13 +150,17 @@ def engine_process(conn: Any, opts: dict[str, Any]) -> None:
 
 
 class InProcess:
+    """The engine on one thread of its own, warm-up and requests alike: torch.compile's CUDA graph trees are
+    per thread, so graphs captured during the warm-up are replayed only from the thread that captured them."""
+
     def __init__(self, opts: dict[str, Any]) -> None:
-        self.engine = Engine(opts)
-        self.lock = threading.Lock()
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.engine = self.thread.submit(Engine, opts).result()
 
     def complete(self, prompt: str, max_tokens: int) -> list[int]:
-        with self.lock:
-            return self.engine.complete(prompt, max_tokens)
+        return self.thread.submit(self.engine.complete, prompt, max_tokens).result()
 
     def info(self) -> dict[str, Any]:
         return self.engine.info()
