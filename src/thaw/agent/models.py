@@ -82,6 +82,12 @@ class SnapshotRequest(_Request):
     def _check_artifact(cls, v: str) -> str:
         return _name(v, "artifact name")
 
+    @field_validator("canary_http", mode="before")
+    @classmethod
+    def _openai_style(cls, v: object) -> object:
+        # {"prompt": ...} and {"messages": ...} are accepted as in a --canary-http file
+        return [HttpCanaryRequest.of(r) if isinstance(r, dict) else r for r in v] if isinstance(v, list) else v
+
 
 class RestoreRequest(_Request):
     """``POST /v1/restores``: restore an artifact as a new worker on this node."""

@@ -41,7 +41,6 @@ MAX_BYTES = 1 << 20
 SERVE_TIMEOUT_S = 120.0
 _RETRY_S = 0.05
 _MISSING = "<thaw: not in the answer>"
-OPENAI_COMPARE = ["choices"]  # the generated text; ids, timestamps and fingerprints differ on every answer
 
 
 def parse(text: str, *, where: str = "the canary requests") -> list[HttpCanaryRequest]:
@@ -66,7 +65,7 @@ def parse(text: str, *, where: str = "the canary requests") -> list[HttpCanaryRe
         if not isinstance(raw, dict):
             raise ConfigError(FIELD, f"line {number} of {where} must be a JSON object")
         try:
-            requests.append(_request(raw))
+            requests.append(HttpCanaryRequest.of(raw))
         except (ValidationError, ValueError) as exc:
             raise ConfigError(FIELD, f"line {number} of {where}: {_brief(exc)}",
                               hint='e.g. {"prompt": "Hello", "max_tokens": 16} or {"method": "GET", "path": "/health"}') from None
@@ -116,19 +115,6 @@ def check(canary: HttpCanary, pid: int, *, wait_s: float = SERVE_TIMEOUT_S, who:
 
 
 # --- internals ---------------------------------------------------------------------------------
-
-
-def _request(raw: dict[str, Any]) -> HttpCanaryRequest:
-    if "path" in raw or "method" in raw:
-        return HttpCanaryRequest.model_validate(raw)
-    if "prompt" in raw or "messages" in raw:
-        body = dict(raw)
-        extra = {k: body.pop(k) for k in ("compare", "timeout_s") if k in body}
-        body.setdefault("temperature", 0)
-        path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
-        return HttpCanaryRequest(path=path, body=body, compare=extra.get("compare", OPENAI_COMPARE),
-                                 **({"timeout_s": extra["timeout_s"]} if "timeout_s" in extra else {}))
-    raise ValueError('a line needs "path" (a request) or "prompt" / "messages" (an OpenAI-style one)')
 
 
 def _exchange_all(serves: str, pid: int, requests: list[HttpCanaryRequest], wait_s: float) -> list[HttpExchange]:

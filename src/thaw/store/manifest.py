@@ -68,6 +68,22 @@ class HttpCanaryRequest(BaseModel):
     compare: list[str] = Field(default_factory=list, max_length=32)
     timeout_s: float = Field(default=60.0, gt=0, le=600)
 
+    @classmethod
+    def of(cls, raw: dict[str, Any]) -> HttpCanaryRequest:
+        """A request from its JSON form: ``{"method", "path", "body", "compare", "timeout_s"}``, or OpenAI-style
+        ``{"prompt": ...}`` (``POST /v1/completions``) / ``{"messages": ...}`` (``POST /v1/chat/completions``),
+        which get ``temperature: 0`` unless they set it and compare the answer's ``choices`` (its ids and
+        timestamps differ on every answer). Raises ValueError (pydantic's ValidationError is one)."""
+        if "path" in raw or "method" in raw:
+            return cls.model_validate(raw)
+        if "prompt" in raw or "messages" in raw:
+            body = dict(raw)
+            extra = {k: body.pop(k) for k in ("compare", "timeout_s") if k in body}
+            body.setdefault("temperature", 0)
+            path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+            return cls.model_validate({"path": path, "body": body, "compare": ["choices"], **extra})
+        raise ValueError('a request needs "path" (any request) or "prompt" / "messages" (an OpenAI-style one)')
+
 
 class HttpExchange(BaseModel):
     request: HttpCanaryRequest
