@@ -32,6 +32,15 @@ HARMLESS = (
     "Can't keep kdat cache on non-tempfs",
 )
 
+# Errors whose cause thaw knows, and what to do about them (CriuError's hint)
+KNOWN_CAUSES = (
+    # Linux 6.16 refuses SO_PASSCRED/SO_PASSSEC on inet sockets; CRIU 4.1 reads both from every socket it dumps
+    # (checkpoint-restore/criu#2705, fixed after 4.1)
+    ("Can't get 1:16 opt", "this CRIU cannot dump a TCP or UDP socket on Linux >= 6.16 (criu#2705): the worker "
+     "must hold none when it is snapshotted: no listening socket before it parks (--park-at-listen stashes the one "
+     "it parks at), no connection to another service left open, no torch.distributed TCP store"),
+)
+
 
 @dataclass
 class DumpOptions:
@@ -172,7 +181,9 @@ def _call(req: object, operation: str, log: Path | None, *, criu: Criu | None, t
             # "Dumping FAILED."; the first real error line of its log says what went wrong
             if any(h in msg for h in HARMLESS) or msg.rstrip(".").endswith("FAILED"):
                 msg = first_error(log) or msg
-            raise CriuError(operation, msg, errno=resp.cr_errno, log_tail=log_tail(log))
+            error = CriuError(operation, msg, errno=resp.cr_errno, log_tail=log_tail(log))
+            error.hint = explain(msg)
+            raise error
         return resp
     finally:
         ours.close()
@@ -183,6 +194,11 @@ def _call(req: object, operation: str, log: Path | None, *, criu: Criu | None, t
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+def explain(message: str) -> str | None:
+    """What to do about a CRIU error thaw knows the cause of (KNOWN_CAUSES), else None."""
+    return next((hint for pattern, hint in KNOWN_CAUSES if pattern in message), None)
 
 
 def first_error(log: Path | None) -> str:
