@@ -55,3 +55,18 @@ def test_an_environment_value_with_unknown_fields_is_refused() -> None:
         ParkAtListen.from_env('{"colour": "blue"}')
     with pytest.raises(ValueError, match="not JSON"):
         ParkAtListen.from_env("{")
+
+
+def test_the_agent_and_the_cli_refuse_a_bad_park_spec_with_the_reason() -> None:
+    from pydantic import ValidationError
+    from typer.testing import CliRunner
+
+    from thaw.agent.models import LaunchRequest
+    from thaw.cli.main import app
+
+    ok = LaunchRequest(name="app", argv=["python"], park_at_listen={"port": 8000})
+    assert ok.park_at_listen == ParkAtListen(port=8000)
+    with pytest.raises(ValidationError, match="port must be 1-65535"):
+        LaunchRequest(name="app", argv=["python"], park_at_listen={"port": 0})
+    out = CliRunner().invoke(app, ["run", "--name", "app", "--park-port", "70000", "--", "python"])
+    assert out.exit_code == 2 and "--park-at-listen: port must be 1-65535, got 70000" in out.output

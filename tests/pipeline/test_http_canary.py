@@ -145,3 +145,16 @@ def test_the_agent_api_takes_the_same_requests() -> None:
 ])
 def test_where_thaw_connects_for_a_server_address(serves, expected) -> None:
     assert http_canary._address(serves, 42) == expected
+
+
+@pytest.mark.criu
+def test_a_worker_that_did_not_say_where_it_serves_is_refused_before_the_freeze(settings, store, launch_worker) -> None:
+    from thaw import pipeline
+    from workers import state
+
+    original = launch_worker()  # an SDK worker that serves on a unix socket it never named
+    with pytest.raises(ConfigError, match="did not say where it serves"):
+        pipeline.snapshot(settings, "w", "a1", store=store, canary_http=http_canary.parse('{"prompt": "x"}'))
+    assert store.list() == []
+    pipeline.release(settings, "w")
+    assert state(original.dir)["hooks"] == [], "never frozen"
