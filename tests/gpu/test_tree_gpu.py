@@ -40,9 +40,17 @@ def tree_of(inst: pipeline.Instance) -> list[int]:
 
 def compile_workers_of(inst: pipeline.Instance) -> list[dict]:
     from thaw.cuda import process
+    from thaw.errors import ThawError
 
-    return [{"pid": pid, "gpu": bool(process.gpu_handles(pid))} for pid in tree_of(inst)
-            if "torch/_inductor/compile_worker" in process.command_line(pid)]
+    found = []
+    for pid in tree_of(inst):
+        if "torch/_inductor/compile_worker" not in process.command_line(pid):
+            continue
+        try:
+            found.append({"pid": pid, "gpu": bool(process.gpu_handles(pid))})
+        except ThawError:
+            continue  # it exited while we looked (an idle pool may quiesce its workers)
+    return found
 
 
 def test_a_compiled_worker_with_its_compile_pool_snapshots_and_restores_twice_at_once(disk_settings) -> None:
