@@ -137,7 +137,12 @@ class Stash:
         self.fd = sock.fileno()
         self.family, self.kind, self.proto = sock.family, sock.type, sock.proto
         wanted = _OPTIONS + (_OPTIONS_V6 if self.family == socket.AF_INET6 else [])
-        self.options = {(level, name): sock.getsockopt(level, name) for level, name in wanted}
+        self.options = {}
+        for level, name in wanted:
+            try:
+                self.options[(level, name)] = sock.getsockopt(level, name)
+            except OSError:
+                continue  # not an option of this protocol
         self.status = fcntl.fcntl(self.fd, fcntl.F_GETFL)
         self.inheritable = os.get_inheritable(self.fd)
         placeholder = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)

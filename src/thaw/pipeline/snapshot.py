@@ -82,7 +82,7 @@ def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | N
                                 canary_http=canary_http or [], reply_timeout=reply_timeout)
         except BaseException as exc:
             _roll_back(inst, attempt, reply_timeout)
-            released = (f"; the original was released to answer the HTTP canary and serves on"
+            released = ("; the original was released to answer the HTTP canary and serves on"
                         if attempt.released else "")
             if isinstance(exc, CheckpointError | BusyError) and not released:
                 raise
