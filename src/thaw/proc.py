@@ -117,6 +117,11 @@ def effective_capabilities() -> int:
     return int(status_field("self", "CapEff") or "0", 16)
 
 
+def command_line(pid: int) -> list[str]:
+    """``pid``'s arguments (empty for a kernel thread or a zombie)."""
+    return [a.decode(errors="replace") for a in path(pid, "cmdline").read_bytes().split(b"\0") if a]
+
+
 def environ(pid: int) -> dict[str, str]:
     """The environment ``pid`` started with (changes it made later are not in /proc)."""
     raw = path(pid, "environ").read_bytes()

@@ -13,7 +13,7 @@ import ctypes
 from typing import Any
 
 from thaw.cuda import native
-from thaw.cuda.gpus import format_uuid
+from thaw.gpuid import format_uuid
 
 H200 = ("NVIDIA H200", bytes.fromhex("5f1e0c3a9b7d4e21a0b1c2d3e4f50617"), 150_000_000_000, (9, 0))
 H200_B = ("NVIDIA H200", bytes.fromhex("00112233445566778899aabbccddeeff"), 150_000_000_000, (9, 0))
@@ -104,6 +104,8 @@ class FakeCuda:
         return 0
 
     def cuCheckpointProcessGetRestoreThreadId(self, pid: int, out: Any) -> int:
+        if pid not in self.states:
+            return 1  # a process without CUDA state has no restore thread (CRIU's CUDA plugin relies on it)
         out._obj.value = pid + 1
         return self._injected("cuCheckpointProcessGetRestoreThreadId", pid)
 

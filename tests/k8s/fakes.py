@@ -130,13 +130,15 @@ class FakeAgent:
         self.jobs[job_id] = {"id": job_id, "kind": kind, "state": "running", "request": request}
         return job_id
 
-    def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True) -> str:
+    def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True,
+                 canary_http: list[dict[str, Any]] | None = None) -> str:
         self._call("snapshot", worker, artifact, leave_running)
-        return self._job("snapshot", worker=worker, artifact=artifact)
+        return self._job("snapshot", worker=worker, artifact=artifact, canary_http=canary_http)
 
-    def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None) -> str:
+    def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None,
+                digest: str | None = None) -> str:
         self._call("restore", artifact, gpu, name)
-        return self._job("restore", artifact=artifact, gpu=gpu, name=name)
+        return self._job("restore", artifact=artifact, gpu=gpu, name=name, digest=digest)
 
     def job(self, job_id: str) -> Job:
         self._call("job", job_id)
@@ -205,7 +207,7 @@ def typed_manifest(name: str, raw: dict) -> Manifest:
     worker = {"name": "w", "argv": [], "pid": 0, "canary": None, "hooks": [], "freeze_report": {}, **raw.get("worker", {})}
     gpus = [GpuRecord.model_construct(**{"index": 0, "memory_total": 0, "used_bytes": None, "compute_capability": "",
                                          **g}) for g in raw.get("gpus", [])]
-    base = Manifest(artifact_id="a1", name=name, source=SourceInfo(host="n", kernel="6"), worker=WorkerInfo(name="w"))
+    base = Manifest(artifact_id="a1" * 16, name=name, source=SourceInfo(host="n", kernel="6"), worker=WorkerInfo(name="w"))
     return base.model_copy(update={"gpus": gpus, "worker": WorkerInfo.model_construct(**worker)})
 
 

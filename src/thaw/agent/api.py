@@ -17,8 +17,9 @@ Routes (all under auth; see auth.py for the security model)::
     GET    /v1/jobs/{id}[?wait=S]         Job              (wait: long-poll up to S seconds for it to finish)
     GET    /v1/artifacts                  [ArtifactSummary]
     GET    /v1/artifacts/{name}           the artifact's Manifest
-    POST   /v1/artifacts/{name}/verify    202 Job
-    DELETE /v1/artifacts/{name}           204
+    GET    /v1/artifacts/{name}/inspect   Inspection       (manifest of a complete artifact, and its signature)
+    POST   /v1/artifacts/{name}/verify    202 Job          (?digest=: require exactly that digest)
+    DELETE /v1/artifacts/{name}           Deleted
 
 Every error is ``{"error": {"reason", "message", "hint", "kind", "retryable", "fields", "detail"}}``
 (thaw.api.ErrorBody; ``kind`` names the thaw.errors type) with
@@ -46,8 +47,10 @@ from thaw.agent.service import Agent
 from thaw.api.models import (
     AgentStatus,
     ArtifactSummary,
+    Deleted,
     ErrorBody,
     ErrorDetail,
+    Inspection,
     Job,
     LaunchRequest,
     Recovery,
@@ -60,6 +63,7 @@ from thaw.errors import (
     BusyError,
     ConfigError,
     HostError,
+    IntegrityError,
     JobNotFound,
     ThawError,
     WorkerNotFound,
@@ -76,6 +80,7 @@ STATUS: list[tuple[type[ThawError], int]] = [
     (WorkerNotFound, 404),
     (JobNotFound, 404),
     (BusyError, 409),
+    (IntegrityError, 409),  # the stored artifact is damaged, not the digest asked for, or not signed as required
     (HostError, 503),
 ]
 
@@ -156,18 +161,22 @@ def create_app(agent: Agent, tokens: Tokens | None = None) -> FastAPI:
         return await run_in_threadpool(agent.artifacts)
 
     @app.post("/v1/artifacts/{name:path}/verify", response_model=Job, status_code=202)
-    async def verify(name: str, request: Request) -> Job:
-        return await run_in_threadpool(agent.submit_verify, name, caller(request))
+    async def verify(name: str, request: Request,
+                     digest: str | None = Query(None, description="require exactly this digest")) -> Job:
+        return await run_in_threadpool(agent.submit_verify, name, caller(request), digest)
+
+    @app.get("/v1/artifacts/{name:path}/inspect", response_model=Inspection)
+    async def inspect(name: str) -> Inspection:
+        return await run_in_threadpool(agent.inspect, name)
 
     @app.get("/v1/artifacts/{name:path}")
     async def artifact(name: str) -> Response:
         manifest = await run_in_threadpool(agent.manifest, name)
         return Response(manifest.to_json(), media_type="application/json")
 
-    @app.delete("/v1/artifacts/{name:path}", status_code=204)
-    async def delete(name: str, request: Request) -> Response:
-        await run_in_threadpool(agent.delete_artifact, name, caller(request))
-        return Response(status_code=204)
+    @app.delete("/v1/artifacts/{name:path}", response_model=Deleted)
+    async def delete(name: str, request: Request) -> Deleted:
+        return await run_in_threadpool(agent.delete_artifact, name, caller(request))
 
     return app
 

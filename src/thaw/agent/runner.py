@@ -63,7 +63,8 @@ class JobRunner:
 
         def work(progress: Callable[[str, float | None, str], None]) -> JobResult:
             result = self.ops.snapshot(inst.id, req.artifact, leave_running=req.leave_running,
-                                       ready_timeout=req.ready_timeout, progress=progress)
+                                       ready_timeout=req.ready_timeout, canary_http=req.canary_http,
+                                       progress=progress)
             self._observe("snapshot", "write", result)
             return result
 
@@ -76,7 +77,7 @@ class JobRunner:
         def work(progress: Callable[[str, float | None, str], None]) -> JobResult:
             try:
                 result = self.ops.restore(req.artifact, name=req.name, gpu=req.gpu, verify_canary=req.verify_canary,
-                                          progress=progress)
+                                          digest=req.digest, progress=progress)
             except CanaryMismatch:
                 self.metrics.canary.labels("mismatch").inc()
                 raise
@@ -86,12 +87,12 @@ class JobRunner:
 
         return self._launch(job, work)
 
-    def verify(self, name: str, caller: dict[str, Any]) -> Job:
-        job = self._accept(JobKind.VERIFY, {"artifact": name}, caller, worker=None, artifact=name,
+    def verify(self, name: str, caller: dict[str, Any], *, digest: str | None = None) -> Job:
+        job = self._accept(JobKind.VERIFY, {"artifact": name, "digest": digest}, caller, worker=None, artifact=name,
                            holds={"artifact": name})
 
         def work(progress: Callable[[str, float | None, str], None]) -> JobResult:
-            result = self.ops.verify(name, progress=progress)
+            result = self.ops.verify(name, digest=digest, progress=progress)
             self.metrics.observe_timings("verify", {"verify": result.seconds})
             self.metrics.artifact_bytes.labels("verify").observe(result.bytes)
             self.metrics.observe_transfer("read", result.bytes, result.read_gbps)

@@ -29,14 +29,26 @@ from thaw.agent.holds import Holds
 from thaw.agent.jobs import JobBook
 from thaw.agent.metrics import Metrics
 from thaw.agent.runner import JobRunner
-from thaw.api.models import AgentStatus, ArtifactSummary, Job, JobError, JobKind, LaunchRequest, Recovery, Worker
+from thaw.api.models import (
+    AgentStatus,
+    ArtifactSummary,
+    Deleted,
+    Inspection,
+    Job,
+    JobError,
+    JobKind,
+    LaunchRequest,
+    Recovery,
+    Worker,
+)
 from thaw.config import Settings
 from thaw.cuda import devices
 from thaw.errors import BusyError, ConfigError, CudaError, JobNotFound, ThawError
 from thaw.model import Manifest, check_name
+from thaw.model.manifest import check_digest
 from thaw.ops import LocalOperations, views
 from thaw.pipeline import Instance, Recovered
-from thaw.store import Store, open_store
+from thaw.store import Store, store_for
 
 #: the environment a launched worker gets besides what the request names (never the agent's own)
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
@@ -61,7 +73,7 @@ class Agent:
         self.settings = config.settings
         self.staging = self.settings.staging_dir
         self.staging.mkdir(parents=True, exist_ok=True)
-        self.store = store or open_store(self.settings.store_url, scratch=self.staging / ".scratch")
+        self.store = store or store_for(self.settings)
         self.ops = LocalOperations(self.settings, self.store)
         self.book = JobBook(config.state / "jobs.db")
         self.audit = AuditLog(config.audit_log or config.state / "audit.log")
@@ -118,7 +130,8 @@ class Agent:
                 raise BusyError(f"a worker named {req.name!r} is already running on {self.settings.node}",
                                 hint="pick another name, or stop it first")
             try:
-                launched = self.ops.launch(req.name, req.argv, env={**BASE_ENV, **req.env}, cwd=cwd)
+                launched = self.ops.launch(req.name, req.argv, env={**BASE_ENV, **req.env}, cwd=cwd,
+                                           park=req.park_at_listen)
             except ThawError as exc:
                 self.audit.record("launch", "failed", caller=caller, worker=req.name, reason=exc.reason,
                                   message=str(exc))
@@ -157,15 +170,18 @@ class Agent:
         return self.ops.artifacts()
 
     def manifest(self, name: str) -> Manifest:
-        return self.ops.manifest(name)
+        return self.store.manifest(check_name(name))
 
-    def delete_artifact(self, name: str, caller: dict[str, Any]) -> None:
+    def inspect(self, name: str) -> Inspection:
+        return self.ops.inspect(name)
+
+    def delete_artifact(self, name: str, caller: dict[str, Any]) -> Deleted:
         check_name(name)
-        self.store.manifest(name)  # 404 before anything is held
         with self.holds.held(f"delete-{name}", "delete", artifact=name, exclusive=True):
             deleted = self.ops.delete(name)
         self.audit.record("delete", "succeeded", caller=caller, artifact=name, artifact_id=deleted.artifact_id,
                           digest=deleted.digest)
+        return deleted
 
     # ---- jobs (jobs.py runs them) ------------------------------------------------------------
 
@@ -185,12 +201,13 @@ class Agent:
         if req.name is not None and any(i.name == req.name and i.alive() for i in self._instances()):
             raise BusyError(f"a worker named {req.name!r} is already running on {self.settings.node}",
                             hint="pick another name for the restored worker")
-        self.store.manifest(req.artifact)  # 404 now rather than a failed job later
+        # 404 now rather than a failed job later; a wrong digest or signature too (fetch checks it again)
+        self.store.trust.check(self.store.manifest(req.artifact), expected_digest=req.digest)
         return self.jobs.restore(req, caller)
 
-    def submit_verify(self, name: str, caller: dict[str, Any]) -> Job:
+    def submit_verify(self, name: str, caller: dict[str, Any], digest: str | None = None) -> Job:
         self.store.manifest(check_name(name))
-        return self.jobs.verify(name, caller)
+        return self.jobs.verify(name, caller, digest=check_digest(digest) if digest is not None else None)
 
     # ---- after a restart --------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ ArtifactNotFound, ...). No agent answering is ``AgentUnavailable`` (retryable).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ from pydantic import BaseModel, ValidationError
 from thaw.api.models import (
     AgentStatus,
     ArtifactSummary,
+    Deleted,
     ErrorBody,
+    Inspection,
     Job,
     LaunchRequest,
     Recovery,
@@ -38,7 +41,9 @@ from thaw.api.models import (
 )
 from thaw.config import DEFAULT_AGENT_SOCKET
 from thaw.errors import AgentError, AgentUnavailable, ConfigError, ThawError
+from thaw.listen import ParkAtListen
 from thaw.model import GpuTarget, Manifest
+from thaw.model.manifest import HttpCanaryRequest
 
 DEFAULT_SOCKET = str(DEFAULT_AGENT_SOCKET)
 
@@ -79,8 +84,9 @@ class AgentClient:
         return str(self._call("GET", "/metrics", raw=True))
 
     # ---- workers ----
-    def launch(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: str = "/") -> Worker:
-        req = _request(LaunchRequest, name=name, argv=argv, env=env or {}, cwd=cwd)
+    def launch(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: str = "/",
+               park_at_listen: ParkAtListen | None = None) -> Worker:
+        req = _request(LaunchRequest, name=name, argv=argv, env=env or {}, cwd=cwd, park_at_listen=park_at_listen)
         return Worker.model_validate(self._call("POST", "/v1/workers", json=req))
 
     def workers(self, *, include_gone: bool = False) -> list[Worker]:
@@ -98,18 +104,21 @@ class AgentClient:
 
     # ---- operations (jobs) ----
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool = False,
-                 ready_timeout: float = 60.0) -> Job:
+                 ready_timeout: float = 60.0,
+                 canary_http: Sequence[HttpCanaryRequest | dict[str, Any]] | None = None) -> Job:
         req = _request(SnapshotRequest, worker=worker, artifact=artifact, leave_running=leave_running,
-                       ready_timeout=ready_timeout)
+                       ready_timeout=ready_timeout, canary_http=list(canary_http or []))
         return Job.model_validate(self._call("POST", "/v1/snapshots", json=req))
 
     def restore(self, artifact: str, *, name: str | None = None, gpu: GpuTarget | None = None,
-                verify_canary: bool = True) -> Job:
-        req = _request(RestoreRequest, artifact=artifact, name=name, gpu=gpu, verify_canary=verify_canary)
+                verify_canary: bool = True, digest: str | None = None) -> Job:
+        req = _request(RestoreRequest, artifact=artifact, name=name, gpu=gpu, verify_canary=verify_canary,
+                       digest=digest)
         return Job.model_validate(self._call("POST", "/v1/restores", json=req))
 
-    def verify(self, artifact: str) -> Job:
-        return Job.model_validate(self._call("POST", f"/v1/artifacts/{artifact}/verify"))
+    def verify(self, artifact: str, *, digest: str | None = None) -> Job:
+        params = {"digest": digest} if digest else None
+        return Job.model_validate(self._call("POST", f"/v1/artifacts/{artifact}/verify", params=params))
 
     def job(self, job_id: str, *, wait: float = 0.0) -> Job:
         params = {"wait": wait} if wait else None
@@ -140,8 +149,12 @@ class AgentClient:
         """The artifact's manifest."""
         return Manifest.model_validate(self._call("GET", f"/v1/artifacts/{name}"))
 
-    def delete(self, name: str) -> None:
-        self._call("DELETE", f"/v1/artifacts/{name}")
+    def inspect(self, name: str) -> Inspection:
+        """The artifact's manifest once every file it lists is there, and what this node's trust says of it."""
+        return Inspection.model_validate(self._call("GET", f"/v1/artifacts/{name}/inspect"))
+
+    def delete(self, name: str) -> Deleted:
+        return Deleted.model_validate(self._call("DELETE", f"/v1/artifacts/{name}"))
 
     def recover(self) -> list[Recovery]:
         """Have the agent settle operations whose process died without unwinding (``thaw gc``)."""

@@ -16,7 +16,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from thaw.errors import ConfigError
-from thaw.model import GpuInfo, GpuTarget, check_name
+from thaw.listen.spec import ParkAtListen
+from thaw.model import GpuInfo, GpuTarget, Manifest, check_name
+from thaw.model.manifest import HttpCanaryRequest, check_digest
 
 API_VERSION = "v1"
 
@@ -44,6 +46,9 @@ class LaunchRequest(_Request):
     env: dict[str, str] = Field(default_factory=dict,
                                 description="environment of the worker; the agent's own environment is NOT inherited")
     cwd: str = Field(default="/", description="absolute working directory")
+    park_at_listen: ParkAtListen | None = Field(
+        default=None, description="an unmodified Python server: park it at its first listening socket "
+                                  "(thaw run --park-at-listen; docs/integrations.md)")
 
     @field_validator("name")
     @classmethod
@@ -65,6 +70,10 @@ class SnapshotRequest(_Request):
     artifact: str
     leave_running: bool = Field(default=False, description="keep the original serving after the snapshot")
     ready_timeout: float = Field(default=60.0, gt=0, le=3600, description="seconds to wait for the quiesce point")
+    canary_http: list[HttpCanaryRequest] = Field(
+        default_factory=list, max_length=64,
+        description="requests the original answers after the snapshot; every restored copy must answer them alike "
+                    "(thaw snapshot --canary-http)")
 
     @field_validator("worker")
     @classmethod
@@ -76,6 +85,12 @@ class SnapshotRequest(_Request):
     def _check_artifact(cls, v: str) -> str:
         return _name(v, "artifact name")
 
+    @field_validator("canary_http", mode="before")
+    @classmethod
+    def _openai_style(cls, v: object) -> object:
+        # {"prompt": ...} and {"messages": ...} are accepted as in a --canary-http file
+        return [HttpCanaryRequest.of(r) if isinstance(r, dict) else r for r in v] if isinstance(v, list) else v
+
 
 class RestoreRequest(_Request):
     """``POST /v1/restores``: restore an artifact as a new worker on this node."""
@@ -84,6 +99,16 @@ class RestoreRequest(_Request):
     name: str | None = Field(default=None, description="name of the restored worker; default: the original's")
     gpu: GpuTarget | None = Field(default=None, description="GPU index or UUID to restore onto; default: as recorded")
     verify_canary: bool = Field(default=True, description="require the worker to reproduce its recorded canary")
+    digest: str | None = Field(default=None, description="restore only if the artifact has exactly this digest "
+                                                         "(sha256:<hex>, as a snapshot's result reports it)")
+
+    @field_validator("digest")
+    @classmethod
+    def _check_digest(cls, v: str | None) -> str | None:
+        try:
+            return None if v is None else check_digest(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("artifact")
     @classmethod
@@ -206,6 +231,7 @@ class CanaryReport(BaseModel):
     expected: Any = None
     got: Any = None
     differences: list[str] = Field(default_factory=list)
+    http_requests: int = Field(default=0, description="HTTP canary requests the copy answered as the original did")
 
 
 class RestoreResult(BaseModel):
@@ -227,6 +253,8 @@ class VerifyResult(BaseModel):
     digest: str
     bytes: int
     files: int
+    expected_digest: bool = Field(default=False, description="the digest was also checked against the one asked for")
+    trust: str = Field(default="", description="what the node's trust settings say of its signature")
     seconds: float
     read_gbps: float | None = None
 
@@ -236,11 +264,19 @@ JobResult = Annotated[SnapshotResult | RestoreResult | VerifyResult, Field(discr
 
 
 class Deleted(BaseModel):
-    """``thaw rm``: the artifact that was deleted."""
+    """``DELETE /v1/artifacts/{name}``, ``thaw rm``: what was deleted."""
 
     artifact: str
-    artifact_id: str
-    digest: str
+    artifact_id: str | None = Field(default=None, description="None for a leftover directory without a manifest")
+    digest: str | None = None
+    leftover: bool = Field(default=False, description="it was a directory without a manifest, not an artifact")
+
+
+class Inspection(BaseModel):
+    """``GET /v1/artifacts/{name}/inspect``, ``thaw inspect``: a complete artifact's manifest, and its signature."""
+
+    manifest: Manifest
+    trust: str = Field(description="what the node's trust settings say of its signature")
 
 
 class Recovery(BaseModel):

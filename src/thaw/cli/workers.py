@@ -12,6 +12,7 @@ from rich.table import Table
 from thaw.api.models import Recovery, Worker
 from thaw.cli.common import AgentOpt, HomeOpt, JsonOpt, LocalOpt, operations
 from thaw.cli.output import console, emit_json, err, fail, friendly, progress
+from thaw.listen import ParkAtListen
 from thaw.ops import Operations
 
 
@@ -22,6 +23,20 @@ def run(
     wait: Annotated[bool, typer.Option(
         "--wait/--no-wait", help="wait until the worker parks at its quiesce point")] = False,
     ready_timeout: Annotated[float, typer.Option(help="seconds to wait for the quiesce point with --wait")] = 600.0,
+    park_at_listen: Annotated[bool, typer.Option(
+        "--park-at-listen", help="an unmodified Python server: park it at its first TCP listening socket, before "
+        "the bind (docs/integrations.md)")] = False,
+    park_port: Annotated[int | None, typer.Option(
+        "--park-port", help="park at the bind of this TCP port (implies --park-at-listen)", show_default=False)] = None,
+    park_path: Annotated[str | None, typer.Option(
+        "--park-path", help="park at the bind of this unix socket path, '@name' for an abstract one (implies "
+        "--park-at-listen)", show_default=False)] = None,
+    park_nth: Annotated[int, typer.Option("--park-nth", help="park at the n-th matching bind")] = 1,
+    park_min_warmup: Annotated[float, typer.Option(
+        "--park-min-warmup", help="seconds: a bind sooner after start is 'early': not parked, reported")] = 2.0,
+    park_expect_gpu: Annotated[str, typer.Option(
+        "--park-expect-gpu", help="auto | yes | no: a bind before any process holds a GPU is 'early' (auto: where "
+        "the sandbox sees a GPU)")] = "auto",
     home: HomeOpt = None,
     agent: AgentOpt = None,
     local: LocalOpt = False,
@@ -30,14 +45,23 @@ def run(
     """Start a worker in a snapshot-able sandbox: [bold]thaw run --name NAME -- CMD [ARGS...][/].
 
     The worker runs in new pid, mount and network namespaces. It warms up, then calls
-    thaw.worker.quiesce() and parks until you snapshot or release it.
+    thaw.worker.quiesce() and parks until you snapshot or release it. A server that knows
+    nothing of thaw (a FastAPI app, vLLM, SGLang) runs with [bold]--park-at-listen[/]: thaw parks
+    it inside its first bind of a listening socket, which proceeds once it is thawed or released.
     """
     argv = list(ctx.args)
     if not argv:
         fail("no command given", "thaw run --name NAME -- CMD [ARGS...]", code=2)
+    park = None
+    if park_at_listen or park_port is not None or park_path is not None:
+        try:
+            park = ParkAtListen(port=park_port, path=park_path, nth=park_nth, min_warmup_s=park_min_warmup,
+                                expect_gpu=park_expect_gpu)
+        except ValueError as exc:
+            fail(f"--park-at-listen: {exc}", "thaw run --help", code=2)
     ops = operations(home, agent=agent, local=local)
     # the worker gets this command's environment and working directory, wherever it is launched
-    worker = ops.launch(name, argv, env=dict(os.environ), cwd=Path.cwd())
+    worker = ops.launch(name, argv, env=dict(os.environ), cwd=Path.cwd(), park=park)
     if wait:
         with progress(not json_out) as cb:
             cb("warm-up", None, f"waiting for {name} to reach its quiesce point")

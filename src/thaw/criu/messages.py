@@ -33,6 +33,7 @@ _MESSAGES: list[tuple[str, list[tuple[str, int, int, str]]]] = [
         ("log_file", 10, _OPT, "string"),
         ("root", 13, _OPT, "string"),
         ("work_dir_fd", 17, _OPT, "int32"),
+        ("link_remap", 18, _OPT, "bool"),
         ("rst_sibling", 26, _OPT, "bool"),
         ("inherit_fd", 27, _REP, ".inherit_fd"),
         ("manage_cgroups_mode", 34, _OPT, ".criu_cg_mode"),

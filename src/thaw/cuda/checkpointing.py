@@ -24,7 +24,8 @@ from enum import IntEnum
 
 from thaw.cuda import native
 from thaw.errors import CudaError
-from thaw.model.gpu import GpuPair, parse_uuid
+from thaw.gpuid import parse_uuid
+from thaw.model.gpu import GpuPair
 
 #: default for ``lock``: how long the driver waits for already-submitted GPU work (0 = forever)
 DEFAULT_LOCK_TIMEOUT_MS = 10_000

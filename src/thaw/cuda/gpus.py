@@ -16,7 +16,9 @@ import re
 from thaw import proc
 from thaw.cuda import native
 from thaw.errors import CudaError
-from thaw.model.gpu import GpuInfo, format_uuid, normalize_uuid
+from thaw.cuda.device import _device, device_uuid
+from thaw.gpuid import normalize_uuid
+from thaw.model.gpu import GpuInfo
 
 
 #: what cuInit answers on a host whose driver loads but has no GPU (cuda.h: CUDA_ERROR_NO_DEVICE)
@@ -52,21 +54,6 @@ def devices() -> list[GpuInfo]:
         return []
     version = driver_version()
     return [_describe(i, version) for i in range(device_count())]
-
-
-def device_uuid(index: int) -> str:
-    """The UUID of CUDA device ``index`` as the driver reports it *now*.
-
-    After a restore onto another GPU the driver reports the new GPU here, while torch's
-    cached ``get_device_properties().uuid`` still names the old one (probe, second run).
-    """
-    dev = _device(index)
-    uuid = native.CUuuid()
-    lib = native.cuda_init()
-    # cuda.h maps cuDeviceGetUuid to the _v2 symbol since CUDA 11.4; older drivers only have v1
-    call = "cuDeviceGetUuid_v2" if lib.has("cuDeviceGetUuid_v2") else "cuDeviceGetUuid"
-    native.cuda_call(call, ctypes.byref(uuid), dev)
-    return format_uuid(bytes(uuid.bytes))
 
 
 def driver_version() -> str:
@@ -132,12 +119,6 @@ _NVML_VALUE_NOT_AVAILABLE = 0xFFFFFFFFFFFFFFFF  # nvml.h NVML_VALUE_NOT_AVAILABL
 
 
 # --- internals -----------------------------------------------------------------------------------
-
-
-def _device(index: int) -> int:
-    dev = ctypes.c_int(0)
-    native.cuda_call("cuDeviceGet", ctypes.byref(dev), index)
-    return dev.value
 
 
 def _describe(index: int, version: str) -> GpuInfo:

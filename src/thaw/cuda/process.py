@@ -56,3 +56,49 @@ def gpu_processes(root_pid: int) -> list[int]:
         except WorkerError:
             continue  # exited while we looked
     return result
+def command_line(pid: int) -> str:
+    """``pid``'s command line, its arguments joined by spaces (for messages); "" when gone."""
+    try:
+        return " ".join(proc.command_line(pid))
+    except OSError:
+        return ""
+
+
+def parent_pid(pid: int) -> int:
+    """``pid``'s parent (0 when gone)."""
+    try:
+        return int((proc.status_field(pid, "PPid") or "0").split()[0])
+    except proc.Gone:
+        return 0
+
+
+def namespace_pid(pid: int) -> int:
+    """The pid ``pid`` has inside its own (innermost) pid namespace: the last ``NSpid`` value.
+
+    CRIU restores a tree with the pids it had inside its pid namespace, so this is the
+    name of a process that survives a snapshot and a restore; the host pid does not.
+    """
+    try:
+        values = (proc.status_field(pid, "NSpid") or "").split()
+    except proc.Gone:
+        values = []
+    if not values:
+        raise WorkerError(f"process {pid} does not exist (it exited?)")
+    return int(values[-1])
+
+
+def host_pids(root_pid: int, ns_pids: list[int]) -> dict[int, int]:
+    """Host pids of the processes of ``root_pid``'s tree that have the namespace pids ``ns_pids``.
+
+    Returns ``{ns pid: host pid}`` for those found; a restore compares it with what it needs.
+    """
+    wanted = set(ns_pids)
+    found: dict[int, int] = {}
+    for pid in descendants(root_pid):
+        try:
+            inner = namespace_pid(pid)
+        except WorkerError:
+            continue  # exited while we looked
+        if inner in wanted:
+            found[inner] = pid
+    return found

@@ -18,7 +18,8 @@ NET_KEY = "thaw-netns"
 class SandboxLayout(BaseModel):
     """Namespaces and mounts of a sandbox."""
 
-    model_config = ConfigDict(frozen=True)
+    # part of a manifest, covered by its digest: an unknown field is refused (thaw.model.manifest._Strict)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     keep: list[str] = Field(default_factory=list, description="mountpoints kept besides / and /proc")
     private_net: bool = True

@@ -27,6 +27,7 @@ class Phase(str, Enum):
     FREEZE_HOOKS = "freeze_hooks"
     GPU_CHECKPOINT = "gpu_checkpoint"
     DUMP = "dump"
+    CANARY_RECORD = "canary_record"  # the original answers the HTTP canary before the manifest is published
     PUBLISH = "publish"
     RESUME_ORIGINAL = "resume_original"
     STOP_ORIGINAL = "stop_original"
@@ -38,6 +39,7 @@ class Phase(str, Enum):
     GPU_RESTORE = "gpu_restore"
     THAW_HOOKS = "thaw_hooks"
     GO = "go"
+    CANARY_HTTP = "canary_http"  # the restored copy answers the HTTP canary as the original did
     # parts of the GPU phases (thaw.pipeline.gpu)
     CUDA_LOCK = "cuda_lock"
     CUDA_CHECKPOINT = "cuda_checkpoint"

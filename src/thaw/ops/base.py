@@ -12,8 +12,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from thaw.api.models import ArtifactSummary, Deleted, Recovery, RestoreResult, SnapshotResult, VerifyResult, Worker
-from thaw.model import GpuTarget, Manifest
+from thaw.api.models import (
+    ArtifactSummary,
+    Deleted,
+    Inspection,
+    Recovery,
+    RestoreResult,
+    SnapshotResult,
+    VerifyResult,
+    Worker,
+)
+from thaw.listen import ParkAtListen
+from thaw.model import GpuTarget
+from thaw.model.manifest import HttpCanaryRequest
 
 #: progress callback: (phase, fraction done or None, detail)
 Progress = Callable[[str, float | None, str], None]
@@ -25,8 +36,9 @@ class Operations(Protocol):
     #: where the operations run, for messages ("this process", "the agent at /run/thaw/agent.sock")
     where: str
 
-    def launch(self, name: str, argv: list[str], *, env: dict[str, str], cwd: Path) -> Worker:
-        """Start ``argv`` as a snapshot-able worker in a new sandbox."""
+    def launch(self, name: str, argv: list[str], *, env: dict[str, str], cwd: Path,
+               park: ParkAtListen | None = None) -> Worker:
+        """Start ``argv`` as a snapshot-able worker in a new sandbox (``park``: an unmodified server)."""
         ...
 
     def wait_ready(self, worker: str, timeout: float) -> Worker:
@@ -48,16 +60,20 @@ class Operations(Protocol):
         ...
 
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool, ready_timeout: float,
-                 progress: Progress) -> SnapshotResult: ...
+                 canary_http: list[HttpCanaryRequest], progress: Progress) -> SnapshotResult: ...
 
     def restore(self, artifact: str, *, name: str | None, gpu: GpuTarget | None, verify_canary: bool,
-                progress: Progress) -> RestoreResult: ...
+                digest: str | None, progress: Progress) -> RestoreResult:
+        """Restore ``artifact`` (only if it has exactly ``digest``, when given)."""
+        ...
 
     def artifacts(self) -> list[ArtifactSummary]: ...
 
-    def manifest(self, artifact: str) -> Manifest: ...
+    def inspect(self, artifact: str) -> Inspection:
+        """A complete artifact's manifest (IntegrityError when a file it lists is missing) and its signature."""
+        ...
 
-    def verify(self, artifact: str, *, progress: Progress) -> VerifyResult: ...
+    def verify(self, artifact: str, *, digest: str | None, progress: Progress) -> VerifyResult: ...
 
     def delete(self, artifact: str) -> Deleted: ...
 

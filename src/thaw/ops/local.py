@@ -6,12 +6,24 @@ import time
 from pathlib import Path
 
 from thaw import pipeline
-from thaw.api.models import ArtifactSummary, Deleted, Recovery, RestoreResult, SnapshotResult, VerifyResult, Worker
+from thaw.api.models import (
+    ArtifactSummary,
+    Deleted,
+    Inspection,
+    Recovery,
+    RestoreResult,
+    SnapshotResult,
+    VerifyResult,
+    Worker,
+)
 from thaw.config import Settings
-from thaw.model import GpuTarget, Manifest, check_name
+from thaw.errors import ArtifactNotFound
+from thaw.listen import ParkAtListen
+from thaw.model import GpuTarget, check_name
+from thaw.model.manifest import HttpCanaryRequest
 from thaw.ops import views
 from thaw.ops.base import Progress
-from thaw.store import Store, open_store
+from thaw.store import Store, store_for
 
 
 class LocalOperations:
@@ -26,12 +38,13 @@ class LocalOperations:
     def store(self) -> Store:
         # opened on first use: `thaw ps` and `thaw stop` need no store (and a bad --store fails only where used)
         if self._store is None:
-            self._store = open_store(self.settings.store_url)
+            self._store = store_for(self.settings)
         return self._store
 
     # ---- workers ----
-    def launch(self, name: str, argv: list[str], *, env: dict[str, str], cwd: Path) -> Worker:
-        return views.worker(pipeline.launch(self.settings, argv, name=name, env=env, cwd=cwd))
+    def launch(self, name: str, argv: list[str], *, env: dict[str, str], cwd: Path,
+               park: ParkAtListen | None = None) -> Worker:
+        return views.worker(pipeline.launch(self.settings, argv, name=name, env=env, cwd=cwd, park=park))
 
     def wait_ready(self, worker: str, timeout: float) -> Worker:
         inst = pipeline.find(self.settings, worker)
@@ -52,34 +65,42 @@ class LocalOperations:
 
     # ---- snapshot and restore ----
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool, ready_timeout: float,
-                 progress: Progress) -> SnapshotResult:
+                 canary_http: list[HttpCanaryRequest], progress: Progress) -> SnapshotResult:
         snap = pipeline.snapshot(self.settings, worker, artifact, store=self.store, leave_running=leave_running,
-                                 ready_timeout=ready_timeout, progress=progress)
+                                 ready_timeout=ready_timeout, canary_http=canary_http, progress=progress)
         return views.snapshot_result(snap, leave_running=leave_running)
 
     def restore(self, artifact: str, *, name: str | None, gpu: GpuTarget | None, verify_canary: bool,
-                progress: Progress) -> RestoreResult:
+                digest: str | None, progress: Progress) -> RestoreResult:
         restored = pipeline.restore(self.settings, artifact, store=self.store, gpu_target=gpu, name=name,
-                                    verify_canary=verify_canary, progress=progress)
+                                    verify_canary=verify_canary, expected_digest=digest, progress=progress)
         return views.restore_result(restored)
 
     # ---- artifacts ----
     def artifacts(self) -> list[ArtifactSummary]:
         return [views.artifact_summary(m) for m in self.store.list()]
 
-    def manifest(self, artifact: str) -> Manifest:
-        return self.store.manifest(check_name(artifact))
+    def inspect(self, artifact: str) -> Inspection:
+        m = self.store.check_complete(check_name(artifact))
+        return Inspection(manifest=m, trust=self.store.trust.describe(m))
 
-    def verify(self, artifact: str, *, progress: Progress) -> VerifyResult:
+    def verify(self, artifact: str, *, digest: str | None, progress: Progress) -> VerifyResult:
         check_name(artifact)
         progress("verify", None, f"reading every chunk of {artifact}")
         t0 = time.perf_counter()
-        m = self.store.verify(artifact)
-        return views.verify_result(m, time.perf_counter() - t0)
+        m = self.store.verify(artifact, expected_digest=digest)
+        return views.verify_result(m, time.perf_counter() - t0, expected_digest=digest is not None,
+                                   trust=self.store.trust.describe(m))
 
     def delete(self, artifact: str) -> Deleted:
-        m = self.store.manifest(check_name(artifact))
-        self.store.delete(artifact)
+        check_name(artifact)
+        try:
+            m = self.store.manifest(artifact)
+        except ArtifactNotFound:
+            m = None  # perhaps a leftover directory without a manifest: the store decides
+        what = self.store.delete(artifact)
+        if m is None or what == "leftover":
+            return Deleted(artifact=artifact, leftover=what == "leftover")
         return views.deleted(m)
 
     def close(self) -> None:

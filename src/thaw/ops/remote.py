@@ -9,6 +9,7 @@ from thaw.api.client import AgentClient
 from thaw.api.models import (
     ArtifactSummary,
     Deleted,
+    Inspection,
     Job,
     JobState,
     Recovery,
@@ -18,7 +19,9 @@ from thaw.api.models import (
     Worker,
 )
 from thaw.errors import QuiesceTimeout, ThawError, WorkerError, rebuild
-from thaw.model import GpuTarget, Manifest, check_name
+from thaw.listen import ParkAtListen
+from thaw.model import GpuTarget, check_name
+from thaw.model.manifest import HttpCanaryRequest
 from thaw.ops.base import Progress
 
 #: how long the CLI follows an agent job before it gives up waiting (the job itself goes on)
@@ -35,8 +38,9 @@ class AgentOperations:
         self.where = f"the agent at {client.where}"
 
     # ---- workers ----
-    def launch(self, name: str, argv: list[str], *, env: dict[str, str], cwd: Path) -> Worker:
-        return self.client.launch(name, argv, env=env, cwd=str(cwd))
+    def launch(self, name: str, argv: list[str], *, env: dict[str, str], cwd: Path,
+               park: ParkAtListen | None = None) -> Worker:
+        return self.client.launch(name, argv, env=env, cwd=str(cwd), park_at_listen=park)
 
     def wait_ready(self, worker: str, timeout: float) -> Worker:
         deadline = time.monotonic() + timeout
@@ -68,15 +72,16 @@ class AgentOperations:
 
     # ---- snapshot and restore: agent jobs ----
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool, ready_timeout: float,
-                 progress: Progress) -> SnapshotResult:
+                 canary_http: list[HttpCanaryRequest], progress: Progress) -> SnapshotResult:
         job = self._follow(self.client.snapshot(worker, artifact, leave_running=leave_running,
-                                                ready_timeout=ready_timeout), progress)
+                                                ready_timeout=ready_timeout, canary_http=canary_http), progress)
         assert isinstance(job.result, SnapshotResult)  # the job's kind says so (JobResult's discriminator)
         return job.result
 
     def restore(self, artifact: str, *, name: str | None, gpu: GpuTarget | None, verify_canary: bool,
-                progress: Progress) -> RestoreResult:
-        job = self._follow(self.client.restore(artifact, name=name, gpu=gpu, verify_canary=verify_canary), progress)
+                digest: str | None, progress: Progress) -> RestoreResult:
+        job = self._follow(self.client.restore(artifact, name=name, gpu=gpu, verify_canary=verify_canary,
+                                               digest=digest), progress)
         assert isinstance(job.result, RestoreResult)
         return job.result
 
@@ -84,18 +89,16 @@ class AgentOperations:
     def artifacts(self) -> list[ArtifactSummary]:
         return self.client.artifacts()
 
-    def manifest(self, artifact: str) -> Manifest:
-        return self.client.artifact(check_name(artifact))
+    def inspect(self, artifact: str) -> Inspection:
+        return self.client.inspect(check_name(artifact))
 
-    def verify(self, artifact: str, *, progress: Progress) -> VerifyResult:
-        job = self._follow(self.client.verify(check_name(artifact)), progress)
+    def verify(self, artifact: str, *, digest: str | None, progress: Progress) -> VerifyResult:
+        job = self._follow(self.client.verify(check_name(artifact), digest=digest), progress)
         assert isinstance(job.result, VerifyResult)
         return job.result
 
     def delete(self, artifact: str) -> Deleted:
-        m = self.client.artifact(check_name(artifact))
-        self.client.delete(artifact)
-        return Deleted(artifact=m.name, artifact_id=m.artifact_id, digest=m.digest)
+        return self.client.delete(check_name(artifact))
 
     def close(self) -> None:
         self.client.close()

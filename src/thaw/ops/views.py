@@ -46,16 +46,17 @@ def restore_result(restored: Restored) -> RestoreResult:
     m = restored.manifest
     checked = restored.canary_checked
     canary = CanaryReport(checked=checked, match=True if checked else None, expected=restored.canary_expected,
-                          got=restored.canary_got)
+                          got=restored.canary_got, http_requests=len(restored.http_canary_got or []))
     fetched = restored.timings.seconds(Phase.FETCH)
     return RestoreResult(worker=worker(restored.instance), artifact=m.name, artifact_id=m.artifact_id, digest=m.digest,
                          bytes=m.size, timings=restored.timings.flat(), canary=canary,
                          read_gbps=_gbps(restored.store_stats.get("read_gbps"), m, fetched))
 
 
-def verify_result(m: Manifest, seconds: float) -> VerifyResult:
+def verify_result(m: Manifest, seconds: float, *, expected_digest: bool, trust: str) -> VerifyResult:
     return VerifyResult(artifact=m.name, artifact_id=m.artifact_id, digest=m.digest, bytes=m.size, files=len(m.files),
-                        seconds=seconds, read_gbps=m.size / seconds / 1e9 if seconds > 0 else None)
+                        seconds=seconds, read_gbps=m.size / seconds / 1e9 if seconds > 0 else None,
+                        expected_digest=expected_digest, trust=trust)
 
 
 def artifact_summary(m: Manifest) -> ArtifactSummary:

@@ -15,6 +15,11 @@ dump, because a process holding /dev/nvidia* cannot be dumped; the CUDA restore 
 Every step returns its phase durations in seconds (``cuda_lock``, ``cuda_checkpoint``,
 ``cuda_restore``, ``cuda_unlock``) for the operation's summary line. A failed step
 leaves the process as the step found it where the driver allows it, and says so.
+
+Every process of the worker's tree that holds the GPU takes part (gpu_tree.py): the
+tree is planned before the freeze (refusing what CRIU could not dump) and confirmed
+after it; every process is locked before any is checkpointed, and restored before any
+is unlocked. The manifest names them by their pid inside the sandbox.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from contextlib import contextmanager
 
 from thaw import proc
 from thaw.cuda import checkpointing, gpus, process
+from thaw.pipeline import gpu_tree
 from thaw.cuda.checkpointing import DEFAULT_LOCK_TIMEOUT_MS, ProcessState
 from thaw.errors import CheckpointError, ConfigError, CudaError, RestoreError, ThawError
 from thaw.model import GpuInfo, GpuPair, GpuRecord, GpuTarget, Phase, normalize_uuid
@@ -39,6 +45,62 @@ def identity() -> dict[str, str]:
     """The driver version, for the manifest's source info; empty on a host without the driver."""
     version = gpus.driver_version()  # NVML or the kernel module: no cuInit, so a CPU snapshot never fails here
     return {"cuda_driver": version} if version else {}
+
+
+# --- the worker's whole tree (gpu_tree.py makes the driver calls) ---------------------------------
+
+
+def plan_tree(root: int, parked_ns_pid: int, hooks: list[str]) -> gpu_tree.TreePlan | None:
+    """Before the freeze: which GPU processes are checkpointed and which depart; None when none holds a GPU.
+
+    ``parked_ns_pid`` is the pid (inside the sandbox) of the process parked in quiesce(),
+    from its readiness marker; ``hooks`` the freeze hooks it registered.
+    """
+    if not process.gpu_processes(root):
+        return None  # a CPU worker: libcuda is never loaded
+    parked = process.host_pids(root, [parked_ns_pid]).get(parked_ns_pid, root)
+    return gpu_tree.plan_tree(root, parked=parked, hooks=hooks)
+
+
+def confirm_tree(plan: gpu_tree.TreePlan | None) -> list[int]:
+    """After the freeze hooks: the host pids whose CUDA state is checkpointed ([] for CPU workers)."""
+    return gpu_tree.confirm_tree(plan) if plan is not None else []
+
+
+def record_tree(root: int, pids: list[int]) -> list[GpuRecord]:
+    """The GPUs the worker sees and the memory its whole tree uses on each, for the manifest (before the lock)."""
+    return record_gpus(root, pids=proc.descendants(root)) if pids else []
+
+
+def namespace_pids(pids: list[int]) -> list[int]:
+    """How the manifest names processes: by their pid inside the sandbox, which a CRIU restore keeps."""
+    return [process.namespace_pid(pid) for pid in pids]
+
+
+def checkpoint_tree(pids: list[int]) -> dict[str, float]:
+    """Lock every GPU process, then checkpoint every one; all back to running on failure."""
+    return gpu_tree.checkpoint_tree(pids, DEFAULT_LOCK_TIMEOUT_MS)
+
+
+def rollback_tree(pids: list[int]) -> None:
+    """Bring the processes a snapshot checkpointed back to running (after a failed dump, or --leave-running)."""
+    gpu_tree.rollback_tree(pids)
+
+
+def rollback(pid: int) -> None:
+    """Bring every process of worker ``pid``'s tree back to running, wherever a snapshot left it (recovery)."""
+    gpu_tree.rollback_tree(proc.descendants(pid))
+
+
+def restore_tree(root: int, ns_pids: list[int], pairs: Sequence[GpuPair] | None = None) -> dict[str, float]:
+    """Restore every GPU process of a CRIU-restored tree, then unlock every one.
+
+    ``ns_pids`` come from the manifest; an artifact from before they were recorded
+    held the root's GPU state only.
+    """
+    pids = gpu_tree.host_pids_for(root, ns_pids) if ns_pids else [root]
+    return gpu_tree.restore_tree(pids, pairs)
+
 
 
 # --- snapshot -------------------------------------------------------------------------------

@@ -47,6 +47,8 @@ class SnapshotAttempt(BaseModel):
     artifact_id: str = ""  # once staged: the store's id of the new artifact ...
     staged_dir: str = ""  # ... and where it is written
     phases: list[str] = Field(default_factory=list)  # the phases started so far, in order
+    gpu_pids: list[int] = Field(default_factory=list)  # host pids whose GPU state may be locked or checkpointed
+    released: bool = False  # the original was let go (to answer the HTTP canary): it serves, it is not parked
 
     @property
     def phase(self) -> str:

@@ -79,8 +79,8 @@ def recover(settings: Settings, store: Store | None = None) -> list[Recovered]:
     return settled
 
 
-def roll_back(inst: Instance, *, gpu_checkpointed: bool, timeout: float, notes: list[str] | None = None) -> None:
-    """Bring a worker frozen for a snapshot back to parked: GPU state restored if checkpointed, then ABORT.
+def roll_back(inst: Instance, *, gpu_pids: list[int], timeout: float, notes: list[str] | None = None) -> None:
+    """Bring a worker frozen for a snapshot back to parked: its GPU processes back to running, then ABORT.
 
     Errors are noted, not raised: the caller reports the failure that made it roll back.
     """
@@ -88,12 +88,8 @@ def roll_back(inst: Instance, *, gpu_checkpointed: bool, timeout: float, notes: 
     if not inst.alive():
         notes.append("the worker is gone")
         return
-    if gpu_checkpointed:
-        try:
-            gpu.rollback_gpu(inst.host_pid)
-            notes.append("GPU state rolled back")
-        except ThawError as exc:  # the ABORT below then fails too; the worker must be stopped
-            notes.append(f"GPU rollback: {exc}")
+    if gpu_pids:
+        _roll_back_gpu(gpu_pids, notes)  # if it fails, the ABORT below fails too: the worker must be stopped
     _tell(inst, Action.ABORT, timeout, notes, "the worker was told to ABORT and is parked again")
 
 
@@ -162,20 +158,22 @@ def _snapshot(inst: Instance, store: Store) -> Recovered:
         inst.kill()
         inst.state = "snapshotted"
         notes.append("the original worker was stopped, as requested")
+    elif attempt.released:
+        notes.append("the original was released to answer the HTTP canary and serves on")
     elif attempt.phase == Phase.RESUME_ORIGINAL.value:
-        if Phase.GPU_CHECKPOINT.value in attempt.phases:
-            _roll_back_gpu(inst, notes)
+        if attempt.gpu_pids:
+            _roll_back_gpu(attempt.gpu_pids, notes)
         _tell(inst, Action.RELEASE, REPLY_S, notes, "released the original worker, as requested")
     else:
-        roll_back(inst, gpu_checkpointed=Phase.GPU_CHECKPOINT.value in attempt.phases, timeout=REPLY_S, notes=notes)
+        roll_back(inst, gpu_pids=attempt.gpu_pids, timeout=REPLY_S, notes=notes)
     inst.snapshotting = None
     inst.save()
     return done
 
 
-def _roll_back_gpu(inst: Instance, notes: list[str]) -> None:
+def _roll_back_gpu(pids: list[int], notes: list[str]) -> None:
     try:
-        gpu.rollback_gpu(inst.host_pid)
+        gpu.rollback_tree(pids)
         notes.append("GPU state rolled back")
     except ThawError as exc:
         notes.append(f"GPU rollback: {exc}")

@@ -1,5 +1,8 @@
 """``thaw restore``: verify → CRIU restore in fresh namespaces → CUDA restore → unlock → thaw hooks → canary → go.
 
+A worker snapshotted with an HTTP canary is let go and must then answer the recorded
+requests as the original did (pipeline/http_canary.py) before it counts as running.
+
 A failure at any step kills what was restored and leaves the artifact untouched
 (restore only ever reads it). Each restore gets new pid, mount and network
 namespaces, so the same artifact can be restored many times at once on one node.
@@ -18,12 +21,12 @@ from thaw.criu import RestoreOptions, find_criu
 from thaw.criu import restore as criu_restore
 from thaw.errors import CanaryMismatch, RestoreError, ThawError
 from thaw.model import GpuPair, GpuTarget, Manifest, Phase, SandboxLayout, Timings, check_name
-from thaw.pipeline import canary, control, gpu, instances
+from thaw.pipeline import canary, control, gpu, http_canary, instances
 from thaw.pipeline.instances import Instance
 from thaw.pipeline.phases import Phases, Progress
 from thaw.pipeline.snapshot import IMAGES
 from thaw.sandbox import netns
-from thaw.store import Store, open_store
+from thaw.store import Store, store_for
 from thaw.worker import protocol
 from thaw.worker.protocol import Action
 
@@ -42,28 +45,34 @@ class Restored:
     canary_expected: Any = None
     canary_got: Any = None
     thaw_report: dict[str, Any] = field(default_factory=dict)
+    #: the answers the copy gave to the HTTP canary (None: the artifact has none, or it was not checked)
+    http_canary_got: list[Any] | None = None
 
     @property
     def canary_checked(self) -> bool:
-        return self.canary_expected is not None
+        return self.canary_expected is not None or self.http_canary_got is not None
 
 
 def restore(settings: Settings, artifact: str, *, store: Store | None = None, gpu_target: GpuTarget | None = None,
             name: str | None = None, verify_canary: bool = True, reply_timeout: float = 120.0,
-            progress: Progress | None = None) -> Restored:
-    """Restore ``artifact`` as a new worker on this node; returns once it runs (and passed its canary)."""
+            expected_digest: str | None = None, progress: Progress | None = None) -> Restored:
+    """Restore ``artifact`` as a new worker on this node; returns once it runs (and passed its canary).
+
+    With ``expected_digest`` only that exact artifact is restored (UntrustedArtifact otherwise),
+    checked before anything is fetched; the store's trust settings may also require a signature.
+    """
     check_name(artifact)
-    store = store or open_store(settings.store_url)
+    store = store or store_for(settings)
     phases = Phases(progress)
     with phases(Phase.FETCH, f"fetching and verifying {artifact}"):
-        fetched = store.fetch(artifact, settings.staging_dir)
+        fetched = store.fetch(artifact, settings.staging_dir, expected_digest=expected_digest)
     try:
         manifest = fetched.manifest
         # the store's own steps happened inside the fetch
         phases.parts(Phase.FETCH, {f"fetch_{k}": v for k, v in fetched.stats.items() if k.endswith("_s")})
         with phases(Phase.PLAN):
             pairs = gpu.plan_gpu_pairs(manifest.gpus, gpu_target)  # refuses before anything is touched
-            layout = manifest.sandbox.layout
+            layout = manifest.sandbox.layout  # validated with the manifest: it may come from anyone who can write
         # "restoring" until the copy passed its canary: recovery.py kills it if we die before
         inst = instances.create(settings, name or manifest.worker.name, argv=manifest.worker.argv,
                                 origin="restored", artifact=artifact, layout=layout,
@@ -118,7 +127,7 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
     protocol.link_sandbox(settings.run_dir, inst.ns_key, inst.dir)
     if manifest.gpus:
         with phases(Phase.GPU_RESTORE, "CUDA restore + unlock"):
-            gpu_timings = gpu.restore_gpu(pid, pairs)
+            gpu_timings = gpu.restore_tree(pid, manifest.gpu_pids, pairs)
         phases.parts(Phase.GPU_RESTORE, gpu_timings)
     expected = manifest.worker.canary if verify_canary else None
     info = {"restore_id": inst.id, "artifact": manifest.name, "artifact_id": manifest.artifact_id,
@@ -135,11 +144,16 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
             )
         with phases(Phase.GO):
             control.send(inst, Action.GO, timeout=reply_timeout, info={"canary": "passed"})
+    http_got = None
+    if verify_canary and manifest.worker.http_canary is not None:
+        # let go, it binds its socket in this copy's network namespace; it counts as running once it answers alike
+        with phases(Phase.CANARY_HTTP, "the restored worker answers the HTTP canary"):
+            http_got = http_canary.check(manifest.worker.http_canary, pid, who=f"restored worker {inst.id!r}")
     inst.state, inst.owner_pid = "running", 0
     inst.save()
     timings = phases.finish()
     return Restored(instance=inst, manifest=manifest, timings=timings, canary_expected=expected,
-                    canary_got=reply.canary, thaw_report=reply.data)
+                    canary_got=reply.canary, thaw_report=reply.data, http_canary_got=http_got)
 
 
 def _prefetch_weights(settings: Settings, manifest: Manifest, pairs: list[GpuPair]) -> None:
