@@ -25,9 +25,21 @@ def host(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_worker_keeps_the_base_mounts_and_those_its_paths_live_on(host: None) -> None:
     got = plan(["/data/models/llama/weights.bin", "/opt/venv/bin/python", "/home/me/work"])
 
-    assert got.keep == ["/data/models", "/dev", "/opt/venv", "/sys", "/usr/local/nvidia"]
+    # /data holds the kept /data/models: trimming it would detach /data/models too
+    assert got.keep == ["/data", "/data/models", "/dev", "/opt/venv", "/sys", "/usr/local/nvidia"]
     assert got.private_net is True
     assert got.private_shm is True  # the worker gets a /dev/shm of its own, dumped with it
+
+
+def test_every_mount_above_a_kept_one_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a tmpfs /tmp with a node's bind mount inside, itself with a nested mount (the agent tests' layout)
+    monkeypatch.setattr(layout, "host_mountpoints",
+                        lambda: ["/", "/proc", "/dev", "/sys", "/tmp", "/tmp/n", "/tmp/n/home", "/tmp/other"])
+
+    got = plan(["/tmp/n/home/instances/w"])
+
+    assert got.keep == ["/dev", "/sys", "/tmp", "/tmp/n", "/tmp/n/home"]  # /tmp/other is still trimmed
+    assert "mnt[/tmp]:thaw_tmp" in got.dump_externals()  # the host's, bound back on restore
 
 
 def test_the_host_s_dev_shm_is_kept_when_thaw_s_paths_live_on_it(host: None) -> None:

@@ -29,7 +29,7 @@ import sys
 MNT_DETACH = 2
 # open_tree(2) and move_mount(2) (Linux 5.2), x86_64 syscall numbers
 SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429
-OPEN_TREE_CLONE, AT_FDCWD, MOVE_MOUNT_F_EMPTY_PATH = 1, -100, 0x4
+OPEN_TREE_CLONE, AT_RECURSIVE, AT_FDCWD, MOVE_MOUNT_F_EMPTY_PATH = 1, 0x8000, -100, 0x4
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -51,9 +51,10 @@ def keep_top_of_stack(path: str, depth: int) -> None:
     """Leave only the *top* mount of a stack at ``path`` (the one the host sees, e.g. /dev/shm on Docker).
 
     Unmounting always removes the top, so the top is cloned first, every mount at ``path``
-    is detached, and the clone is moved back.
+    is detached, and the clone is moved back. The clone is recursive: kept mounts beneath
+    ``path`` (a thaw home under a stacked /tmp) come back with it.
     """
-    fd = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), OPEN_TREE_CLONE)
+    fd = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), OPEN_TREE_CLONE | AT_RECURSIVE)
     if fd < 0:
         raise OSError(ctypes.get_errno(), f"open_tree {path}")
     try:
