@@ -55,6 +55,8 @@ def serve(config: AgentConfig, options: ServeOptions) -> None:
         raise ConfigError("socket", "the agent must listen somewhere", hint="give --socket and/or --listen")
     agent = Agent(config)
     recovered = agent.start()
+    # cuInit costs up to seconds on some hosts: pay it now, not in the first restore's CUDA step
+    threading.Thread(target=_warm_cuda, name="cuda-init", daemon=True).start()
     for job in recovered:
         log.warning("job %s (%s) was cut short by a restart: %s", job.id, job.kind.value,
                     job.error.message if job.error else "")
@@ -74,6 +76,12 @@ def serve(config: AgentConfig, options: ServeOptions) -> None:
         if options.socket is not None:
             options.socket.unlink(missing_ok=True)
         agent.close(wait=True)
+
+
+def _warm_cuda() -> None:
+    from thaw.cuda import available
+
+    available()
 
 
 def _server_class() -> type:
