@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ from thaw.config import Settings
 from thaw.errors import ThawError
 
 MIN_DRIVER = 580
+PROC_FIX = "mount it: mount -t proc proc /proc (in a chroot: mount /proc, /sys and /dev inside it before entering)"
 # capabilities CRIU needs to dump and restore other processes (capability(7) bit numbers)
 CAPS = {"CAP_SYS_ADMIN": 21, "CAP_SYS_PTRACE": 19, "CAP_NET_ADMIN": 12, "CAP_CHECKPOINT_RESTORE": 40}
 
@@ -27,7 +30,12 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    return [_root(), _caps(), _kernel(), _unshare(), *_criu(settings), _store(settings), _nvidia()]
+    return [_root(), _caps(), _kernel(), _unshare(), *_criu(settings), _compiler(), _python_headers(),
+            _store(settings), _nvidia()]
+
+
+def _proc_mounted() -> bool:
+    return os.path.exists("/proc/self/status")
 
 
 def _root() -> Check:
@@ -37,6 +45,8 @@ def _root() -> Check:
 
 
 def _caps() -> Check:
+    if not _proc_mounted():
+        return Check("capabilities", False, "cannot read /proc/self/status: /proc is not mounted", PROC_FIX)
     eff = 0
     with open("/proc/self/status") as f:
         for line in f:
@@ -49,6 +59,8 @@ def _caps() -> Check:
 
 def _kernel() -> Check:
     release = os.uname().release
+    if not _proc_mounted():
+        return Check("kernel", False, f"Linux {release}; /proc is not mounted", PROC_FIX)
     # /proc/sys/kernel/ns_last_pid exists only with CONFIG_CHECKPOINT_RESTORE, which CRIU needs
     ok = os.path.exists("/proc/sys/kernel/ns_last_pid") and os.path.exists("/proc/self/ns/pid")
     return Check("kernel", ok, f"Linux {release}" + (", CHECKPOINT_RESTORE" if ok else ", no CHECKPOINT_RESTORE"),
@@ -73,8 +85,43 @@ def _criu(settings: Settings) -> list[Check]:
             check(Path(d), criu=criu)
         return [found, Check("criu check", True, "Looks good")]
     except ThawError as exc:
-        return [found, Check("criu check", False, exc.message.splitlines()[0],
-                             "see CRIU's message; run as root on a kernel with CHECKPOINT_RESTORE")]
+        return [found, Check("criu check", False, exc.message.splitlines()[0], _criu_check_fix())]
+
+
+def _criu_check_fix() -> str:
+    if not _proc_mounted():
+        return PROC_FIX
+    if os.geteuid() != 0:
+        return "run as root"
+    return "CRIU's message above names what this host lacks (kernel options, capabilities, mounts)"
+
+
+def _compiler() -> Check:
+    """A C++ compiler that works: torch.compile builds its kernels' C++ wrappers with it (the demo's worker does)."""
+    cxx = os.environ.get("CXX") or "g++"  # torch._inductor's choice: $CXX, else g++
+    fix = "apt-get install g++ (or set CXX): torch.compile compiles C++ with it"
+    path = shutil.which(cxx)
+    if path is None:
+        return Check("c++ compiler", False, f"{cxx} not found", fix, required=False)
+    with tempfile.TemporaryDirectory(prefix="thaw-doctor-") as d:
+        (Path(d) / "probe.cpp").write_text("int main() { return 0; }\n")
+        try:
+            run = subprocess.run([path, "-c", "probe.cpp", "-o", "probe.o"], cwd=d, capture_output=True, text=True,
+                                 timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return Check("c++ compiler", False, f"{path} does not run: {exc}", fix, required=False)
+    if run.returncode != 0:
+        first = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[0]
+        return Check("c++ compiler", False, f"{path} cannot compile: {first}", fix, required=False)
+    return Check("c++ compiler", True, f"{path} compiles")
+
+
+def _python_headers() -> Check:
+    """Python.h for this interpreter: torch.compile's C++ wrappers include it."""
+    header = Path(sysconfig.get_path("include")) / "Python.h"
+    ok = header.exists()
+    return Check("python headers", ok, str(header) if ok else f"no {header}",
+                 "apt-get install python3-dev: torch.compile's C++ wrappers include Python.h", required=False)
 
 
 def _store(settings: Settings) -> Check:

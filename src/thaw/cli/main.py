@@ -257,9 +257,10 @@ def list_artifacts(home: HomeOpt = None, store: StoreOpt = None, agent: AgentOpt
         for a in rows:
             table.add_row(a.get("name", ""), human_bytes(a.get("bytes", 0)), str(a.get("digest", "")),
                           str(a.get("created_at", "")))
-        console.print(table)
+        _print_listing(table, len(rows), f"the store of the agent at {client.where}")
         return
-    manifests = _store(_settings(home, store)).list()
+    settings = _settings(home, store)
+    manifests = _store(settings).list()
     if json_out:
         emit_json([{"name": m.name, "artifact_id": m.artifact_id, "digest": m.digest, "size": m.size,
                     "created_at": m.created_at, "worker": m.worker.name, "source": m.source.host} for m in manifests])
@@ -268,7 +269,15 @@ def list_artifacts(home: HomeOpt = None, store: StoreOpt = None, agent: AgentOpt
     for m in manifests:
         table.add_row(m.name, m.worker.name, human_bytes(m.size), m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
                       m.source.host, ", ".join(g.get("name", "?") for g in m.gpus) or "-")
-    console.print(table)
+    _print_listing(table, len(manifests), settings.store_url)
+
+
+def _print_listing(table: Table, count: int, store: str) -> None:
+    """The store listed, then its artifacts: an empty listing still says where it looked."""
+    console.print(f"{count} artifact{'' if count == 1 else 's'} in {store}" if count else f"no artifacts in {store}",
+                  soft_wrap=True)
+    if count:
+        console.print(table)
 
 
 @app.command()

@@ -160,12 +160,16 @@ def _call(req: object, operation: str, log: Path | None, *, criu: Criu | None, t
         resp = messages.Response()
         resp.ParseFromString(data)
         if not resp.success:
-            msg = resp.cr_errmsg or "(no message)"
-            # CRIU's message is its first error (often the harmless RLIMIT line) or a generic
-            # "Dumping FAILED."; the first real error line of its log says what went wrong
-            if any(h in msg for h in HARMLESS) or msg.rstrip(".").endswith("FAILED"):
+            msg = resp.cr_errmsg
+            # CRIU's message is its first error (often the harmless RLIMIT line), a generic
+            # "Dumping FAILED." or nothing at all (`criu check`); the first real error line of
+            # its log says what went wrong
+            if not msg or any(h in msg for h in HARMLESS) or msg.rstrip(".").endswith("FAILED"):
                 msg = first_error(log) or msg
-            raise CriuError(operation, msg, errno=resp.cr_errno, log_tail=log_tail(log))
+            if not msg:  # no log either (CRIU could not open it, e.g. without /proc): what it printed
+                ours.close()  # swrk serves until its socket closes
+                msg = _first_error_line(proc.communicate(timeout=10)[1].decode(errors="replace"))
+            raise CriuError(operation, msg or "(no message)", errno=resp.cr_errno, log_tail=log_tail(log))
         return resp
     finally:
         ours.close()
@@ -180,8 +184,12 @@ def _call(req: object, operation: str, log: Path | None, *, criu: Criu | None, t
 
 def first_error(log: Path | None) -> str:
     """The first error line of a CRIU log that is neither harmless nor a generic 'FAILED', without its prefix."""
-    for line in log_tail(log, lines=1000).splitlines():
-        if "Error" in line and "FAILED" not in line:
+    return _first_error_line(log_tail(log, lines=1000))
+
+
+def _first_error_line(text: str) -> str:
+    for line in text.splitlines():
+        if "Error" in line and "FAILED" not in line and not any(h in line for h in HARMLESS):
             return line.split("): ", 1)[-1].strip()
     return ""
 
