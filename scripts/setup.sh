@@ -51,6 +51,8 @@ pip_install() {  # quiet, but all of pip's output when it fails
   out=$(.venv/bin/python -m pip install -q "$@" 2>&1) || { echo "$out" >&2; return 1; }
   [ -z "$out" ] || grep -v -i warning <<<"$out" || true
 }
+# Debian 12's pip (23.0) did not finish resolving thaw's dependencies in 25 minutes on a fresh root
+pip_install --upgrade pip
 # torch first, pinned. Which build comes (CPU or CUDA) is up to pip's configuration here: an
 # index with CPU wheels (pip.conf, PIP_INDEX_URL) spares the multi-GB CUDA build on CPU hosts.
 pip_install "torch==2.13.0" numpy
