@@ -63,3 +63,31 @@ def test_without_proc_doctor_shows_criu_s_own_error_and_says_to_mount_proc() -> 
     assert fix.startswith("mount it: mount -t proc proc /proc")
     assert rows["kernel"][2] == rows["capabilities"][2] == fix
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def _doctor_rows(shell: str, tmp_path: Path) -> dict[str, list[str]]:
+    """``thaw doctor``'s table, run by ``shell`` as pid 1 of new pid and mount namespaces ($THAW: the command)."""
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
+                           "sh", "-c", shell], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "400", "THAW": str(THAW), "ROOT": str(tmp_path)})
+    assert "Traceback" not in done.stdout + done.stderr
+    return {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:5]]
+            for line in done.stdout.splitlines() if line.startswith("│")}
+
+
+@pytest.mark.criu
+def test_inside_a_chroot_doctor_says_to_pivot_root_instead(tmp_path: Path) -> None:
+    # a snapshot would fail late, after the warm-up: "The root task has another root than mntns"
+    # pid 1 (this shell) keeps the namespace's root; doctor runs in a chroot beside it
+    rows = _doctor_rows('mount --rbind / "$ROOT" && chroot "$ROOT" "$THAW" doctor; exit $?', tmp_path)
+
+    mark, detail, fix = rows["root directory"]
+    assert (mark, detail) == ("FAIL", "/ is a chroot, not the root of this mount namespace")
+    assert fix.startswith("enter the root with pivot_root, not chroot")
+
+
+@pytest.mark.criu
+def test_at_the_root_of_its_mount_namespace_doctor_passes_the_root_check(tmp_path: Path) -> None:
+    rows = _doctor_rows('exec "$THAW" doctor', tmp_path)
+
+    assert rows["root directory"][:2] == ["ok", "the mount namespace's root"]

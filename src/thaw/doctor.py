@@ -13,6 +13,7 @@ from pathlib import Path
 
 from thaw.config import Settings
 from thaw.errors import ThawError
+from thaw.sandbox.layout import root_mount_id
 
 MIN_DRIVER = 580
 PROC_FIX = "mount it: mount -t proc proc /proc (in a chroot: mount /proc, /sys and /dev inside it before entering)"
@@ -30,7 +31,7 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    return [_root(), _caps(), _kernel(), _unshare(), *_criu(settings), _compiler(), _python_headers(),
+    return [_root(), _caps(), _kernel(), _root_dir(), _unshare(), *_criu(settings), _compiler(), _python_headers(),
             _store(settings), _nvidia()]
 
 
@@ -65,6 +66,23 @@ def _kernel() -> Check:
     ok = os.path.exists("/proc/sys/kernel/ns_last_pid") and os.path.exists("/proc/self/ns/pid")
     return Check("kernel", ok, f"Linux {release}" + (", CHECKPOINT_RESTORE" if ok else ", no CHECKPOINT_RESTORE"),
                  "use a kernel built with CONFIG_CHECKPOINT_RESTORE=y and namespaces")
+
+
+def _root_dir() -> Check:
+    """CRIU dumps a worker only when its root is its mount namespace's root ("The root task has
+    another root than mntns"): it is on a machine or in a container, not inside a plain chroot."""
+    name = "root directory"
+    try:
+        # pid 1 shares our mount namespace and has its root: unless we see another mount at /
+        chrooted = (os.readlink("/proc/1/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+                    and root_mount_id() != root_mount_id("/proc/1/mountinfo"))
+    except OSError:  # /proc missing (see the kernel check), or pid 1 not ours to look at
+        return Check(name, True, "not checked (pid 1 cannot be read here)", required=False)
+    if chrooted:
+        return Check(name, False, "/ is a chroot, not the root of this mount namespace",
+                     "enter the root with pivot_root, not chroot (a container, systemd-nspawn, or unshare --mount "
+                     "then pivot_root): CRIU cannot snapshot a worker inside a chroot")
+    return Check(name, True, "the mount namespace's root")
 
 
 def _unshare() -> Check:

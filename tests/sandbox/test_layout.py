@@ -88,6 +88,17 @@ def test_mountinfo_escapes_are_decoded(tmp_path: Path) -> None:
     assert layout.host_mountpoints(str(info)) == ["/", "/mnt/with space"]
 
 
+def test_the_root_mount_is_the_top_one_at_slash_or_none(tmp_path: Path) -> None:
+    info = tmp_path / "mountinfo"
+    info.write_text("22 1 8:1 / / rw - ext4 /dev/vda rw\n"
+                    "31 22 8:1 /srv/root / rw - ext4 /dev/vda rw\n"  # a root bound on top of it
+                    "23 31 0:5 / /tmp rw - tmpfs tmpfs rw\n")
+    assert layout.root_mount_id(str(info)) == "31"
+
+    info.write_text("23 31 0:5 / /tmp rw - tmpfs tmpfs rw\n")  # a chroot into a plain directory
+    assert layout.root_mount_id(str(info)) is None
+
+
 def test_the_real_host_plan_keeps_what_this_interpreter_needs() -> None:
     import sys
 

@@ -95,6 +95,13 @@ def host_mountpoints(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
         return [_unescape(line.split()[4]) for line in f]
 
 
+def root_mount_id(mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The id of the mount a process sees at its ``/`` (the top one), or None when its root is no mount."""
+    with open(mountinfo) as f:
+        ids = [line.split()[0] for line in f if _unescape(line.split()[4]) == "/"]
+    return ids[-1] if ids else None
+
+
 def mountpoint_of(path: Path, mounts: set[str]) -> str:
     """The deepest mountpoint that contains ``path``."""
     p = Path(os.path.realpath(path))
