@@ -9,6 +9,7 @@ before it exits; its mounts go with its namespace.
     bind     BASE/t (tmpfs), BASE/t/node (bind)      home BASE/t/node/h      (the agent nodes' case)
     nested   BASE/t (tmpfs), BASE/t/a (tmpfs), BASE/t/a/b (bind)   home BASE/t/a/b/h
     stacked  BASE/t (two tmpfs, one on the other), BASE/t/node (bind)   home BASE/t/node/h
+    covered  BASE/t/x (tmpfs), then BASE/t (tmpfs) over it              home BASE/t/s/h
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ def make_mounts(kind: str, base: Path) -> tuple[Path, list[str]]:
     """Mount KIND's file systems under ``base``; return the thaw home beneath them and the mountpoints made."""
     top = base / "t"
     top.mkdir()
+    if kind == "covered":  # a mount the tmpfs will hide: no path reaches it while the tmpfs is there
+        (top / "x").mkdir()
+        mount("-t", "tmpfs", "tmpfs", str(top / "x"))
     mount("-t", "tmpfs", "tmpfs", str(top))
-    if kind == "tmpfs":
+    if kind in ("tmpfs", "covered"):
         return top / "s" / "h", [str(top)]
     source = base / "source"
     source.mkdir()

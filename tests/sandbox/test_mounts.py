@@ -1,4 +1,4 @@
-"""A thaw home under a tmpfs, a bind mount, nested or stacked mounts: workers start, park, snapshot and restore.
+"""A thaw home under a tmpfs, a bind mount, nested, stacked or covering mounts: workers start, park, snapshot and restore.
 
 The sandbox trims every mount a worker does not need. A kept mount (the home's) lying
 under a trimmed one (a tmpfs /tmp, a node's bind mount) used to go with it: the worker
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.criu  # root for the mounts, CRIU for snapshot and rest
 DRIVER = Path(__file__).resolve().parent / "mounted_home.py"
 
 
-@pytest.mark.parametrize("kind", ["tmpfs", "bind", "nested", "stacked"])
+@pytest.mark.parametrize("kind", ["tmpfs", "bind", "nested", "stacked", "covered"])
 def test_a_home_under_mounts_parks_and_restores(kind: str, tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     run = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, str(DRIVER), kind,
