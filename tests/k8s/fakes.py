@@ -127,13 +127,15 @@ class FakeAgent:
         self.jobs[job_id] = {"id": job_id, "kind": kind, "state": "running", "request": request}
         return job_id
 
-    def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True) -> str:
+    def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True,
+                 canary_http: list[dict[str, Any]] | None = None) -> str:
         self._call("snapshot", worker, artifact, leave_running)
-        return self._job("snapshot", worker=worker, artifact=artifact)
+        return self._job("snapshot", worker=worker, artifact=artifact, canary_http=canary_http)
 
-    def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None) -> str:
+    def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None,
+                digest: str | None = None) -> str:
         self._call("restore", artifact, gpu, name)
-        return self._job("restore", artifact=artifact, gpu=gpu, name=name)
+        return self._job("restore", artifact=artifact, gpu=gpu, name=name, digest=digest)
 
     def job(self, job_id: str) -> dict:
         self._call("job", job_id)
