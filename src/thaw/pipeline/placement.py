@@ -9,8 +9,10 @@ entrypoint (its *anchor*) gives the network namespace, the cgroup and the filesy
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,9 @@ from thaw.pipeline.instances import Instance
 from thaw.sandbox import netns
 from thaw.sandbox.pod import STDOUT_FIFO, Anchor, clone_root, release_root
 from thaw.store import Manifest
+
+#: how long a restore waits for a pod's entrypoint that has only just started
+FIFO_WAIT_S = 10.0
 
 
 @dataclass
@@ -67,8 +72,7 @@ def in_pod(settings: Settings, manifest: Manifest, inst: Instance, net_key: str,
         # without blocking needs its reader to be there, which the entrypoint is while it waits
         fifo = anchor.host_path(f"{anchor.control_dir}/{STDOUT_FIFO}")
         for key in _stdio_keys(manifest):
-            fds[key] = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            os.set_blocking(fds[key], True)
+            fds[key] = _open_fifo(fifo, FIFO_WAIT_S, anchor)
         root = settings.run_dir / "roots" / f"{inst.id}-{uuid.uuid4().hex[:6]}"
         clone_root(anchor, root)
     except BaseException:
@@ -80,6 +84,25 @@ def in_pod(settings: Settings, manifest: Manifest, inst: Instance, net_key: str,
     inst.control, inst.anchor_pid = anchor.host_path(anchor.control_dir), anchor.pid
     return Placement(fds=fds, run_dir=anchor.host_path(anchor.run_dir), control_target=Path(anchor.control_dir),
                      root=str(root), wrapper=wrapper, mounted_root=root)
+
+
+def _open_fifo(fifo: Path, timeout: float, anchor: Anchor) -> int:
+    """The write end of the entrypoint's FIFO. Opening without blocking needs the reader there (ENXIO
+    otherwise): the entrypoint makes and opens it as it starts, and a restore may arrive in the same instant."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            os.set_blocking(fd, True)
+            return fd
+        except (FileNotFoundError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in (errno.ENOENT, errno.ENXIO):
+                raise
+        if time.monotonic() >= deadline or not anchor.alive():
+            raise RestoreError(f"the pod's thaw entrypoint (pid {anchor.pid}) is not waiting for a restore: "
+                               f"{anchor.control_dir}/{fifo.name} has no reader",
+                               hint="is thaw.dev/restore-from in the annotations its downward API volume shows?")
+        time.sleep(0.02)
 
 
 def _stdio_keys(manifest: Manifest) -> list[str]:

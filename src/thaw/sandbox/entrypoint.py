@@ -61,13 +61,17 @@ def read_annotations(path: Path) -> dict[str, str]:
 def wait_for_restore(cmd: list[str], run_dir: Path, pod_info: Path) -> int:
     """Relay the restored worker's output until it ends; or become CMD if the operator says ColdStart."""
     from thaw.sandbox.pod import STDOUT_FIFO, WORKER_DIR
+    from thaw.worker.protocol import ENV_RUN_DIR
 
     control = run_dir / WORKER_DIR
     (run_dir / "ns").mkdir(parents=True, exist_ok=True)
     control.mkdir(parents=True, exist_ok=True)
+    # a restarted container keeps its writable layer: links and the FIFO of the worker before are stale
+    for stale in (*(run_dir / "ns").iterdir(), control / STDOUT_FIFO):
+        if stale.is_symlink() or stale.exists():
+            stale.unlink()
     fifo = control / STDOUT_FIFO
-    if not fifo.exists():
-        os.mkfifo(fifo, 0o622)
+    os.mkfifo(fifo, 0o622)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     poller = select.poll()
     poller.register(reader, select.POLLIN)
@@ -94,7 +98,8 @@ def wait_for_restore(cmd: list[str], run_dir: Path, pod_info: Path) -> int:
             os.close(reader)
             log(f"no restore ({read_annotations(pod_info).get('thaw.dev/restore-reason', 'no reason given')}); "
                 f"starting cold: {' '.join(cmd)}")
-            os.execvp(cmd[0], cmd)
+            # no THAW_RUN_DIR: the worker SDK then knows it is not managed and quiesce() returns at once
+            os.execvpe(cmd[0], cmd, {k: v for k, v in os.environ.items() if k != ENV_RUN_DIR})
 
 
 def _linked(run_dir: Path) -> bool:
