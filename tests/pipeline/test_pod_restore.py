@@ -53,11 +53,12 @@ class Pod:
         self.annotations = annotations
         self.out = self.dir / "container.log"
         procs = [str(cg / "cgroup.procs") for cg in self.cgroups]
+        join = f"for f in {' '.join(procs)}; do echo $$ > $f; done; "
         inner = (f"ip link set lo up 2>/dev/null || {sys.executable} -c 'from thaw.sandbox.init import loopback_up as u; "
                  f"u()'; exec {sys.executable} -m thaw.sandbox.entrypoint -- {sys.executable} {SERVE}")
         with open(self.out, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "thaw.sandbox.incgroup", *procs, "--", "unshare", "--pid", "--fork", "--mount", "--mount-proc",
+                ["sh", "-c", join + 'exec "$@"', "-", "unshare", "--pid", "--fork", "--mount", "--mount-proc",
                  "--net", "--propagation", "private", "sh", "-c", inner],
                 env={**env, "THAW_POD_INFO": str(annotations), "THAW_RUN_DIR": "/tmp/thaw-pod-test",
                      "THAW_WORKER_NAME": "podworker", "TEST_TCP_PORT": str(PORT), "PYTHONPATH": str(REPO / "src")},

@@ -153,6 +153,8 @@ def _call(req: object, operation: str, log: Path | None, *, criu: Criu | None, t
         ours.send(req.SerializeToString())
         try:
             data = ours.recv(1 << 20)
+        except ConnectionResetError:  # CRIU (or the wrapper it runs under) exited without a word
+            data = b""
         except socket.timeout as exc:
             proc.kill()
             raise CriuError(operation, f"no answer within {timeout:.0f}s", log_tail=log_tail(log)) from exc

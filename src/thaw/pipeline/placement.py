@@ -79,8 +79,7 @@ def in_pod(settings: Settings, manifest: Manifest, inst: Instance, net_key: str,
         for fd in fds.values():
             os.close(fd)
         raise
-    procs = anchor.cgroup_procs()
-    wrapper = [sys.executable, "-m", "thaw.sandbox.incgroup", *map(str, procs), "--"] if procs else []
+    wrapper = [sys.executable, "-m", "thaw.sandbox.incgroup", str(anchor.pid), "--"]
     inst.control, inst.anchor_pid = anchor.host_path(anchor.control_dir), anchor.pid
     return Placement(fds=fds, run_dir=anchor.host_path(anchor.run_dir), control_target=Path(anchor.control_dir),
                      root=str(root), wrapper=wrapper, mounted_root=root)

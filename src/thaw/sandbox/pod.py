@@ -9,7 +9,7 @@ uid in its cgroup path (``.../pod<uid>/...`` with the cgroupfs driver,
 * the pod's **network namespace**: CRIU recorded the worker's network namespace as
   external and a restore hands it the anchor's (``netns_fd``), so the worker answers at
   the pod IP and a Service routes to it;
-* the container's **cgroup** (``cgroup_procs``): CRIU is started inside it, and the tree
+* the container's **cgroup** (``incgroup.py``): CRIU is started inside it, and the tree
   it restores inherits it, so the worker is charged to and limited by the pod. (CRIU's own
   ``cgroup_root`` rewrites the cgroup paths recorded at dump; thaw dumps with cgroups
   ignored, because the node owns its cgroups, so there are none to rewrite.)
@@ -62,10 +62,6 @@ class Anchor:
     def netns_fd(self) -> int:
         """An fd of the pod's network namespace (the caller closes it)."""
         return os.open(f"/proc/{self.pid}/ns/net", os.O_RDONLY)
-
-    def cgroup_procs(self, *, root: Path = CGROUP_ROOT) -> list[Path]:
-        """The ``cgroup.procs`` files of the anchor's cgroups, one per mounted hierarchy."""
-        return cgroup_procs(read_cgroups(self.pid), mounted_hierarchies(root))
 
     def alive(self) -> bool:
         try:
