@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,6 +137,7 @@ def cgroup_roots() -> Iterator[list[Path]]:
 def test_a_worker_snapshotted_in_one_pod_is_restored_into_another_and_lives_there(
         tmp_path: Path, cgroup_roots: list[Path]) -> None:
     settings = Settings(home=tmp_path / "home", store=str(tmp_path / "home" / "artifacts"))
+    shutil.rmtree("/tmp/thaw-pod-test", ignore_errors=True)  # the hand-made pods share the host's /tmp
     env = {k: v for k, v in os.environ.items() if not k.startswith("THAW_")}
     source = Pod(tmp_path / "pods", cgroup_roots, restore_from=None, env=env)
     target = None

@@ -141,7 +141,7 @@ def run_sandboxed(cmd: list[str], run_dir: Path) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     worker_log = control / "worker.log"
-    offset = 0
+    offset = worker_log.stat().st_size if worker_log.exists() else 0  # a restarted container: only what is new
     while True:
         offset = _relay(worker_log, offset)
         done, status = os.waitpid(holder, os.WNOHANG)
