@@ -33,6 +33,7 @@ OPERATOR_GRANTS = {
     ("", "pods/status", "patch"),
     *((g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")),
     *(("", "nodes", v) for v in ("get", "list", "watch")),
+    *(("kopf.dev", "clusterkopfpeerings", v) for v in ("get", "list", "watch", "patch")),  # leader election
 }
 
 
@@ -68,7 +69,8 @@ def test_every_build_renders_the_whole_system(build: tuple[str, list[dict[str, A
     kinds = {o["kind"] for o in objects}
     assert {"CustomResourceDefinition", "DaemonSet", "Deployment", "NetworkPolicy", "ClusterRole"} <= kinds
     assert {o["metadata"]["name"] for o in by_kind(objects, "CustomResourceDefinition")} == {
-        f"{resources.SNAPSHOTS}.{resources.GROUP}", f"{resources.RESTORES}.{resources.GROUP}"}
+        f"{resources.SNAPSHOTS}.{resources.GROUP}", f"{resources.RESTORES}.{resources.GROUP}",
+        "clusterkopfpeerings.kopf.dev"}  # the operator replicas' leader election
 
 
 def test_no_privileged_container_and_read_only_roots_everywhere(build: tuple[str, list[dict[str, Any]]]) -> None:
