@@ -112,7 +112,8 @@ def test_the_agents_privileges_are_exactly_the_documented_ones(build: tuple[str,
     # unconfined seccomp is forced by CRIU (see the DaemonSet's comment); everything else stays confined
     assert sc["seccompProfile"] == {"type": "Unconfined"}
     host_paths = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
-    assert host_paths == {"/var/lib/thaw"}, "the agent may write only thaw's own directory of the host"
+    # thaw's own directory, and the cgroup tree (workers restored into pods are started in the pod's cgroup)
+    assert host_paths == {"/var/lib/thaw", "/sys/fs/cgroup"}, "the agent may write only these host paths"
     assert spec["automountServiceAccountToken"] is False
     sa = one(objects, "ServiceAccount", spec["serviceAccountName"])
     assert sa["automountServiceAccountToken"] is False
