@@ -68,6 +68,10 @@ cat > "$D/cni/net.d/10-thaw.conflist" <<EOF
             "routes": [{"dst": "0.0.0.0/0"}]}},
   {"type": "portmap", "capabilities": {"portMappings": true}}]}
 EOF
+# the pods' bridge, made now so that the node has an address of its own that is not loopback (the kubelet
+# refuses 127.0.0.1 as node IP); the CNI bridge plugin takes it over as the pods' gateway
+ip link show thaw0 >/dev/null 2>&1 || { ip link add thaw0 type bridge && ip addr add 10.88.7.1/24 dev thaw0; }
+ip link set thaw0 up
 containerd --config "$D/containerd.toml" > "$D/containerd.log" 2>&1 &
 echo $! > "$D/containerd.pid"
 for i in $(seq 1 100); do ctr -a "$D/containerd.sock" version >/dev/null 2>&1 && break; sleep 0.1; done
@@ -75,7 +79,7 @@ for image in "$@"; do ctr -a "$D/containerd.sock" -n k8s.io images import --no-u
 
 "$BIN/kubelet" --kubeconfig="$KUBECONFIG" --container-runtime=remote \
   --container-runtime-endpoint="unix://$D/containerd.sock" --image-service-endpoint="unix://$D/containerd.sock" \
-  --root-dir="$D/kubelet" --cert-dir="$D/kubelet/pki" --hostname-override="$NODE" --node-ip=127.0.0.1 \
+  --root-dir="$D/kubelet" --cert-dir="$D/kubelet/pki" --hostname-override="$NODE" --node-ip=10.88.7.1 \
   --address=127.0.0.1 --port="${KUBELET_PORT:-10250}" --healthz-port=0 --read-only-port=0 \
   --authorization-mode=AlwaysAllow --anonymous-auth=false \
   --cgroup-driver=cgroupfs --fail-swap-on=false --eviction-hard= --image-gc-high-threshold=100 \

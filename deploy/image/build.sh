@@ -40,6 +40,11 @@ if [ ! -s "$base" ]; then
 fi
 
 # --- layer 2: CRIU and thaw --------------------------------------------------------------------------------
+inputs=$( { tar --sort=name --mtime=@0 --owner=0 --group=0 -cf - src pyproject.toml README.md deploy/image \
+            --exclude=__pycache__; cat "$CRIU/bin/criu" "$base"; } | sha256sum | cut -c1-16)
+if [ -s "$OUT/thaw-image.tar" ] && [ "$(cat "$OUT/inputs" 2>/dev/null)" = "$inputs" ]; then
+  echo "==> thaw image cached in $OUT (same sources)"; cat "$OUT/contents.txt"; exit 0
+fi
 echo "==> thaw wheel and its dependencies"
 .venv/bin/pip wheel --quiet --wheel-dir "$W/wheels" ".[k8s]"
 root="$W/root"
@@ -77,3 +82,4 @@ python3 deploy/image/archive.py "$OUT/thaw-image.tar" \
 } > "$OUT/contents.txt"
 cat "$OUT/contents.txt"
 echo "$thaw_layer" > "$OUT/thaw-layer"; echo "$base" > "$OUT/base-layer"; echo "$version" > "$OUT/version"
+echo "$inputs" > "$OUT/inputs"
