@@ -40,8 +40,8 @@ if [ ! -s "$base" ]; then
 fi
 
 # --- layer 2: CRIU and thaw --------------------------------------------------------------------------------
-inputs=$( { tar --sort=name --mtime=@0 --owner=0 --group=0 -cf - src pyproject.toml README.md deploy/image \
-            --exclude=__pycache__; cat "$CRIU/bin/criu" "$base"; } | sha256sum | cut -c1-16)
+inputs=$( { tar --sort=name --mtime=@0 --owner=0 --group=0 --exclude=__pycache__ -cf - src pyproject.toml README.md deploy/image; \
+            cat "$CRIU/bin/criu" "$base"; } | sha256sum | cut -c1-16)
 if [ -s "$OUT/thaw-image.tar" ] && [ "$(cat "$OUT/inputs" 2>/dev/null)" = "$inputs" ]; then
   echo "==> thaw image cached in $OUT (same sources)"; cat "$OUT/contents.txt"; exit 0
 fi
@@ -56,6 +56,10 @@ mkdir -p "$root/opt/thaw" "$root/usr/local/bin"
 cp -a "$CRIU" "$root/opt/thaw/criu"
 rm -rf "$root/opt/thaw/bin"   # console scripts point at this machine's venv python; the wrapper below replaces them
 printf '#!/bin/sh\nexec /usr/bin/python3 -m thaw "$@"\n' > "$root/usr/local/bin/thaw"
+# the operator's uid (65532, the Deployment's runAsUser) needs a name: kopf names its peering identity after it
+mkdir -p "$root/etc"
+tar -xOf "$base" ./etc/passwd > "$root/etc/passwd"; echo 'thaw:x:65532:65532:thaw:/tmp:/usr/sbin/nologin' >> "$root/etc/passwd"
+tar -xOf "$base" ./etc/group > "$root/etc/group"; echo 'thaw:x:65532:' >> "$root/etc/group"
 chmod 755 "$root/usr/local/bin/thaw"
 layer="$W/thaw.tar"
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$root" -cf "$layer" .

@@ -223,8 +223,16 @@ PODINFO = {"name": "podinfo", "downwardAPI": {"items": [{"path": "annotations",
                                                          "fieldRef": {"fieldPath": "metadata.annotations"}}]}}
 
 
-def test_restore_into_pods_on_a_real_kubelet(control_plane: ControlPlane, installed: dict[str, Any]) -> None:
+def test_restore_into_pods_on_a_real_kubelet(control_plane: ControlPlane, node: Path,
+                                             installed: dict[str, Any]) -> None:
     cp = control_plane
+    try:
+        scenario(cp, installed)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnose(cp, node, 'thaw-system')}\n{diagnose(cp, node, NS)}") from None
+
+
+def scenario(cp: ControlPlane, installed: dict[str, Any]) -> None:
     cp.core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
     agent = httpx.Client(base_url=installed["agent"], headers={"Authorization": f"Bearer {installed['token']}"},
                          timeout=10)
