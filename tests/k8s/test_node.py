@@ -174,10 +174,11 @@ def diagnose(cp: ControlPlane, node_dir: Path, namespace: str) -> str:
     """What a person would look at: the pods, their description and logs, the kubelet's last errors."""
     out = [cp.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout,
            cp.kubectl("-n", namespace, "describe", "pods", check=False).stdout[-6000:]]
-    for pod in cp.core.list_namespaced_pod(namespace).items:
-        out.append(f"--- logs {pod.metadata.name} ---\n" + cp.kubectl("-n", namespace, "logs", pod.metadata.name,
-                                                                     "--all-containers", "--tail=40",
-                                                                     check=False).stdout)
+    out.append(cp.kubectl("-n", namespace, "get", "workerrestores,workersnapshots", "-o", "yaml",
+                          check=False).stdout[-5000:])
+    # the kubelet's own log files (`kubectl logs` would need the API server to hold a kubelet client certificate)
+    for log in sorted(Path("/var/log/pods").glob(f"{namespace}_*/*/*.log")):
+        out.append(f"--- {log} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
     kubelet = (node_dir / "kubelet.log").read_text(errors="replace").splitlines()
     out.append("--- kubelet errors ---\n" + "\n".join([line for line in kubelet if line.startswith("E")][-30:]))
     return "\n".join(out)

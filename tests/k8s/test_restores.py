@@ -318,6 +318,7 @@ def test_an_agent_that_answers_again_is_announced_and_its_stale_condition_cleare
 def test_a_pod_running_thaws_entrypoint_is_restored_into_with_its_own_gpu_and_the_objects_uid_as_key():
     p = annotated(node_name="node-b")
     p["spec"]["containers"][0]["command"] = ["python3", "-m", "thaw.sandbox.entrypoint", "--", "python3", "serve.py"]
+    p["status"]["containerStatuses"] = [{"name": "worker", "state": {"running": {}}}]
     cluster, _a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1), pods=[p])
     body = restores.restore_for_pod(p)
     body["metadata"].update(creationTimestamp="2026-11-28T10:00:00Z", uid="uid-of-the-restore")
@@ -343,3 +344,18 @@ def test_the_agent_of_a_node_is_its_ready_pod_not_merely_a_running_one():
     assert agent_url(n, [running], port=7070) is None
     running["status"]["conditions"][0]["status"] = "True"
     assert agent_url(n, [running], port=7070) == "http://10.0.0.7:7070"
+
+
+def test_a_pod_is_restored_into_only_once_its_entrypoint_runs():
+    p = annotated(node_name="node-b")
+    p["spec"]["containers"][0]["command"] = ["python3", "-m", "thaw.sandbox.entrypoint", "--", "serve"]
+    cluster, _a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1), pods=[p])
+    body = restores.restore_for_pod(p)
+    body["metadata"]["creationTimestamp"] = "2026-11-28T10:00:00Z"
+    p["status"]["containerStatuses"] = [{"name": "worker", "state": {"waiting": {"reason": "ContainerCreating"}}}]
+    cluster.pods[("ml", "worker-1")] = p
+    step = restores.reconcile(body, cluster, connect, now=T0)
+    assert step.retry_in is not None and b.jobs == {}
+    assert condition(step.status["conditions"], "Ready")["reason"] == "PodStarting"
+    p["status"]["containerStatuses"][0]["state"] = {"running": {"startedAt": "2026-11-28T10:00:03Z"}}
+    assert restores.reconcile(body, cluster, connect, now=T0).status["phase"] == "Restoring"

@@ -19,7 +19,7 @@ from thaw.config import Settings
 from thaw.errors import WorkerNotFound
 from thaw.pipeline import instances
 from thaw.pipeline.instances import Instance
-from thaw.sandbox.pod import Anchor, find_anchor, sandboxed_worker
+from thaw.sandbox.pod import Anchor, find_anchor, read_environ, sandboxed_worker
 from thaw.worker import protocol
 
 log = logging.getLogger("thaw.agent")
@@ -53,6 +53,20 @@ def adopt(settings: Settings, pod: PodRef) -> Instance:
                             control=control, anchor_pid=anchor.pid)
     log.info("adopted worker %s of pod %s/%s (pid %d)", inst.id, pod.namespace, pod.name, pid)
     return inst
+
+
+def gpu_of(anchor: Anchor) -> str | None:
+    """The GPU the device plugin gave the pod, by UUID: NVIDIA's device plugin (its default ``envvar``
+    strategy) names the pod's GPUs in the container's NVIDIA_VISIBLE_DEVICES. None on a CPU node, for
+    more than one GPU (a worker restores onto the GPUs it recorded), or when the plugin said it otherwise."""
+    return gpu_in(read_environ(anchor.pid).get("NVIDIA_VISIBLE_DEVICES", ""))
+
+
+def gpu_in(visible: str) -> str | None:
+    uuids = [d.strip() for d in visible.split(",") if d.strip()]
+    if len(uuids) == 1 and uuids[0].startswith(("GPU-", "MIG-")):
+        return uuids[0]
+    return None
 
 
 def untie(everyone: list[Instance]) -> list[Instance]:

@@ -363,7 +363,8 @@ class Agent:
 
     def _run_restore(self, run: _Running, req: RestoreRequest, anchor: Anchor | None = None) -> dict[str, Any]:
         try:
-            res = pipeline.restore(self.settings, req.artifact, store=run.store, gpu_target=req.gpu, name=req.name,
+            gpu = req.gpu if req.gpu is not None or anchor is None else pods.gpu_of(anchor)  # a pod's: its own
+            res = pipeline.restore(self.settings, req.artifact, store=run.store, gpu_target=gpu, name=req.name,
                                    verify_canary=req.verify_canary, progress=self._progress(run), into=anchor)
         except CanaryMismatch:
             self.metrics.canary.labels("mismatch").inc()

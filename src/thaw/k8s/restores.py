@@ -144,6 +144,9 @@ def _start(spec: RestoreSpec, body: dict[str, Any], status: dict[str, Any], clus
         if not pinned:
             return _give_up(spec, conds, "PodNotScheduled", f"pod {spec.pod} is gone or not bound to a node", now)
         into = pod_ref(pod or {})  # a pod running thaw's entrypoint: the worker is restored into it
+        if into and not container_started(pod or {}):
+            return _waiting(spec, conds, "PodStarting", f"pod {spec.pod}'s container (thaw's entrypoint) has not "
+                            f"started yet on {pinned}", created, retry, now)
     nodes = cluster.list_nodes()
     urls = cluster.agent_urls(nodes)
     step = Step()
@@ -227,6 +230,21 @@ def _follow(spec: RestoreSpec, status: dict[str, Any], cluster: Cluster, connect
     if job.progress and job.progress != status.get("progress"):
         step.status["progress"] = job.progress
     return step
+
+
+def container_started(pod: dict[str, Any]) -> bool:
+    """Every container of the pod is running: its entrypoint is there for the agent to find."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return bool(statuses) and all("running" in (s.get("state") or {}) for s in statuses)
+
+
+def _waiting(spec: RestoreSpec, conds: Any, reason: str, why: str, created: datetime, retry: int,
+             now: datetime) -> Step:
+    """Pending for ``why`` until AGENT_GRACE_S after the restore's creation, then a cold start."""
+    waited = (now - created).total_seconds()
+    if waited >= AGENT_GRACE_S:
+        return _give_up(spec, conds, reason, f"{why}; gave up after {waited:.0f}s", now)
+    return retry_later(pending(conds, reason, why, now), why, retry)
 
 
 def _no_agent(spec: RestoreSpec, conds: Any, node: str | None, why: str, created: datetime, retry: int,

@@ -200,7 +200,12 @@ def sandboxed_worker(anchor: Anchor) -> int:
 
 def run_dir_of(pid: int) -> str:
     """The run directory a pod's worker looks for its control directory in (its THAW_RUN_DIR)."""
-    return _environ(Path(f"/proc/{pid}")).get("THAW_RUN_DIR") or DEFAULT_RUN_DIR
+    return read_environ(pid).get("THAW_RUN_DIR") or DEFAULT_RUN_DIR
+
+
+def read_environ(pid: int) -> dict[str, str]:
+    """The environment a process started with."""
+    return _environ(Path(f"/proc/{pid}"))
 
 
 def _ns_pid(entry: Path) -> int:
