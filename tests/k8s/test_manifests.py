@@ -21,7 +21,7 @@ BUILDS = ["base", *(f"overlays/{o}" for o in OVERLAYS)]
 
 #: the agent's capabilities, each justified in base/agent/daemonset.yaml; adding one must be a decision
 AGENT_CAPABILITIES = {"SYS_ADMIN", "SYS_PTRACE", "CHECKPOINT_RESTORE", "NET_ADMIN", "SYS_RESOURCE", "IPC_LOCK",
-                      "SYS_CHROOT", "SYS_NICE", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "CHOWN", "FSETID",
+                      "SYS_CHROOT", "SYS_NICE", "SYS_TIME", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "CHOWN", "FSETID",
                       "SETUID", "SETGID", "SETPCAP", "KILL"}
 
 #: every (apiGroup, resource, verb) the operator may use, and nothing else

@@ -83,7 +83,7 @@ def missing_capabilities(wanted: list[str]) -> list[str]:
     libc = ctypes.CDLL(None, use_errno=True)
     names = {"CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6,
              "SETUID": 7, "SETPCAP": 8, "NET_ADMIN": 12, "IPC_LOCK": 14, "SYS_CHROOT": 18, "SYS_PTRACE": 19,
-             "SYS_ADMIN": 21, "SYS_NICE": 23, "SYS_RESOURCE": 24, "CHECKPOINT_RESTORE": 40}
+             "SYS_ADMIN": 21, "SYS_NICE": 23, "SYS_RESOURCE": 24, "SYS_TIME": 25, "CHECKPOINT_RESTORE": 40}
     return [c for c in wanted if libc.prctl(23, names[c], 0, 0, 0) != 1]  # PR_CAPBSET_READ
 
 
