@@ -156,7 +156,8 @@ def test_a_worker_snapshotted_in_one_pod_is_restored_into_another_and_lives_ther
         # on the pod's network: the copy answers inside the target pod's network namespace, with the original's state
         state = target.get("/state")
         assert (state["token"], state["digest"], state["outcome"]) == (original["token"], original["digest"], "thawed")
-        assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/proc/{target.anchor.pid}/ns/net").st_ino
+        for ns in ("net", "uts", "ipc"):  # the pod's network, hostname and IPC (joined: the same here as the host's)
+            assert os.stat(f"/proc/{pid}/ns/{ns}").st_ino == os.stat(f"/proc/{target.anchor.pid}/ns/{ns}").st_ino, ns
         # charged to the pod: every hierarchy's cgroup of the worker is the target pod's
         for cg in target.cgroups:
             assert str(pid) in (cg / "cgroup.procs").read_text().split(), f"worker {pid} not in {cg}"

@@ -35,6 +35,7 @@ class Placement:
     control_target: Path  # what the link points at, as the worker sees it
     root: str = "/"
     wrapper: list[str] = field(default_factory=list)
+    join_ns: list[tuple[str, str]] = field(default_factory=list)  # (namespace, file) CRIU joins instead of making
     netns: int = 0  # inode of a network namespace made for this copy alone (0: a pod's)
     mounted_root: Path | None = None
 
@@ -81,8 +82,11 @@ def in_pod(settings: Settings, manifest: Manifest, inst: Instance, net_key: str,
         raise
     wrapper = [sys.executable, "-m", "thaw.sandbox.incgroup", str(anchor.pid), "--"]
     inst.control, inst.anchor_pid = anchor.host_path(anchor.control_dir), anchor.pid
+    # the pod's hostname and IPC are the worker's too: joined, not made anew (making them would also write
+    # /proc/sys, read-only in the agent's container)
+    join = [(ns, f"/proc/{anchor.pid}/ns/{ns}") for ns in ("uts", "ipc")]
     return Placement(fds=fds, run_dir=anchor.host_path(anchor.run_dir), control_target=Path(anchor.control_dir),
-                     root=str(root), wrapper=wrapper, mounted_root=root)
+                     root=str(root), wrapper=wrapper, join_ns=join, mounted_root=root)
 
 
 def _open_fifo(fifo: Path, timeout: float, anchor: Anchor) -> int:

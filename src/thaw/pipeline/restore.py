@@ -102,7 +102,7 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
             pid, _ = criu_restore(
                 RestoreOptions(images_dir=artifact_dir / IMAGES, work_dir=inst.dir / "ops" / "restore",
                                root=place.root, external=layout.restore_externals(), inherit_fds=place.fds,
-                               wrapper=place.wrapper),
+                               join_ns=place.join_ns, wrapper=place.wrapper),
                 criu=find_criu(settings.criu),
             )
     except BaseException:
