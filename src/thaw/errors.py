@@ -9,17 +9,21 @@ error name). Foreign errors are mapped to the most specific type here with
     ├── ConfigError            bad input or configuration (field, message)
     ├── HostError              the host cannot do this (no CRIU >= 4, not root, no GPU, ...)
     ├── WorkerError            the worker did not do its part
-    │   └── QuiesceTimeout     it never reached its quiesce point / never answered
+    │   ├── QuiesceTimeout     it never reached its quiesce point / never answered
+    │   └── ListenedEarly      a server run with --park-at-listen listened before it warmed up
     ├── CheckpointError        taking a snapshot failed (the worker was rolled back)
     ├── RestoreError           restoring failed (the artifact is unchanged)
     │   └── CanaryMismatch     the restored worker did not reproduce its recorded outputs
-    ├── IntegrityError         an artifact's files do not match its manifest
+    ├── IntegrityError         an artifact's files do not match its manifest, or its manifest is malformed
+    │   └── UntrustedArtifact  not the digest the caller expects, or not signed by a key this node trusts
     ├── StorageError           the artifact store failed a request (network, server, permissions)
     ├── ArtifactNotFound       no artifact of that name
     ├── WorkerNotFound         no (running) worker of that name on this node
     ├── BusyError              another operation holds this worker
     ├── CriuError              a CRIU request failed (cr_errmsg + log tail)
-    └── CudaError              a CUDA driver call failed (call, pid, error name)
+    ├── CudaError              a CUDA driver call failed (call, pid, error name)
+    └── GmsError               the GPU memory service refused or failed a request
+        └── GmsUnavailable     no GPU memory service answers for that GPU
 """
 
 from __future__ import annotations
@@ -70,6 +74,12 @@ class QuiesceTimeout(WorkerError):
     reason = "quiesce_timeout"
 
 
+class ListenedEarly(WorkerError):
+    """A server run with ``--park-at-listen`` opened its listening socket before warming up: it was not parked."""
+
+    reason = "listened_early"
+
+
 class CheckpointError(ThawError):
     """Taking a snapshot failed. The worker was rolled back to running; nothing was published."""
 
@@ -94,13 +104,19 @@ class CanaryMismatch(RestoreError):
 
 
 class IntegrityError(ThawError):
-    """An artifact's files do not match the digests and sizes of its manifest."""
+    """An artifact's files do not match the digests and sizes of its manifest, or the manifest is malformed."""
 
     reason = "integrity"
 
-    def __init__(self, message: str, *, path: Path | str | None = None) -> None:
-        super().__init__(message, hint="the artifact is damaged: take a new snapshot or fetch it again")
+    def __init__(self, message: str, *, path: Path | str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint or "the artifact is damaged: take a new snapshot or fetch it again")
         self.path = path
+
+
+class UntrustedArtifact(IntegrityError):
+    """The artifact is intact but not the one asked for: another digest, unsigned, or signed by an unknown key."""
+
+    reason = "untrusted"
 
 
 class StorageError(ThawError):
@@ -158,3 +174,24 @@ class CudaError(ThawError):
         self.code = code
         self.name = name
         self.pid = pid
+
+
+class GmsError(ThawError):
+    """The GPU memory service (thaw.gms) refused or failed a request; ``code`` says why, for callers and metrics."""
+
+    reason = "gms"
+
+    def __init__(self, message: str, *, code: str = "error", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+
+
+class GmsUnavailable(GmsError):
+    """No GPU memory service listens for that GPU (not started, or it died)."""
+
+    reason = "gms_unavailable"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, code="unavailable",
+                         hint=hint or "start one with `thaw gms serve --gpu N` or let the agent start it "
+                         "(THAW_GMS=1)")

@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from thaw.errors import ConfigError
-from thaw.store.manifest import check_name
+from thaw.listen.spec import ParkAtListen
+from thaw.store.manifest import HttpCanaryRequest, check_digest, check_name
 
 API_VERSION = "v1"
 
@@ -57,6 +58,9 @@ class LaunchRequest(_Request):
     env: dict[str, str] = Field(default_factory=dict,
                                 description="environment of the worker; the agent's own environment is NOT inherited")
     cwd: str = Field(default="/", description="absolute working directory")
+    park_at_listen: ParkAtListen | None = Field(
+        default=None, description="an unmodified Python server: park it at its first listening socket "
+                                  "(thaw run --park-at-listen; docs/integrations.md)")
 
     @field_validator("name")
     @classmethod
@@ -78,6 +82,10 @@ class SnapshotRequest(_Request):
     artifact: str
     leave_running: bool = Field(default=False, description="keep the original serving after the snapshot")
     ready_timeout: float = Field(default=60.0, gt=0, le=3600, description="seconds to wait for the quiesce point")
+    canary_http: list[HttpCanaryRequest] = Field(
+        default_factory=list, max_length=64,
+        description="requests the original answers after the snapshot; every restored copy must answer them alike "
+                    "(thaw snapshot --canary-http)")
     pod: PodRef | None = Field(default=None, description="snapshot the worker that runs in this pod (its thaw "
                                                          "entrypoint's sandbox) rather than one named `worker`")
     idempotency_key: str | None = IdempotencyKey
@@ -92,6 +100,12 @@ class SnapshotRequest(_Request):
     def _check_artifact(cls, v: str) -> str:
         return _name(v, "artifact name")
 
+    @field_validator("canary_http", mode="before")
+    @classmethod
+    def _openai_style(cls, v: object) -> object:
+        # {"prompt": ...} and {"messages": ...} are accepted as in a --canary-http file
+        return [HttpCanaryRequest.of(r) if isinstance(r, dict) else r for r in v] if isinstance(v, list) else v
+
 
 class RestoreRequest(_Request):
     """``POST /v1/restores``: restore an artifact as a new worker on this node."""
@@ -100,6 +114,16 @@ class RestoreRequest(_Request):
     name: str | None = Field(default=None, description="name of the restored worker; default: the original's")
     gpu: int | str | None = Field(default=None, description="GPU index or UUID to restore onto; default: as recorded")
     verify_canary: bool = Field(default=True, description="require the worker to reproduce its recorded canary")
+    digest: str | None = Field(default=None, description="restore only if the artifact has exactly this digest "
+                                                         "(sha256:<hex>, as a snapshot's result reports it)")
+
+    @field_validator("digest")
+    @classmethod
+    def _check_digest(cls, v: str | None) -> str | None:
+        try:
+            return None if v is None else check_digest(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
     pod: PodRef | None = Field(default=None, description="restore into this pod (its network namespace, cgroup and "
                                                          "root filesystem), whose thaw entrypoint waits for it")
     idempotency_key: str | None = IdempotencyKey
@@ -213,6 +237,7 @@ class CanaryReport(BaseModel):
     expected: Any = None
     got: Any = None
     differences: list[str] = Field(default_factory=list)
+    http_requests: int = Field(default=0, description="HTTP canary requests the copy answered as the original did")
 
 
 class RestoreResult(BaseModel):

@@ -56,7 +56,7 @@ from thaw.pipeline import control
 from thaw.pipeline import gpu as pipeline_gpu
 from thaw.pipeline.instances import Instance, reap
 from thaw.sandbox.pod import Anchor
-from thaw.store import Manifest, Staged, Store, check_name, open_store
+from thaw.store import Manifest, Staged, Store, check_name, store_for
 from thaw.worker.protocol import Action
 
 #: phases after which a snapshot's artifact is published and confirmed by the pipeline
@@ -102,7 +102,7 @@ class Agent:
         self.settings = config.settings
         self.staging = self.settings.staging_dir
         self.staging.mkdir(parents=True, exist_ok=True)
-        self.store = store or open_store(self.settings.store_url, scratch=self.staging / ".scratch")
+        self.store = store or store_for(self.settings)
         self.book = JobBook(config.state / "jobs.db")
         self.audit = AuditLog(config.audit_log or config.state / "audit.log")
         self.metrics = Metrics()
@@ -155,7 +155,7 @@ class Agent:
                                 hint="pick another name, or stop it first")
             try:
                 inst = pipeline.launch(self.settings, req.argv, name=req.name, env={**BASE_ENV, **req.env},
-                                       cwd=cwd)
+                                       cwd=cwd, park=req.park_at_listen)
             except ThawError as exc:
                 self.audit.record("launch", "failed", caller=caller, worker=req.name, reason=exc.reason,
                                   message=str(exc))
@@ -235,7 +235,8 @@ class Agent:
             if req.name is not None and any(i.name == req.name and i.alive() for i in self._instances()):
                 raise BusyError(f"a worker named {req.name!r} is already running on {self.settings.node}",
                                 hint="pick another name for the restored worker")
-            self.store.manifest(req.artifact)  # 404 now rather than a failed job later
+            # 404 now rather than a failed job later; a wrong digest or signature too (fetch checks it again)
+            self.store.trust.check(self.store.manifest(req.artifact), expected_digest=req.digest)
             anchor = pods.anchor_of(req.pod) if req.pod else None  # 404 now if the pod is not (yet) here
             job = self._accept(JobKind.RESTORE, req.model_dump(), caller, worker=req.name, artifact=req.artifact,
                                holds={"artifact": req.artifact}, key=req.idempotency_key)
@@ -349,7 +350,7 @@ class Agent:
     def _run_snapshot(self, run: _Running, inst: Instance, req: SnapshotRequest) -> dict[str, Any]:
         res = pipeline.snapshot(self.settings, inst.id, req.artifact, store=run.store,
                                 leave_running=req.leave_running, ready_timeout=req.ready_timeout,
-                                progress=self._progress(run))
+                                canary_http=req.canary_http, progress=self._progress(run))
         m = res.manifest
         write_s = res.timings.get("dump", 0.0) + res.timings.get("publish", 0.0)
         gbps = run.store.stage_stats.get("write_gbps") or (m.size / write_s / 1e9 if write_s > 0 else None)
@@ -365,12 +366,13 @@ class Agent:
         try:
             gpu = req.gpu if req.gpu is not None or anchor is None else pods.gpu_of(anchor)  # a pod's: its own
             res = pipeline.restore(self.settings, req.artifact, store=run.store, gpu_target=gpu, name=req.name,
-                                   verify_canary=req.verify_canary, progress=self._progress(run), into=anchor)
+                                   verify_canary=req.verify_canary, expected_digest=req.digest,
+                                   progress=self._progress(run), into=anchor)
         except CanaryMismatch:
             self.metrics.canary.labels("mismatch").inc()
             raise
         inst, m = res.instance, res.manifest
-        checked = res.canary_expected is not None
+        checked = res.canary_checked
         self.metrics.canary.labels("match" if checked else "skipped").inc()
         with self._completed_lock:
             self._completed.add(inst.id)
@@ -381,7 +383,7 @@ class Agent:
         self.metrics.artifact_bytes.labels("restore").observe(m.size)
         self.metrics.observe_transfer("read", m.size, gbps)
         canary = CanaryReport(checked=checked, match=True if checked else None, expected=res.canary_expected,
-                              got=res.canary_got)
+                              got=res.canary_got, http_requests=len(res.http_canary_got or []))
         return RestoreResult(worker=self.view(inst), artifact=m.name, artifact_id=m.artifact_id, digest=m.digest,
                              bytes=m.size, timings=res.timings, read_gbps=gbps,
                              canary=canary).model_dump(mode="json") | {"worker_id": inst.id}

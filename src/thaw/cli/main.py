@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from thaw.cli.output import console, emit_json, err, fail, friendly, human_bytes, progress, seconds
+from thaw.cli.output import console, emit_json, err, fail, friendly, human_bytes, progress, safe, seconds
 from thaw.config import Settings
 
 app = typer.Typer(
@@ -47,9 +47,9 @@ def _settings(home: Path | None, store: str | None) -> Settings:
 
 
 def _store(settings: Settings):
-    from thaw.store import open_store
+    from thaw.store import store_for
 
-    return open_store(settings.store_url)
+    return store_for(settings)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -59,21 +59,37 @@ def run(
     name: Annotated[str, typer.Option("--name", "-n", help="the worker's name (used by snapshot, release, stop)")],
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait until the worker parks at its quiesce point")] = False,
     ready_timeout: Annotated[float, typer.Option(help="seconds to wait for the quiesce point with --wait")] = 600.0,
+    park_at_listen: Annotated[bool, typer.Option("--park-at-listen", help="an unmodified Python server: park it at its first TCP listening socket, before the bind (docs/integrations.md)")] = False,
+    park_port: Annotated[Optional[int], typer.Option("--park-port", help="park at the bind of this TCP port (implies --park-at-listen)", show_default=False)] = None,
+    park_path: Annotated[Optional[str], typer.Option("--park-path", help="park at the bind of this unix socket path, '@name' for an abstract one (implies --park-at-listen)", show_default=False)] = None,
+    park_nth: Annotated[int, typer.Option("--park-nth", help="park at the n-th matching bind")] = 1,
+    park_min_warmup: Annotated[float, typer.Option("--park-min-warmup", help="seconds: a bind sooner after start is 'early': not parked, reported")] = 2.0,
+    park_expect_gpu: Annotated[str, typer.Option("--park-expect-gpu", help="auto | yes | no: a bind before any process holds a GPU is 'early' (auto: where the sandbox sees a GPU)")] = "auto",
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Start a worker in a snapshot-able sandbox: [bold]thaw run --name NAME -- CMD [ARGS...][/].
 
     The worker runs in new pid, mount and network namespaces. It warms up, then calls
-    thaw.worker.quiesce() and parks until you snapshot or release it.
+    thaw.worker.quiesce() and parks until you snapshot or release it. A server that knows
+    nothing of thaw (a FastAPI app, vLLM, SGLang) runs with [bold]--park-at-listen[/]: thaw parks
+    it inside its first bind of a listening socket, which proceeds once it is thawed or released.
     """
     from thaw import pipeline
+    from thaw.listen import ParkAtListen
 
     argv = list(ctx.args)
     if not argv:
         fail("no command given", "thaw run --name NAME -- CMD [ARGS...]", code=2)
+    park = None
+    if park_at_listen or park_port is not None or park_path is not None:
+        try:
+            park = ParkAtListen(port=park_port, path=park_path, nth=park_nth, min_warmup_s=park_min_warmup,
+                                expect_gpu=park_expect_gpu)
+        except ValueError as exc:
+            fail(f"--park-at-listen: {exc}", "thaw run --help", code=2)
     settings = _settings(home, None)
-    inst = pipeline.launch(settings, argv, name=name)
+    inst = pipeline.launch(settings, argv, name=name, park=park)
     if wait:
         with progress(not json_out) as cb:
             cb("warm-up", None, f"waiting for {name} to reach its quiesce point")
@@ -147,6 +163,7 @@ def snapshot(
     artifact: Annotated[str, typer.Option("--artifact", "-a", help="name of the new artifact")],
     leave_running: Annotated[bool, typer.Option("--leave-running", help="keep the original worker and let it serve")] = False,
     ready_timeout: Annotated[float, typer.Option(help="seconds to wait for the worker's quiesce point")] = 600.0,
+    canary_http: Annotated[Optional[Path], typer.Option("--canary-http", help="JSONL of requests (OpenAI-style {\"prompt\": ...} / {\"messages\": ...} at temperature 0, or {\"method\", \"path\", \"body\"}) the original answers after the snapshot; every restored copy must answer alike", show_default=False)] = None,
     home: HomeOpt = None,
     store: StoreOpt = None,
     agent: AgentOpt = None,
@@ -156,10 +173,13 @@ def snapshot(
     """Snapshot a parked worker into an artifact (GPU state, process tree, canary)."""
     from thaw import pipeline
     from thaw.cli.remote import agent_for, follow
+    from thaw.pipeline.http_canary import parse
 
+    requests = parse(canary_http.read_text(), where=str(canary_http)) if canary_http else []
     if client := agent_for(agent, local=local):
         result = follow(client, client.snapshot(worker, artifact, leave_running=leave_running,
-                                                ready_timeout=ready_timeout), json_out=json_out)
+                                                ready_timeout=ready_timeout, canary_http=requests),
+                        json_out=json_out)
         if result is not None:
             console.print(f"[green]snapshot[/] [bold]{result['artifact']}[/] ({human_bytes(result['bytes'])}, "
                           f"{result['digest']}) through the agent: " + _phases(result.get("timings", {})))
@@ -167,7 +187,7 @@ def snapshot(
     settings = _settings(home, store)
     with _unwind_on_sigterm(), progress(not json_out) as cb:
         res = pipeline.snapshot(settings, worker, artifact, store=_store(settings), leave_running=leave_running,
-                                ready_timeout=ready_timeout, progress=cb)
+                                ready_timeout=ready_timeout, canary_http=requests, progress=cb)
     if json_out:
         emit_json({"manifest": json.loads(res.manifest.to_json()), "digest": res.manifest.digest, "timings": res.timings})
         return
@@ -181,7 +201,8 @@ def snapshot(
 @app.command()
 @friendly
 def restore(
-    artifact: Annotated[str, typer.Argument(help="the artifact to restore (see `thaw ls`)")],
+    artifact: Annotated[str, typer.Argument(help="the artifact to restore: NAME, or NAME@DIGEST to restore only "
+                                                 "that exact artifact (see `thaw ls`, `thaw inspect`)")],
     name: Annotated[Optional[str], typer.Option("--name", "-n", help="name of the restored worker [default: the original's]")] = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="restore onto this GPU (index or UUID) [default: the recorded one]")] = None,
     canary: Annotated[bool, typer.Option("--canary/--no-canary", help="check the worker reproduces its recorded canary before it serves")] = True,
@@ -194,10 +215,12 @@ def restore(
     """Restore an artifact as a new worker on this node (fresh namespaces; run it as often as you like)."""
     from thaw import pipeline
     from thaw.cli.remote import agent_for, follow
+    from thaw.store import parse_reference
 
+    artifact, digest = parse_reference(artifact)
     target: int | str | None = int(gpu) if gpu is not None and gpu.isdigit() else gpu
     if client := agent_for(agent, local=local):
-        result = follow(client, client.restore(artifact, name=name, gpu=target, verify_canary=canary),
+        result = follow(client, client.restore(artifact, name=name, gpu=target, verify_canary=canary, digest=digest),
                         json_out=json_out)
         if result is not None:
             w = result["worker"]
@@ -209,13 +232,15 @@ def restore(
     settings = _settings(home, store)
     with _unwind_on_sigterm(), progress(not json_out) as cb:
         res = pipeline.restore(settings, artifact, store=_store(settings), gpu_target=target, name=name,
-                               verify_canary=canary, progress=cb)
+                               verify_canary=canary, expected_digest=digest, progress=cb)
     inst = res.instance
     if json_out:
         emit_json({"instance": inst.model_dump(mode="json"), "timings": res.timings,
                    "canary": "passed" if res.canary_checked else "not checked"})
         return
     check = "canary passed" if res.canary_checked else "no canary"
+    if res.http_canary_got:
+        check += f" ({len(res.http_canary_got)} HTTP requests answered as the original did)"
     console.print(f"[green]restored[/] [bold]{inst.name}[/] ({inst.id}), pid {inst.host_pid}, {check}, "
                   f"in {seconds(res.timings['total'])}: " + _phases(res.timings))
     console.print(f"control directory: {inst.dir}")
@@ -255,8 +280,8 @@ def list_artifacts(home: HomeOpt = None, store: StoreOpt = None, agent: AgentOpt
             return
         table = Table(*(k.upper() for k in ("name", "bytes", "digest", "created_at")))
         for a in rows:
-            table.add_row(a.get("name", ""), human_bytes(a.get("bytes", 0)), str(a.get("digest", "")),
-                          str(a.get("created_at", "")))
+            table.add_row(safe(a.get("name", "")), human_bytes(a.get("bytes", 0)), safe(a.get("digest", "")),
+                          safe(a.get("created_at", "")))
         console.print(table)
         return
     manifests = _store(_settings(home, store)).list()
@@ -265,9 +290,10 @@ def list_artifacts(home: HomeOpt = None, store: StoreOpt = None, agent: AgentOpt
                     "created_at": m.created_at, "worker": m.worker.name, "source": m.source.host} for m in manifests])
         return
     table = Table("NAME", "WORKER", "SIZE", "CREATED", "FROM NODE", "GPUS")
-    for m in manifests:
-        table.add_row(m.name, m.worker.name, human_bytes(m.size), m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                      m.source.host, ", ".join(g.get("name", "?") for g in m.gpus) or "-")
+    for m in manifests:  # every text from a manifest is untrusted: printed escaped (safe)
+        table.add_row(safe(m.name), safe(m.worker.name), human_bytes(m.size),
+                      m.created_at.strftime("%Y-%m-%d %H:%M:%S"), safe(m.source.host),
+                      safe(", ".join(str(g.get("name", "?")) for g in m.gpus) or "-"))
     console.print(table)
 
 
@@ -278,46 +304,80 @@ def inspect(
     home: HomeOpt = None,
     store: StoreOpt = None,
     json_out: JsonOpt = False,
+    memory: Annotated[bool, typer.Option("--memory", help="break the image down by what its pages are")] = False,
 ) -> None:
-    """Show an artifact's manifest: origin, worker, GPUs, released memory, files, timings."""
-    m = _store(_settings(home, store)).manifest(artifact)
-    if json_out:
-        emit_json({**json.loads(m.to_json()), "digest": m.digest, "size": m.size})
+    """Show an artifact's manifest: origin, worker, GPUs, released memory, files, timings, signature.
+
+    Fails (exit 1) when a file the manifest lists is missing or has another size (a half-deleted artifact).
+    """
+    s = _store(_settings(home, store))
+    m = s.check_complete(artifact)
+    if memory:
+        from thaw.cli.memory_view import memory_breakdown, render_breakdown
+
+        if json_out:
+            emit_json(memory_breakdown(m))
+        else:
+            render_breakdown(m)
         return
-    console.print(f"[bold]{m.name}[/]  id {m.artifact_id}  schema v{m.schema_version}")
+    if json_out:
+        emit_json({**json.loads(m.to_json()), "digest": m.digest, "size": m.size, "trust": s.trust.describe(m)})
+        return
+    # every text below comes from the manifest, i.e. from whoever can write the store: printed escaped (safe)
+    console.print(f"[bold]{safe(m.name)}[/]  id {m.artifact_id}  schema v{m.schema_version}")
     console.print(f"digest {m.digest}, {human_bytes(m.size)} in {len(m.files)} files")
-    console.print(f"taken {m.created_at:%Y-%m-%d %H:%M:%S %Z} on {m.source.host} (Linux {m.source.kernel}, "
-                  f"CRIU {m.source.criu_version}, thaw {m.source.thaw_version}"
-                  + (f", CUDA driver {m.source.cuda_driver}" if m.source.cuda_driver else "") + ")")
-    console.print(f"worker {m.worker.name}: {' '.join(m.worker.argv)}")
-    console.print(f"canary: {'recorded' if m.worker.canary is not None else 'none'}; hooks: {', '.join(m.worker.hooks) or 'none'}")
+    console.print(f"signature: {safe(s.trust.describe(m))}")
+    src = m.source
+    console.print(safe(f"taken {m.created_at:%Y-%m-%d %H:%M:%S %Z} on {src.host} (Linux {src.kernel}, "
+                       f"CRIU {src.criu_version}, thaw {src.thaw_version}"
+                       + (f", CUDA driver {src.cuda_driver}" if src.cuda_driver else "") + ")", limit=1000))
+    console.print(f"worker {safe(m.worker.name)}: {safe(' '.join(m.worker.argv), limit=1000)}")
+    console.print(f"canary: {'recorded' if m.worker.canary is not None else 'none'}; "
+                  f"hooks: {safe(', '.join(m.worker.hooks) or 'none')}")
+    if m.worker.http_canary is not None:
+        console.print(f"HTTP canary: {len(m.worker.http_canary.exchanges)} requests to "
+                      f"{safe(m.worker.http_canary.serves)}")
+    if m.gpu_pids:
+        console.print(f"GPU state of processes {', '.join(map(str, m.gpu_pids))} (pids inside the sandbox)")
     for g in m.gpus:
-        console.print(f"gpu: {g.get('name')} {g.get('uuid')} " + (f"({human_bytes(g['used_bytes'])} used)" if g.get("used_bytes") else ""))
+        used = g.get("used_bytes")
+        amount = f" ({human_bytes(used)} used)" if isinstance(used, int) and not isinstance(used, bool) and used else ""
+        console.print(f"gpu: {safe(g.get('name'))} {safe(g.get('uuid'))}{amount}")
     for r in m.memory_released:
-        console.print(f"released before checkpoint: {r.tag} {human_bytes(r.bytes)}")
-    console.print("timings: " + _phases(m.timings))
+        console.print(f"released before checkpoint: {safe(r.tag)} {human_bytes(r.bytes)}")
+    console.print("timings: " + safe(_phases(m.timings), limit=2000))
     table = Table("FILE", "SIZE", "DIGEST")
     for f in sorted(m.files, key=lambda f: -f.size)[:15]:
-        table.add_row(f.path, human_bytes(f.size), f.digest)
+        table.add_row(safe(f.path), human_bytes(f.size), f.digest)
     console.print(table)
 
 
 @app.command()
 @friendly
-def verify(artifact: Annotated[str, typer.Argument(help="the artifact's name")], home: HomeOpt = None,
-           store: StoreOpt = None) -> None:
-    """Check every file of an artifact against its manifest's sizes and digests."""
-    m = _store(_settings(home, store)).verify(artifact)
-    console.print(f"[green]ok[/] {m.name}: {len(m.files)} files, {human_bytes(m.size)} match {m.digest}")
+def verify(artifact: Annotated[str, typer.Argument(help="the artifact: NAME, or NAME@DIGEST to also require "
+                                                        "exactly that digest")],
+           home: HomeOpt = None, store: StoreOpt = None) -> None:
+    """Check an artifact: its digest (with NAME@DIGEST), its signature (when this node trusts keys), and every
+    file against its manifest's sizes and digests."""
+    from thaw.store import parse_reference
+
+    name, digest = parse_reference(artifact)
+    s = _store(_settings(home, store))
+    m = s.verify(name, expected_digest=digest)
+    console.print(f"[green]ok[/] {safe(m.name)}: {len(m.files)} files, {human_bytes(m.size)} match; digest {m.digest}"
+                  + (" (as expected)" if digest else ""))
+    console.print(f"signature: {safe(s.trust.describe(m))}")
 
 
 @app.command("rm")
 @friendly
 def remove(artifact: Annotated[str, typer.Argument(help="the artifact's name")], home: HomeOpt = None,
            store: StoreOpt = None) -> None:
-    """Delete an artifact from the store."""
-    _store(_settings(home, store)).delete(artifact)
-    console.print(f"removed {artifact}")
+    """Delete an artifact from the store (also a leftover directory of that name that has no manifest)."""
+    if _store(_settings(home, store)).delete(artifact) == "leftover":
+        console.print(f"removed the leftover directory {artifact}: it had no manifest (not a complete artifact)")
+    else:
+        console.print(f"removed {artifact}")
 
 
 @app.command()
@@ -358,6 +418,8 @@ def _mount_subapps() -> None:
         ("thaw.cli.engine", "engine", "The reference inference engine (Qwen3-architecture LLM server)."),
         ("thaw.cli.agent", "agent", "The per-node agent: snapshot/restore as a service."),
         ("thaw.cli.operator", "operator", "The Kubernetes operator."),
+        ("thaw.cli.gms", "gms", "The GPU memory service: weights kept on the node, outside every snapshot."),
+        ("thaw.cli.keys", "keys", "Signing keys for artifacts (ed25519)."),
     ):
         try:
             sub = __import__(module, fromlist=["app"]).app

@@ -23,7 +23,8 @@ MIN_WIDTH = 16  # blocks; the smallest context bucket (256 tokens at block_size 
 
 
 class DecodeGraphs:
-    def __init__(self, model: Qwen3, kv: KVCache, *, batch_sizes: list[int], max_blocks: int) -> None:
+    def __init__(self, model: Qwen3, kv: KVCache, *, batch_sizes: list[int], max_blocks: int,
+                 pool: object | None = None) -> None:
         self.model = model
         self.kv = kv
         self.batch_sizes = sorted(set(batch_sizes))
@@ -34,7 +35,11 @@ class DecodeGraphs:
         self.rows = torch.zeros(4, bmax, dtype=torch.int64, device=device)
         self.tables = torch.full((bmax, max_blocks), NULL_BLOCK, dtype=torch.int64, device=device)
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.pool = torch.cuda.graph_pool_handle()
+        # ``pool``: a MemPool id whose memory thaw releases before a snapshot (activations are scratch: every
+        # replay rewrites them from the static inputs, the KV cache and the weights); else torch's own pool
+        self.pool = pool if pool is not None else torch.cuda.graph_pool_handle()
+        # a thaw.memory pool maps new segments with driver calls, which strict capture mode forbids
+        self.capture_mode = "relaxed" if pool is not None else "global"
 
     @property
     def max_batch(self) -> int:
@@ -45,15 +50,17 @@ class DecodeGraphs:
         self._pad(0, self.max_batch)
         shapes = sorted(((b, w) for b in self.batch_sizes for w in self.widths), key=lambda s: s[0] * s[1],
                         reverse=True)
+        # One side stream for every warm-up: cuBLAS keeps a workspace (32 MiB by default) per stream it
+        # ever ran on, for the life of the process — a stream per shape left 20 of them in each snapshot.
+        side = torch.cuda.Stream()
         for b, w in shapes:
             # run once outside capture so that lazy initialisation (cuBLAS handles, kernel choice) is not captured
-            side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 self._forward(b, w)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode=self.capture_mode):
                 logits = self._forward(b, w)
             self.graphs[(b, w)] = (graph, logits)
         torch.cuda.synchronize()

@@ -34,16 +34,18 @@ PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed
 class AgentPort(Protocol):
     """What the operator calls on a node's agent (thaw.agent.client.AgentClient provides it)."""
 
-    def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True, pod: dict[str, str] | None = None,
+    def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True,
+                 canary_http: list[dict[str, Any]] | None = None, pod: dict[str, str] | None = None,
                  key: str | None = None) -> str:
-        """Start a snapshot job of ``worker`` (the worker of ``pod``: {namespace, name, uid}, when it runs thaw's
-        entrypoint) into ``artifact``; returns the job id. A retry with the same idempotency ``key`` returns
-        the job the first call started."""
+        """Start a snapshot job of ``worker`` into ``artifact`` (with an HTTP canary: thaw.pipeline.http_canary);
+        returns the job id. ``pod``: {namespace, name, uid} when the worker runs in that pod under thaw's
+        entrypoint; a retry with the same idempotency ``key`` returns the job the first call started."""
         ...
 
     def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None,
-                pod: dict[str, str] | None = None, key: str | None = None) -> str:
-        """Start a restore job (with the canary check) of ``artifact``, into ``pod`` when given; returns the job id."""
+                digest: str | None = None, pod: dict[str, str] | None = None, key: str | None = None) -> str:
+        """Start a restore job (with the canary check) of ``artifact``, only if it has ``digest`` when one is
+        given, into ``pod`` when given; returns the job id."""
         ...
 
     def job(self, job_id: str) -> dict[str, Any]:

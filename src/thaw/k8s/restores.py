@@ -156,8 +156,10 @@ def _start(spec: RestoreSpec, body: dict[str, Any], status: dict[str, Any], clus
         agent = connect(urls[fit.node])
         # into a pod: the GPU is the one the device plugin gave the pod, which its node's agent looks up
         gpu = None if into else choose_gpu(agent.node_info(), need, wanted=spec.gpu)
+        # pinned to the digest the snapshot recorded: a replaced or altered artifact is refused by the agent;
         # the object's uid as idempotency key: a retry after a lost answer gets the job the first call started
-        job_id = agent.restore(art["name"], gpu=gpu, name=spec.worker, pod=into, key=body["metadata"].get("uid"))
+        job_id = agent.restore(art["name"], gpu=gpu, name=spec.worker, digest=art.get("digest") or None, pod=into,
+                               key=body["metadata"].get("uid"))
     except NoPlacement as exc:
         if spec.pod and pinned not in urls:
             return _no_agent(spec, conds, pinned, f"no ready thaw agent on {pinned} (agent DaemonSet pod missing or "

@@ -91,6 +91,7 @@ def quiesce(
     *,
     canary: Callable[[], Any] | None = None,
     timeout: float | None = None,
+    serves: str | None = None,
 ) -> Outcome:
     """Announce readiness, park, and return once thaw says how to go on.
 
@@ -98,24 +99,30 @@ def quiesce(
     token ids for fixed prompts). It runs once here, and its result is stored with the
     snapshot; after a restore it runs again and thaw compares the two before the copy
     takes traffic. ``timeout`` (seconds) bounds the wait; on expiry the worker is
-    released. Outside thaw this returns RELEASED at once (``managed=False``).
+    released. ``serves`` says where the worker will listen once it goes on
+    (``tcp://0.0.0.0:8000``, ``unix:///run/app.sock``): thaw replays HTTP canary
+    requests there (``thaw snapshot --canary-http``). Outside thaw this returns
+    RELEASED at once (``managed=False``).
     """
     run_dir = os.environ.get(protocol.ENV_RUN_DIR)
     if not run_dir:
         return Outcome(Kind.RELEASED, {"reason": "not running under thaw"}, managed=False)
-    return _Parked(Path(run_dir), name or _default_name(), canary).wait(timeout)
+    return _Parked(Path(run_dir), name or _default_name(), canary, serves).wait(timeout)
 
 
 class _Parked:
     """The state of a parked worker: which commands it has handled and whether it is frozen."""
 
-    def __init__(self, run_dir: Path, name: str, canary: Callable[[], Any] | None) -> None:
+    def __init__(self, run_dir: Path, name: str, canary: Callable[[], Any] | None, serves: str | None) -> None:
         self.run_dir = run_dir
         self.name = name
         self.canary = canary
         self.handled: set[str] = set()
         self.frozen = False
         self.pending_thaw: dict[str, Any] | None = None
+        #: (dev, inode, mtime) of the command file last read: a poll opens it only when it changed, so
+        #: no descriptor of thaw's is ever open while the process is dumped (commands are written by rename)
+        self.seen: tuple[int, int, int] | None = None
         ctl = self.control_dir(wait=True)
         # commands already present belong to an earlier life of this sandbox: never act on them
         old = protocol.read_json(ctl / protocol.COMMAND)
@@ -129,6 +136,7 @@ class _Parked:
             canary=recorded,
             hooks=hooks.registered()["freeze"],
             at=protocol.now(),
+            serves=serves,
         )
         protocol.write_json_atomic(ctl / protocol.READY, protocol.encode(marker))
 
@@ -171,6 +179,14 @@ class _Parked:
             ctl = self.control_dir()
         except FileNotFoundError:
             return None  # restored, and thaw has not linked the new sandbox yet
+        try:
+            st = os.stat(ctl / protocol.COMMAND)
+        except FileNotFoundError:
+            return None
+        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        if stamp == self.seen:
+            return None  # nothing new: opening it now could leave a descriptor in a snapshot being dumped
+        self.seen = stamp
         raw = protocol.read_json(ctl / protocol.COMMAND)
         if not raw or raw.get("id") in self.handled:
             return None
