@@ -1,5 +1,7 @@
 """``python -m thaw.sandbox.incgroup PID -- CMD ...``: join the cgroups of process PID, then become CMD.
 
+(It also gives CMD a writable /proc/sys: see ``writable_proc_sys``.)
+
 Writes its own pid into the ``cgroup.procs`` file of each of PID's cgroups and execs CMD,
 which keeps the pid: CMD and everything it forks are charged to those cgroups. thaw starts
 CRIU this way to restore a worker into a pod's cgroup (sandbox/pod.py).
@@ -36,7 +38,27 @@ def main(argv: list[str]) -> None:
             procs.write_text(str(os.getpid()))
         except OSError as exc:
             sys.exit(f"thaw: cannot join cgroup {procs.parent}: {exc.strerror}")
+    writable_proc_sys()
     os.execvp(cmd[0], cmd)
+
+
+def writable_proc_sys() -> None:
+    """A mount namespace of CRIU's own in which /proc/sys is writable.
+
+    A container runtime mounts /proc/sys read-only over the agent's /proc. A worker dumped in a pod
+    has that pod's UTS and IPC namespaces, which CRIU recreates and fills through /proc/sys
+    (kernel/hostname, IPC limits): "Can't open sysctl kernel/hostname: Read-only file system" was the
+    real node's restore error. The read-only mount goes in a private copy of our mounts only.
+    """
+    mounts = [line.split()[4] for line in open("/proc/self/mountinfo")]
+    if "/proc/sys" not in mounts:
+        return  # not in a container: /proc/sys is writable as it is
+    libc = ctypes.CDLL(None, use_errno=True)
+    ms_rec, ms_private, mnt_detach, clone_newns = 0x4000, 0x40000, 2, 0x00020000
+    if libc.unshare(clone_newns) != 0 or libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
+        sys.exit(f"thaw: cannot make a mount namespace for CRIU: {os.strerror(ctypes.get_errno())}")
+    for _ in range(mounts.count("/proc/sys")):
+        libc.umount2(b"/proc/sys", mnt_detach)
 
 
 def join_node_cgroup_namespace() -> None:
