@@ -146,6 +146,10 @@ def test_a_worker_snapshotted_in_one_pod_is_restored_into_another_and_lives_ther
         worker = pods.adopt(settings, source.ref)
         pipeline.wait_ready(settings, worker, timeout=60)
         assert pods.adopt(settings, source.ref).id == worker.id  # adopting twice is the same instance
+        # the pod's worker holds no capability (its entrypoint's CAP_SYS_ADMIN made the sandbox, and stops there)
+        status = Path(f"/proc/{worker.host_pid}/status").read_text()
+        assert {line.split()[1] for line in status.splitlines() if line.startswith(("CapEff", "CapPrm", "CapBnd"))} \
+            == {"0000000000000000"}, status
         snap = pipeline.snapshot(settings, worker.id, "podworker-v1", leave_running=True)
         assert snap.manifest.sandbox["run_dir"] == "/tmp/thaw-pod-test"
         original = source.get("/state")

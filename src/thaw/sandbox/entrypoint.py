@@ -124,7 +124,8 @@ def run_sandboxed(cmd: list[str], run_dir: Path) -> int:
     layout = plan([run_dir, Path.cwd(), sys.prefix, *python_path, *[a for a in cmd if a.startswith("/")]],
                   private_net=False)
     try:
-        started = launch(cmd, control_dir=control, run_dir=run_dir, layout=layout, env=env)
+        # the worker needs no capability, and a restore can give back only what the agent holds
+        started = launch(cmd, control_dir=control, run_dir=run_dir, layout=layout, env=env, drop_caps=True)
     except Exception as exc:  # noqa: BLE001 - no sandbox (no CAP_SYS_ADMIN): the worker still runs, plainly
         log(f"cannot start a sandbox ({exc}); running the worker without one: it cannot be snapshotted")
         os.execvp(cmd[0], cmd)
