@@ -66,6 +66,9 @@ def wait_for_restore(cmd: list[str], run_dir: Path, pod_info: Path) -> int:
     control = run_dir / WORKER_DIR
     (run_dir / "ns").mkdir(parents=True, exist_ok=True)
     control.mkdir(parents=True, exist_ok=True)
+    # the restored worker writes its replies here under the user id it had in the snapshot's pod, without any
+    # capability to override modes: the directory is the worker's whatever its uid (it is this container's alone)
+    control.chmod(0o777)
     # a restarted container keeps its writable layer: links and the FIFO of the worker before are stale
     for stale in (*(run_dir / "ns").iterdir(), control / STDOUT_FIFO):
         if stale.is_symlink() or stale.exists():
