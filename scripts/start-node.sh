@@ -89,7 +89,8 @@ for image in "$@"; do ctr -a "$D/containerd.sock" -n k8s.io images import --no-u
 echo $! > "$D/kubelet.pid"
 "$BIN/kube-proxy" --kubeconfig="$KUBECONFIG" --hostname-override="$NODE" --proxy-mode=iptables \
   --cluster-cidr=10.88.7.0/24 --conntrack-max-per-core=0 --conntrack-tcp-timeout-established=0 \
-  --conntrack-tcp-timeout-close-wait=0 --metrics-bind-address=127.0.0.1:0 --healthz-bind-address=127.0.0.1:0 \
+  --conntrack-tcp-timeout-close-wait=0 --metrics-bind-address="127.0.0.1:${PROXY_METRICS_PORT:-10249}" \
+  --healthz-bind-address="127.0.0.1:${PROXY_HEALTHZ_PORT:-10256}" \
   > "$D/kube-proxy.log" 2>&1 &
 echo $! > "$D/kube-proxy.pid"
 K=(${KUBECTL:-kubectl} --kubeconfig="$KUBECONFIG")
@@ -97,4 +98,5 @@ READY_PATH='{.status.conditions[?(@.type=="Ready")].status}'
 node_ready() { [ "$("${K[@]}" get node "$NODE" -o jsonpath="$READY_PATH" 2>/dev/null)" = True ]; }
 for i in $(seq 1 120); do node_ready && break; sleep 0.5; done
 node_ready || { echo "node $NODE never became Ready" >&2; tail -30 "$D/kubelet.log" >&2; exit 1; }
+kill -0 "$(cat "$D/kube-proxy.pid")" 2>/dev/null || { echo "kube-proxy exited:" >&2; tail -5 "$D/kube-proxy.log" >&2; exit 1; }
 "${K[@]}" get node "$NODE" -o wide

@@ -48,7 +48,8 @@ SUMMARY: dict[str, Any] = {}
 def node(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     d = Path(os.environ.get("THAW_E2E_NODE_DIR") or tmp_path_factory.mktemp("node"))
     env = {**os.environ, "D": str(d), "KUBECONFIG": str(control_plane.kubeconfig), "NODE": NODE,
-           "LABELS": "thaw.dev/pool=gpu", "KUBELET_PORT": str(_free_port())}
+           "LABELS": "thaw.dev/pool=gpu", "KUBELET_PORT": str(_free_port()), "PROXY_METRICS_PORT": str(_free_port()),
+           "PROXY_HEALTHZ_PORT": str(_free_port())}
     images = [p for p in os.environ.get("THAW_E2E_IMAGES", "").split(":") if p]
     t0 = time.monotonic()
     try:
