@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime, timedelta
 
 from thaw.k8s import restores
@@ -361,3 +362,14 @@ def test_a_pod_is_restored_into_only_once_its_entrypoint_runs():
     assert condition(step.status["conditions"], "Ready")["reason"] == "PodStarting"
     p["status"]["containerStatuses"][0]["state"] = {"running": {"startedAt": "2026-11-28T10:00:03Z"}}
     assert restores.reconcile(body, cluster, connect, now=T0).status["phase"] == "Restoring"
+
+
+def test_a_stale_pod_event_never_overwrites_the_outcome_written_since():
+    p = annotated()
+    cluster, _a, _b, _connect = world(pods=[p])
+    stale = copy.deepcopy(p)  # the event's body: not taken on yet
+    restores.take_on_pod(p, cluster, now=T0)
+    cluster.pods[("ml", "worker-1")]["metadata"]["annotations"]["thaw.dev/restore-state"] = "ColdStart"
+    patches = len(cluster.pod_patches)
+    assert restores.take_on_pod(stale, cluster, now=T0).events == []
+    assert len(cluster.pod_patches) == patches  # ColdStart stays

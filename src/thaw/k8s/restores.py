@@ -375,8 +375,14 @@ def take_on_pod(pod: dict[str, Any], cluster: Cluster, *, now: datetime | None =
     body = restore_for_pod(pod)
     meta = pod["metadata"]
     spec = RestoreSpec.of(body)
-    if (meta.get("annotations") or {}).get(RESTORE_STATE) == RESTORING and cluster.get_restore(spec.namespace, spec.name):
-        return Step()  # taken on already; its WorkerRestore is under way
+    # events may carry a pod as it was a moment ago: decide on the pod as it is now
+    fresh = cluster.get_pod(spec.namespace, meta["name"])
+    if fresh is None or not pod_wants_restore(fresh):
+        return Step()
+    if cluster.get_restore(spec.namespace, spec.name):
+        # taken on already (the pod is marked before its WorkerRestore is made): its restore decides, and
+        # marking the pod Restoring again could overwrite an outcome (ColdStart) written in between
+        return Step()
     marker = _pod_patch(spec, RESTORING, f"WorkerRestore {spec.name} created", False, now)
     marker.annotations[RESTORE_OBJECT] = spec.name
     cluster.patch_pod(marker)
