@@ -48,7 +48,7 @@ if [ -x "$cache/tree-$key/bin/criu" ]; then
 fi
 
 # 1. the source: Debian 13's criu source package, through apt with a private state (host apt untouched)
-if ! echo "$orig_sha256  $cache/$orig" | sha256sum -c --quiet 2>/dev/null; then
+if ! { [ -f "$cache/$orig" ] && echo "$orig_sha256  $cache/$orig" | sha256sum -c --quiet; }; then
   w=$(mktemp -d); trap 'rm -rf "$w"' EXIT
   mkdir -p "$w/parts" "$w/lists/partial" "$w/cache/archives/partial" "$w/src"
   src=/etc/apt/sources.list.d/debian.sources
