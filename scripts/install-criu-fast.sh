@@ -106,6 +106,6 @@ chmod +x "$t/bin/criu"
 echo "$key" >"$t/.thaw-build-key"
 "$t/bin/criu" --version | grep -q "$fill_line" || { echo "the built criu lacks the page-fill patch" >&2; exit 1; }
 rm -rf "$cache/tree-$key" && mv "$t" "$cache/tree-$key"
-rm -rf "$b" # the cached tree is what later runs reuse
+cd / && rm -rf "$b" # the cached tree is what later runs reuse
 install_tree "$cache/tree-$key"
 du -sh "$prefix"
