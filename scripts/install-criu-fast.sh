@@ -15,7 +15,7 @@
 # packages) come from the host's own apt sources; the host's C library is left alone.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-prefix=${1:-/opt/thaw/criu-fast}
+prefix=$(realpath -m "${1:-/opt/thaw/criu-fast}") # absolute: the build below changes directory
 cache=${THAW_CRIU_CACHE:-/var/cache/thaw-criu-fast}
 patch_file=$here/criu-fast-fill.patch
 # Debian 13's criu source; the checksum is the one in trixie's signed Sources index
@@ -106,6 +106,7 @@ chmod +x "$t/bin/criu"
 echo "$key" >"$t/.thaw-build-key"
 "$t/bin/criu" --version | grep -q "$fill_line" || { echo "the built criu lacks the page-fill patch" >&2; exit 1; }
 rm -rf "$cache/tree-$key" && mv "$t" "$cache/tree-$key"
+find "$cache" -maxdepth 1 -name 'tree-*' ! -name "tree-$key" -exec rm -rf {} + # older builds
 cd / && rm -rf "$b" # the cached tree is what later runs reuse
 install_tree "$cache/tree-$key"
 du -sh "$prefix"
