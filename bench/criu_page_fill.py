@@ -103,6 +103,7 @@ def main() -> int:
     if any(v != "stock" for v in variants) and not find_criu(fast_tree).parallel_fill:
         ap.error(f"{fast_tree} is not fast CRIU: build it with scripts/install-criu-fast.sh")
 
+    conditions = host()
     with tempfile.TemporaryDirectory(prefix="thaw-bench-fill-") as tmp:
         home = Path(tmp)
         settings = Settings(home=home / "home", store=str(home / "home" / "artifacts"))
@@ -123,7 +124,8 @@ def main() -> int:
         med = statistics.median(times)
         summary[v] = {"criu_restore_s_median": med, "criu_restore_s_min": min(times), "criu_restore_s_max": max(times),
                       "gb_per_s_median": image_bytes / med / 1e9, "n": len(times)}
-    out = {"host": host(), "gib": args.gib, "image_bytes": image_bytes, "snapshot_timings": snap.timings,
+    conditions["load_avg_at_end"] = os.getloadavg()
+    out = {"host": conditions, "gib": args.gib, "image_bytes": image_bytes, "snapshot_timings": snap.timings,
            "stock_criu": find_criu().source, "fast_criu": fast_tree, "rows": rows, "summary": summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
