@@ -1,13 +1,14 @@
 """Finding a CRIU >= 4 to run: the host's, or a portable tree (loader + libraries).
 
 Order: ``$THAW_CRIU`` (a criu binary, a wrapper, or a portable tree's root), then the
-portable tree scripts/install-criu.sh installs (/opt/thaw/criu), then ``criu`` on PATH.
+portable tree scripts/install-criu.sh installs (/opt/thaw/criu), then the fast one
+scripts/install-criu-fast.sh installs (/opt/thaw/criu-fast), then ``criu`` on PATH.
 A host CRIU older than 4 is skipped with a note: Debian 12's 3.17 fails on current
 kernels ("vdso: Unexpected rt vDSO area bounds").
 
 "Fast CRIU" (scripts/install-criu-fast.sh, /opt/thaw/criu-fast) is CRIU with thaw's page-fill
-patch; its ``criu --version`` says "Page fill: parallel". It is used only when chosen with
-``$THAW_CRIU``: `thaw doctor` says whether the CRIU in use has the parallel fill.
+patch; its ``criu --version`` says "Page fill: parallel". Where both trees are installed it is
+used only when ``$THAW_CRIU`` names it; `thaw doctor` says whether the CRIU in use has it.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def find_criu(override: str | None = None) -> Criu:
     if override:
         candidates.append(("THAW_CRIU", Path(override)))
     candidates.append(("portable tree", DEFAULT_TREE))
-    candidates.append(("fast portable tree", FAST_TREE))  # chosen by THAW_CRIU; here only if the stock tree is absent
+    candidates.append(("fast portable tree", FAST_TREE))
     if which := shutil.which("criu"):
         candidates.append(("PATH", Path(which)))
     for source, path in candidates:
