@@ -112,7 +112,8 @@ def _thp(knob: str = THP_KNOB) -> Check:
         return Check("huge pages", True, "transparent huge pages not available", required=False)
     mode = text.split("[")[1].split("]")[0] if "[" in text else text.strip()
     detail = f"THP {mode}" + ("" if mode == "always" else
-                              ": restores fill memory with 4 KiB page faults (about half the speed of 'always')")
+                              ": stock CRIU fills restored memory with 4 KiB page faults (about half the speed "
+                              "of 'always'; fast CRIU makes huge pages itself)")
     return Check("huge pages", True, detail,
                  "" if mode == "always" else "on dedicated GPU nodes: thaw agent serve --thp always "
                  "(affects every process of the node)", required=False)
