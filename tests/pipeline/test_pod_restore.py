@@ -152,13 +152,14 @@ def test_a_worker_snapshotted_in_one_pod_is_restored_into_another_and_lives_ther
             == {"0000000000000000"}, status
         snap = pipeline.snapshot(settings, worker.id, "podworker-v1", leave_running=True)
         assert snap.manifest.sandbox["run_dir"] == "/tmp/thaw-pod-test"
-        original = source.get("/state")
+        # released, the original opens its server again: poll until it listens (restore's GO likewise)
+        original = wait_until(lambda: _try(lambda: source.get("/state")), 30, "the original to serve again")
 
         target = Pod(tmp_path / "pods", cgroup_roots, restore_from="podworker-v1", env=env)
         res = pipeline.restore(settings, "podworker-v1", name="copy", into=target.anchor)
         pid = res.instance.host_pid
         # on the pod's network: the copy answers inside the target pod's network namespace, with the original's state
-        state = target.get("/state")
+        state = wait_until(lambda: _try(lambda: target.get("/state")), 30, "the restored copy to serve")
         assert (state["token"], state["digest"], state["outcome"]) == (original["token"], original["digest"], "thawed")
         for ns in ("net", "uts", "ipc"):  # the pod's network, hostname and IPC (joined: the same here as the host's)
             assert os.stat(f"/proc/{pid}/ns/{ns}").st_ino == os.stat(f"/proc/{target.anchor.pid}/ns/{ns}").st_ino, ns
