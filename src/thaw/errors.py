@@ -9,7 +9,8 @@ error name). Foreign errors are mapped to the most specific type here with
     ├── ConfigError            bad input or configuration (field, message)
     ├── HostError              the host cannot do this (no CRIU >= 4, not root, no GPU, ...)
     ├── WorkerError            the worker did not do its part
-    │   └── QuiesceTimeout     it never reached its quiesce point / never answered
+    │   ├── QuiesceTimeout     it never reached its quiesce point / never answered
+    │   └── AnswerTimeout      it never answered a request after it left its quiesce point
     ├── CheckpointError        taking a snapshot failed (the worker was rolled back)
     ├── RestoreError           restoring failed (the artifact is unchanged)
     │   └── CanaryMismatch     the restored worker did not reproduce its recorded outputs
@@ -68,6 +69,12 @@ class QuiesceTimeout(WorkerError):
     """The worker did not reach its quiesce point, or did not answer, in time."""
 
     reason = "quiesce_timeout"
+
+
+class AnswerTimeout(WorkerError):
+    """The worker did not answer its first request (``thaw bench --answer-http``) in time."""
+
+    reason = "answer_timeout"
 
 
 class CheckpointError(ThawError):

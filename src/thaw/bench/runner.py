@@ -1,0 +1,373 @@
+"""``thaw bench``: cold starts, one snapshot, restores one at a time and C at once — one run, one result.
+
+::
+
+    warm the host (--pretouch)                       recorded in machine.host
+    for each page-cache state (warm; dropped with --drop-caches):
+        n cold starts: launch → parked → (release → first answer) → stop
+    one snapshot: launch → parked → snapshot          (or an existing --artifact)
+    the floor: GPU bytes / pinned H2D bandwidth, image / read bandwidth
+    for each page-cache state:
+        N restores one at a time:   restore → first answer, checked → stop
+        N restores in groups of C:  C at once → every first answer → stop them
+
+Each worker is stopped as soon as it answered, so every cold start and restore finds the
+machine as the previous one left it. Whatever was started is stopped, and an artifact the
+run made is deleted (unless kept), also when the run fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from thaw.bench import host
+from thaw.bench.answer import ask
+from thaw.bench.machine import collect
+from thaw.bench.operations import Handle, Operations, Restored
+from thaw.bench.phases import from_timings, node
+from thaw.bench.schema import (
+    Answer,
+    BenchResult,
+    ColdStart,
+    Failure,
+    Floor,
+    HostWarmth,
+    PageCache,
+    Phase,
+    Plan,
+    Restore,
+    Snapshot,
+)
+from thaw.bench.summary import cold_summary, floor, summarize
+from thaw.errors import ConfigError, ThawError
+from thaw.store import Manifest, check_name
+
+#: what the runner tells its caller: (stage, items done, items in the stage, detail)
+Listener = Callable[[str, int, int, str], None]
+
+
+def _quiet(stage: str, done: int, total: int, detail: str) -> None:
+    return None
+
+
+@dataclass
+class BenchOptions:
+    name: str
+    argv: list[str]
+    artifact: str | None = None  # an existing artifact: no snapshot is taken
+    cold: int = 3
+    restores: int = 10
+    concurrency: int = 1
+    drop_caches: bool = False
+    pretouch_bytes: int = 0
+    gpus: list[str] = field(default_factory=list)
+    answer: Answer = field(default_factory=lambda: Answer(kind="canary"))
+    env: dict[str, str] | None = None  # None: this process's environment, as `thaw run` gives it
+    cwd: Path = field(default_factory=Path.cwd)
+    ready_timeout: float = 900.0
+    keep_artifact: bool = False
+    measure_h2d: bool = True
+    criu: str | None = None
+
+    def check(self) -> None:
+        check_name(self.name, what="--name")
+        if len(self.name) > 40:  # instance dirs hold unix sockets: 107 bytes for <home>/instances/<name>-…
+            raise ConfigError("--name", f"{self.name!r} is longer than 40 characters",
+                              hint="worker sockets live under the instance directory; keep names short")
+        for flag, value, low in (("--cold", self.cold, 0), ("--restores", self.restores, 1),
+                                 ("--concurrency", self.concurrency, 1)):
+            if value < low:
+                raise ConfigError(flag, f"{value} is less than {low}")
+        if not self.argv and self.cold:
+            raise ConfigError("command", "cold starts need the worker's command",
+                              hint="thaw bench --name N ... -- CMD [ARGS...], or --cold 0 with --artifact")
+        if not self.argv and self.artifact is None:
+            raise ConfigError("command", "no command and no --artifact", hint="thaw bench --name N -- CMD [ARGS...]")
+        if self.drop_caches and not host.can_drop_caches():
+            raise ConfigError("--drop-caches", f"{host.DROP_CACHES} is not writable", hint="run as root")
+
+
+def run_bench(options: BenchOptions, ops: Operations, listener: Listener | None = None) -> BenchResult:
+    """Run the whole benchmark; the result is complete even where single runs failed (they are counted)."""
+    options.check()
+    started = datetime.now(timezone.utc)
+    say = listener or _quiet
+    caches: list[PageCache] = ["warm", "dropped"] if options.drop_caches else ["warm"]
+    warmth = HostWarmth()
+    if options.pretouch_bytes:
+        say("warm host", 0, 1, f"touching {options.pretouch_bytes / 2**30:.1f} GiB")
+        warmth = host.pretouch(options.pretouch_bytes)
+        say("warm host", 1, 1, f"{warmth.pretouch_seconds:.1f} s")
+    bench = _Run(options, ops, say)
+    try:
+        colds, cold_answers = bench.cold_starts(caches)
+        artifact, manifest, snapshot = bench.snapshot()
+        if not options.argv:
+            options.argv = list(manifest.worker.argv)
+        reference, bench.reference = _reference(options.answer, cold_answers)
+        floors = bench.floors(caches, artifact, manifest)
+        restores = bench.restores(caches, artifact)
+    finally:
+        bench.clean_up()
+    store, staging = ops.locations()
+    machine = collect(store=store, staging=staging, criu=options.criu, host=warmth)
+    colds_by_cache = cold_summary(colds)
+    plan = Plan(name=options.name, argv=options.argv, artifact=artifact, artifact_given=options.artifact is not None,
+                cold=options.cold, restores=options.restores, concurrency=options.concurrency, page_cache=caches,
+                pretouch_bytes=options.pretouch_bytes, gpus=options.gpus, through=ops.through, answer=options.answer)
+    return BenchResult(
+        started_at=started, finished_at=datetime.now(timezone.utc), plan=plan, machine=machine,
+        reference=reference if options.answer.kind == "http" else "none",  # type: ignore[arg-type]
+        cold_starts=colds, cold_summary=colds_by_cache, snapshot=snapshot, restores=restores,
+        summaries=summarize(restores, image_bytes=snapshot.image_bytes, colds=colds_by_cache, floors=floors,
+                            concurrency=options.concurrency),
+        floors=floors,
+    )
+
+
+def _reference(answer: Answer, cold_answers: list[str]) -> tuple[str, str | None]:
+    """Restored answers are compared with the cold starts' answer when they all gave the same one
+    (a deterministic worker); otherwise with the first restored copy's."""
+    if answer.kind != "http":
+        return "none", None
+    if cold_answers and len(set(cold_answers)) == 1:
+        return "cold-start", cold_answers[0]
+    return "first-restore", None
+
+
+class _Run:
+    def __init__(self, options: BenchOptions, ops: Operations, say: Listener) -> None:
+        self.o = options
+        self.ops = ops
+        self.say = say
+        self.live: dict[str, Handle] = {}
+        self.made_artifact: str | None = None
+        self.reference: str | None = None
+        self.count = 0  # restores so far: names them (index) across every set
+        self.lock = threading.Lock()
+
+    # ---- cold starts ----------------------------------------------------------------------------
+
+    def cold_starts(self, caches: list[PageCache]) -> tuple[list[ColdStart], list[str]]:
+        out: list[ColdStart] = []
+        answers: list[str] = []
+        total = self.o.cold * len(caches)
+        for cache in caches:
+            for i in range(self.o.cold):
+                self.say("cold starts", len(out), total, f"page cache {cache}, {i + 1} of {self.o.cold}")
+                if cache == "dropped":
+                    host.drop_caches()
+                sample, answer = self._cold_start(len(out), cache)
+                out.append(sample)
+                if answer is not None:
+                    answers.append(answer)
+        if total:
+            self.say("cold starts", total, total, "")
+        return out, answers
+
+    def _cold_start(self, index: int, cache: PageCache) -> tuple[ColdStart, str | None]:
+        t0 = time.perf_counter()
+        worker = None
+        marks: list[tuple[str, float]] = []
+        try:
+            worker = self._start(f"{self.o.name}-c{index}")
+            marks.append(("launch", time.perf_counter()))
+            self.ops.wait_parked(worker, self.o.ready_timeout)
+            marks.append(("warm_up", time.perf_counter()))
+            answer = None
+            if self.o.answer.kind == "http":
+                self.ops.release(worker)
+                marks.append(("release", time.perf_counter()))
+                answer = self._ask(worker).compared
+                marks.append(("first_answer", time.perf_counter()))
+        except ThawError as exc:
+            return ColdStart(index=index, page_cache=cache, ok=False, failure=_failure(exc)), None
+        finally:
+            if worker is not None:
+                self._stop(worker)
+        return ColdStart(index=index, page_cache=cache, ok=True, seconds=marks[-1][1] - t0,
+                         phases=_intervals("cold_start", t0, marks)), answer
+
+    # ---- the snapshot ---------------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[str, Manifest, Snapshot]:
+        if self.o.artifact is not None:
+            manifest = self.ops.manifest(self.o.artifact)
+            return self.o.artifact, manifest, _snapshot_record(manifest, None, None)
+        artifact = f"{self.o.name}-bench-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.say("snapshot", 0, 1, "cold start of the worker to snapshot")
+        worker = self._start(f"{self.o.name}-s")
+        self.ops.wait_parked(worker, self.o.ready_timeout)
+        t0 = time.perf_counter()
+        timings = self.ops.snapshot(worker, artifact, ready_timeout=self.o.ready_timeout,
+                                    progress=lambda phase, frac, detail: self.say("snapshot", 0, 1, phase))
+        wall = time.perf_counter() - t0
+        self.made_artifact = artifact
+        self.live.pop(worker.id, None)  # the snapshot stopped it
+        self.say("snapshot", 1, 1, artifact)
+        manifest = self.ops.manifest(artifact)
+        tree = node("snapshot", wall, [from_timings("pipeline", timings)])
+        return artifact, manifest, _snapshot_record(manifest, wall, tree)
+
+    # ---- the floor ------------------------------------------------------------------------------
+
+    def floors(self, caches: list[PageCache], artifact: str, manifest: Manifest) -> list[Floor]:
+        gpu_bytes = _gpu_bytes(manifest)
+        h2d = None
+        if self.o.measure_h2d and gpu_bytes:
+            self.say("floor", 0, 1, "pinned host→device bandwidth")
+            h2d = host.h2d_bandwidth()
+        files = self.ops.artifact_files(artifact)
+        out = []
+        for cache in caches:
+            self.say("floor", 0, 1, f"read bandwidth, page cache {cache}")
+            if cache == "dropped":
+                host.drop_caches()
+            read = host.read_bandwidth(files) if files else None
+            out.append(floor(cache, gpu_bytes=gpu_bytes, h2d_bandwidth=h2d, image_bytes=manifest.size,
+                             read_bandwidth=read))
+        self.say("floor", 1, 1, "")
+        return out
+
+    # ---- restores -------------------------------------------------------------------------------
+
+    def restores(self, caches: list[PageCache], artifact: str) -> list[Restore]:
+        out: list[Restore] = []
+        c = self.o.concurrency
+        for cache in caches:
+            stage = f"restores, one at a time, page cache {cache}"
+            for i in range(self.o.restores):
+                self.say(stage, i, self.o.restores, "")
+                if cache == "dropped":
+                    host.drop_caches()
+                sample, worker = self._restore(artifact, "sequential", cache, self._next(1), wave=i, slot=0)
+                out.append(sample)
+                if worker is not None:
+                    self._stop(worker)
+            self.say(stage, self.o.restores, self.o.restores, "")
+            if c < 2:
+                continue
+            stage = f"restores, {c} at once, page cache {cache}"
+            done = 0
+            for wave in range((self.o.restores + c - 1) // c):
+                size = min(c, self.o.restores - done)
+                self.say(stage, done, self.o.restores, f"group {wave + 1}")
+                if cache == "dropped":
+                    host.drop_caches()
+                first = self._next(size)
+                with ThreadPoolExecutor(size) as pool:
+                    group = list(pool.map(
+                        lambda slot: self._restore(artifact, "concurrent", cache, first + slot, wave, slot),
+                        range(size)))
+                for sample, worker in group:
+                    out.append(sample)
+                    if worker is not None:
+                        self._stop(worker)
+                done += size
+            self.say(stage, self.o.restores, self.o.restores, "")
+        return out
+
+    def _next(self, n: int) -> int:
+        first, self.count = self.count, self.count + n
+        return first
+
+    def _restore(self, artifact: str, mode: str, cache: PageCache, index: int, wave: int,
+                 slot: int) -> tuple[Restore, Handle | None]:
+        gpu = _gpu_target(self.o.gpus[slot % len(self.o.gpus)]) if self.o.gpus else None
+        sample = Restore(index=index, mode=mode, page_cache=cache, wave=wave,  # type: ignore[arg-type]
+                         gpu=None if gpu is None else str(gpu), ok=False)
+        t0 = time.perf_counter()
+        try:
+            restored = self.ops.restore(artifact, name=f"{self.o.name}-r{index}", gpu=gpu)
+        except ThawError as exc:
+            mismatch = getattr(exc, "reason", "") == "canary_mismatch"
+            return sample.model_copy(update={"failure": _failure(exc), "canary": "mismatch" if mismatch else None}), None
+        self.live[restored.worker.id] = restored.worker
+        t_restored = time.perf_counter()
+        update: dict[str, object] = {"canary": "passed" if restored.canary_checked else "unchecked"}
+        children = [from_timings("restore", restored.timings)]
+        if self.o.answer.kind == "http":
+            try:
+                answer = self._ask(restored.worker).compared
+            except ThawError as exc:
+                return sample.model_copy(update={**update, "failure": _failure(exc)}), restored.worker
+            t_answer = time.perf_counter()
+            children.append(node("first_answer", t_answer - t_restored))
+            update["answer_matches"] = self._matches(answer)
+        else:
+            t_answer = t_restored
+        return sample.model_copy(update={**update, "ok": True, "seconds": t_answer - t0,
+                                         "phases": node("restore_to_first_answer", t_answer - t0, children)}), \
+            restored.worker
+
+    def _matches(self, answer: str) -> bool:
+        with self.lock:  # copies restored at once answer on their own threads
+            if self.reference is None:  # the first restored copy to answer sets it (see _reference)
+                self.reference = answer
+            return answer == self.reference
+
+    # ---- helpers --------------------------------------------------------------------------------
+
+    def _start(self, name: str) -> Handle:
+        env = self.o.env if self.o.env is not None else dict(os.environ)
+        worker = self.ops.launch(name, self.o.argv, env=env, cwd=self.o.cwd)
+        self.live[worker.id] = worker
+        return worker
+
+    def _ask(self, worker: Handle):  # type: ignore[no-untyped-def]
+        return ask(self.o.answer, control_dir=worker.control_dir, pid=worker.host_pid,
+                   alive=lambda: self.ops.alive(worker))
+
+    def _stop(self, worker: Handle) -> None:
+        self.live.pop(worker.id, None)
+        try:
+            self.ops.stop(worker)
+        except ThawError as exc:
+            self.say("clean-up", 0, 0, f"could not stop {worker.id}: {exc.message}")
+
+    def clean_up(self) -> None:
+        for worker in list(self.live.values()):
+            self._stop(worker)
+        if self.made_artifact and not self.o.keep_artifact:
+            try:
+                self.ops.delete(self.made_artifact)
+            except ThawError as exc:
+                self.say("clean-up", 0, 0, f"could not delete {self.made_artifact}: {exc.message}")
+
+
+def _intervals(name: str, t0: float, marks: list[tuple[str, float]]) -> Phase:
+    """A tree from consecutive time marks: each phase lasts from the previous mark to its own."""
+    children, last = [], t0
+    for phase, at in marks:
+        children.append(node(phase, at - last))
+        last = at
+    return node(name, last - t0, children)
+
+
+def _snapshot_record(manifest: Manifest, seconds: float | None, tree: Phase | None) -> Snapshot:
+    return Snapshot(artifact_id=manifest.artifact_id, digest=manifest.digest, image_bytes=manifest.size,
+                    gpu_bytes=_gpu_bytes(manifest), released_bytes=sum(r.bytes for r in manifest.memory_released),
+                    seconds=seconds, phases=tree)
+
+
+def _gpu_bytes(manifest: Manifest) -> int | None:
+    """Device memory the worker held at the lock (what a restore copies back); None if NVML could not tell."""
+    used = [g.get("used_bytes") for g in manifest.gpus]
+    if any(u is None for u in used):
+        return None
+    return sum(int(u) for u in used)  # type: ignore[arg-type]
+
+
+def _gpu_target(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def _failure(exc: ThawError) -> Failure:
+    return Failure(reason=getattr(exc, "reason", "error"), message=exc.message)
