@@ -368,6 +368,7 @@ def _mount_subapps() -> None:
 
 
 _mount_subapps()
+app.command("cost")(__import__("thaw.cli.cost", fromlist=["cost"]).cost)
 
 if __name__ == "__main__":
     app()
