@@ -136,3 +136,31 @@ def test_bad_flags_fail_before_anything_starts(thaw) -> None:
     thaw.fails("bench", "--name", "x", "--answer-http", "state", "--local", "--", "true",
                message="is not a URL path")
     assert not (thaw.home / "instances").exists() or not any((thaw.home / "instances").iterdir())
+
+
+def test_a_run_interrupted_keeps_what_it_measured_and_leaves_nothing_running(thaw, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = thaw.start("bench", "--name", "cut", "--cold", "1", "--restores", "50", "--local", "--out", str(out),
+                      "--", sys.executable, str(SERVE))
+    samples = out / "samples.jsonl"
+    wait_until(lambda: samples.exists() and '"kind": "restore"' in samples.read_text(), 120, "a first restore")
+    proc.send_signal(signal.SIGINT)
+    _, err = thaw.finish(proc, 120)
+    assert proc.returncode == 1, err
+    assert "the run stopped early (interrupted)" in err
+    result = load_result(out / "result.json")
+    assert not result.complete and result.stopped == "interrupted"
+    assert len(result.cold_starts) == 1 and 1 <= len(result.restores) < 50
+    assert all(r.ok for r in result.restores)  # the restore under way when interrupted is not counted
+    assert processes_of(thaw.home) == []
+    assert json.loads(thaw.ok("ls", "--local", "--json")) == []
+
+
+def test_a_time_limit_stops_the_run_before_it_starts_more(thaw, tmp_path: Path) -> None:
+    done = thaw("bench", "--name", "late", "--time-limit", "0.001", "--local", "--out", str(tmp_path / "o"),
+                "--", sys.executable, str(SERVE))
+    assert done.returncode == 1
+    result = load_result(tmp_path / "o" / "result.json")
+    assert (result.complete, result.stopped) == (False, "time limit of 0.001 s")
+    assert result.cold_starts == [] and result.snapshot is None and result.restores == []
+    assert "Incomplete run" in (tmp_path / "o" / "results.md").read_text()

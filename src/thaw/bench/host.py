@@ -99,3 +99,35 @@ def h2d_bandwidth(nbytes: int = 1 << 30, timeout: float = 300.0) -> float | None
         if line.startswith("{"):
             return json.loads(line).get("bytes_per_s")
     return None
+
+
+def gpu_free() -> dict[str, int]:
+    """Free memory of every GPU by UUID (NVML: no CUDA context); {} without GPUs or NVML."""
+    try:
+        from thaw.cuda import available, devices
+        from thaw.cuda.gpus import memory_free
+    except ImportError:
+        return {}
+    if not available():
+        return {}
+    free = {g.uuid: memory_free(g.uuid) for g in devices()}
+    return {uuid: n for uuid, n in free.items() if n is not None}
+
+
+def wait_gpu_memory(baseline: dict[str, int], timeout: float = 60.0, slack: int = 1 << 30) -> float:
+    """Wait until every GPU has its ``baseline`` free memory back (within ``slack``); the seconds it took.
+
+    The driver frees a killed worker's memory as the process exits, and NVML can report it a
+    moment later: the next restore must not find the previous copy's memory still taken (its
+    plan would refuse the GPU, or its KV cache would not fit). Gives up quietly at ``timeout``:
+    the next restore then fails with the driver's own reason, and the result counts it.
+    """
+    if not baseline:
+        return 0.0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        now = gpu_free()
+        if all(now.get(uuid, 0) >= free - slack for uuid, free in baseline.items()):
+            break
+        time.sleep(0.05)
+    return time.monotonic() - t0

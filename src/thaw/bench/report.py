@@ -115,14 +115,16 @@ def markdown(results: Sequence[BenchResult], plots: Sequence[str] = ()) -> str:
     md = [f"# thaw bench: {title} ({first.started_at:%Y-%m-%d})", ""]
     for r in results:
         snap = r.snapshot
-        md += [f"**{r.plan.name}**: `{' '.join(r.plan.argv)}`", "",
-               f"Conditions: {conditions(r)}.", "",
-               f"Artifact `{r.plan.artifact}`{' (given)' if r.plan.artifact_given else ''}: image {size(snap.image_bytes)}, "
-               f"GPU memory to restore {size(snap.gpu_bytes)}, released before the snapshot "
-               f"{size(snap.released_bytes)}; snapshot {seconds(snap.seconds)}. First answer: "
-               + (f"HTTP {r.plan.answer.method} {r.plan.answer.path}, compared with the {r.reference} answer"
-                  if r.plan.answer.kind == "http" else "the canary exchange (checked against the snapshot's)")
-               + ".", ""]
+        md += [f"**{r.plan.name}**: `{' '.join(r.plan.argv)}`", "", f"Conditions: {conditions(r)}.", ""]
+        if not r.complete:
+            md += [f"**Incomplete run**: stopped by {r.stopped}; the figures are of what ran before.", ""]
+        if snap is not None:
+            md += [f"Artifact `{r.plan.artifact}`{' (given)' if r.plan.artifact_given else ''}: image "
+                   f"{size(snap.image_bytes)}, GPU memory to restore {size(snap.gpu_bytes)}, released before the "
+                   f"snapshot {size(snap.released_bytes)}; snapshot {seconds(snap.seconds)}. First answer: "
+                   + (f"HTTP {r.plan.answer.method} {r.plan.answer.path}, compared with the {r.reference} answer"
+                      if r.plan.answer.kind == "http" else "the canary exchange (checked against the snapshot's)")
+                   + ".", ""]
     md += ["## Restore → first answer", "", *restore_table(results), "",
            "Speed-up: the cold start's p50 over the restore's, same page cache. × floor: the restore's p50 over "
            "the physical floor (below). Exact: every check that ran (canary, answer) agreed.", "",
@@ -139,7 +141,7 @@ def markdown(results: Sequence[BenchResult], plots: Sequence[str] = ()) -> str:
                    f"Each phase by its place in the tree; `{UNACCOUNTED}` is the time no sub-phase explains "
                    "(at the top: outside the pipeline — the agent's queue and job polling, or the CLI).", "",
                    *phase_table(s.phases), ""]
-        if r.snapshot.phases is not None:
+        if r.snapshot is not None and r.snapshot.phases is not None:
             md += [f"### Snapshot phases{suffix}", "", *tree_lines(r.snapshot.phases), ""]
         failures = [x for x in r.restores if not x.ok] + [c for c in r.cold_starts if not c.ok]
         if failures:

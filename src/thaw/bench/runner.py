@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from thaw.bench import host
 from thaw.bench.answer import ask
 from thaw.bench.machine import collect
@@ -51,9 +53,11 @@ from thaw.store import Manifest, check_name
 
 #: what the runner tells its caller: (stage, items done, items in the stage, detail)
 Listener = Callable[[str, int, int, str], None]
+#: each sample as soon as it is measured (a run cut short by SIGKILL still leaves them): (kind, sample)
+SampleSink = Callable[[str, BaseModel], None]
 
 
-def _quiet(stage: str, done: int, total: int, detail: str) -> None:
+def _quiet(*args: object) -> None:
     return None
 
 
@@ -72,6 +76,7 @@ class BenchOptions:
     env: dict[str, str] | None = None  # None: this process's environment, as `thaw run` gives it
     cwd: Path = field(default_factory=Path.cwd)
     ready_timeout: float = 900.0
+    time_limit: float | None = None  # seconds: no new cold start or restore begins after it
     keep_artifact: bool = False
     measure_h2d: bool = True
     criu: str | None = None
@@ -92,10 +97,18 @@ class BenchOptions:
             raise ConfigError("command", "no command and no --artifact", hint="thaw bench --name N -- CMD [ARGS...]")
         if self.drop_caches and not host.can_drop_caches():
             raise ConfigError("--drop-caches", f"{host.DROP_CACHES} is not writable", hint="run as root")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise ConfigError("--time-limit", f"{self.time_limit:g} is not a positive number of seconds")
 
 
-def run_bench(options: BenchOptions, ops: Operations, listener: Listener | None = None) -> BenchResult:
-    """Run the whole benchmark; the result is complete even where single runs failed (they are counted)."""
+def run_bench(options: BenchOptions, ops: Operations, listener: Listener | None = None,
+              sink: SampleSink | None = None) -> BenchResult:
+    """Run the whole benchmark and return its result.
+
+    Single runs that fail are counted, not raised. A run cut short — by the time limit, Ctrl-C
+    or SIGTERM, or a snapshot that failed — still returns what was measured, with
+    ``complete=False`` and the reason in ``stopped``.
+    """
     options.check()
     started = datetime.now(timezone.utc)
     say = listener or _quiet
@@ -105,31 +118,23 @@ def run_bench(options: BenchOptions, ops: Operations, listener: Listener | None 
         say("warm host", 0, 1, f"touching {options.pretouch_bytes / 2**30:.1f} GiB")
         warmth = host.pretouch(options.pretouch_bytes)
         say("warm host", 1, 1, f"{warmth.pretouch_seconds:.1f} s")
-    bench = _Run(options, ops, say)
+    run = _Run(options, ops, say, sink or _quiet)
     try:
-        colds, cold_answers = bench.cold_starts(caches)
-        artifact, manifest, snapshot = bench.snapshot()
-        if not options.argv:
-            options.argv = list(manifest.worker.argv)
-        reference, bench.reference = _reference(options.answer, cold_answers)
-        floors = bench.floors(caches, artifact, manifest)
-        restores = bench.restores(caches, artifact)
+        answers = run.cold_starts(caches)
+        run.snapshot()
+        if run.manifest is not None:
+            if not options.argv:
+                options.argv = list(run.manifest.worker.argv)
+            run.reference_kind, run.reference = _reference(options.answer, answers)
+            run.measure_floors(caches)
+            run.restores(caches)
+    except KeyboardInterrupt:
+        run.stopped = "interrupted"
+    except ThawError as exc:  # the snapshot failed: nothing to restore
+        run.stopped = f"{exc.reason}: {exc.message}"
     finally:
-        bench.clean_up()
-    store, staging = ops.locations()
-    machine = collect(store=store, staging=staging, criu=options.criu, host=warmth)
-    colds_by_cache = cold_summary(colds)
-    plan = Plan(name=options.name, argv=options.argv, artifact=artifact, artifact_given=options.artifact is not None,
-                cold=options.cold, restores=options.restores, concurrency=options.concurrency, page_cache=caches,
-                pretouch_bytes=options.pretouch_bytes, gpus=options.gpus, through=ops.through, answer=options.answer)
-    return BenchResult(
-        started_at=started, finished_at=datetime.now(timezone.utc), plan=plan, machine=machine,
-        reference=reference if options.answer.kind == "http" else "none",  # type: ignore[arg-type]
-        cold_starts=colds, cold_summary=colds_by_cache, snapshot=snapshot, restores=restores,
-        summaries=summarize(restores, image_bytes=snapshot.image_bytes, colds=colds_by_cache, floors=floors,
-                            concurrency=options.concurrency),
-        floors=floors,
-    )
+        run.clean_up()
+    return run.result(started, caches, warmth)
 
 
 def _reference(answer: Answer, cold_answers: list[str]) -> tuple[str, str | None]:
@@ -143,34 +148,71 @@ def _reference(answer: Answer, cold_answers: list[str]) -> tuple[str, str | None
 
 
 class _Run:
-    def __init__(self, options: BenchOptions, ops: Operations, say: Listener) -> None:
+    """One benchmark's state: what it started, what it measured so far."""
+
+    def __init__(self, options: BenchOptions, ops: Operations, say: Listener, sink: SampleSink) -> None:
         self.o = options
         self.ops = ops
         self.say = say
+        self.sink = sink
+        self.t0 = time.monotonic()
+        self.gpu_baseline = host.gpu_free()  # before any worker: what every stop must give back
         self.live: dict[str, Handle] = {}
         self.made_artifact: str | None = None
+        self.artifact = options.artifact or f"{options.name}-bench-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.manifest: Manifest | None = None
+        self.snapshot_record: Snapshot | None = None
+        self.colds: list[ColdStart] = []
+        self.samples: list[Restore] = []
+        self.floors: list[Floor] = []
+        self.reference_kind = "none"
         self.reference: str | None = None
+        self.stopped: str | None = None
         self.count = 0  # restores so far: names them (index) across every set
         self.lock = threading.Lock()
 
+    def expired(self) -> bool:
+        if self.o.time_limit is not None and time.monotonic() - self.t0 > self.o.time_limit:
+            self.stopped = self.stopped or f"time limit of {self.o.time_limit:g} s"
+        return self.stopped is not None
+
+    def result(self, started: datetime, caches: list[PageCache], warmth: HostWarmth) -> BenchResult:
+        store, staging = self.ops.locations()
+        machine = collect(store=store, staging=staging, criu=self.o.criu, host=warmth)
+        colds = cold_summary(self.colds)
+        plan = Plan(name=self.o.name, argv=self.o.argv, artifact=self.artifact,
+                    artifact_given=self.o.artifact is not None, cold=self.o.cold, restores=self.o.restores,
+                    concurrency=self.o.concurrency, page_cache=caches, pretouch_bytes=self.o.pretouch_bytes,
+                    time_limit=self.o.time_limit, gpus=self.o.gpus, through=self.ops.through, answer=self.o.answer)
+        image = self.snapshot_record.image_bytes if self.snapshot_record else 0
+        return BenchResult(
+            started_at=started, finished_at=datetime.now(timezone.utc), complete=self.stopped is None,
+            stopped=self.stopped, plan=plan, machine=machine, reference=self.reference_kind,  # type: ignore[arg-type]
+            cold_starts=self.colds, cold_summary=colds, snapshot=self.snapshot_record, restores=self.samples,
+            summaries=summarize(self.samples, image_bytes=image, colds=colds, floors=self.floors,
+                                concurrency=self.o.concurrency),
+            floors=self.floors)
+
     # ---- cold starts ----------------------------------------------------------------------------
 
-    def cold_starts(self, caches: list[PageCache]) -> tuple[list[ColdStart], list[str]]:
-        out: list[ColdStart] = []
+    def cold_starts(self, caches: list[PageCache]) -> list[str]:
         answers: list[str] = []
         total = self.o.cold * len(caches)
         for cache in caches:
             for i in range(self.o.cold):
-                self.say("cold starts", len(out), total, f"page cache {cache}, {i + 1} of {self.o.cold}")
+                if self.expired():
+                    return answers
+                self.say("cold starts", len(self.colds), total, f"page cache {cache}, {i + 1} of {self.o.cold}")
                 if cache == "dropped":
                     host.drop_caches()
-                sample, answer = self._cold_start(len(out), cache)
-                out.append(sample)
+                sample, answer = self._cold_start(len(self.colds), cache)
+                self.colds.append(sample)
+                self.sink("cold_start", sample)
                 if answer is not None:
                     answers.append(answer)
         if total:
             self.say("cold starts", total, total, "")
-        return out, answers
+        return answers
 
     def _cold_start(self, index: int, cache: PageCache) -> tuple[ColdStart, str | None]:
         t0 = time.perf_counter()
@@ -197,82 +239,90 @@ class _Run:
 
     # ---- the snapshot ---------------------------------------------------------------------------
 
-    def snapshot(self) -> tuple[str, Manifest, Snapshot]:
+    def snapshot(self) -> None:
         if self.o.artifact is not None:
-            manifest = self.ops.manifest(self.o.artifact)
-            return self.o.artifact, manifest, _snapshot_record(manifest, None, None)
-        artifact = f"{self.o.name}-bench-{time.strftime('%Y%m%d-%H%M%S')}"
+            self.manifest = self.ops.manifest(self.o.artifact)
+            self.snapshot_record = _snapshot_record(self.manifest, None, None)
+            return
+        if self.expired():
+            return
         self.say("snapshot", 0, 1, "cold start of the worker to snapshot")
         worker = self._start(f"{self.o.name}-s")
         self.ops.wait_parked(worker, self.o.ready_timeout)
         t0 = time.perf_counter()
-        timings = self.ops.snapshot(worker, artifact, ready_timeout=self.o.ready_timeout,
+        timings = self.ops.snapshot(worker, self.artifact, ready_timeout=self.o.ready_timeout,
                                     progress=lambda phase, frac, detail: self.say("snapshot", 0, 1, phase))
         wall = time.perf_counter() - t0
-        self.made_artifact = artifact
+        self.made_artifact = self.artifact
         self.live.pop(worker.id, None)  # the snapshot stopped it
-        self.say("snapshot", 1, 1, artifact)
-        manifest = self.ops.manifest(artifact)
+        self._settle()
+        self.say("snapshot", 1, 1, self.artifact)
+        self.manifest = self.ops.manifest(self.artifact)
         tree = node("snapshot", wall, [from_timings("pipeline", timings)])
-        return artifact, manifest, _snapshot_record(manifest, wall, tree)
+        self.snapshot_record = _snapshot_record(self.manifest, wall, tree)
+        self.sink("snapshot", self.snapshot_record)
 
     # ---- the floor ------------------------------------------------------------------------------
 
-    def floors(self, caches: list[PageCache], artifact: str, manifest: Manifest) -> list[Floor]:
-        gpu_bytes = _gpu_bytes(manifest)
+    def measure_floors(self, caches: list[PageCache]) -> None:
+        assert self.manifest is not None
+        gpu_bytes = _gpu_bytes(self.manifest)
         h2d = None
         if self.o.measure_h2d and gpu_bytes:
             self.say("floor", 0, 1, "pinned host→device bandwidth")
             h2d = host.h2d_bandwidth()
-        files = self.ops.artifact_files(artifact)
-        out = []
+        files = self.ops.artifact_files(self.artifact)
         for cache in caches:
             self.say("floor", 0, 1, f"read bandwidth, page cache {cache}")
             if cache == "dropped":
                 host.drop_caches()
             read = host.read_bandwidth(files) if files else None
-            out.append(floor(cache, gpu_bytes=gpu_bytes, h2d_bandwidth=h2d, image_bytes=manifest.size,
-                             read_bandwidth=read))
+            self.floors.append(floor(cache, gpu_bytes=gpu_bytes, h2d_bandwidth=h2d, image_bytes=self.manifest.size,
+                                     read_bandwidth=read))
         self.say("floor", 1, 1, "")
-        return out
 
     # ---- restores -------------------------------------------------------------------------------
 
-    def restores(self, caches: list[PageCache], artifact: str) -> list[Restore]:
-        out: list[Restore] = []
-        c = self.o.concurrency
+    def restores(self, caches: list[PageCache]) -> None:
+        n, c = self.o.restores, self.o.concurrency
         for cache in caches:
             stage = f"restores, one at a time, page cache {cache}"
-            for i in range(self.o.restores):
-                self.say(stage, i, self.o.restores, "")
+            for i in range(n):
+                if self.expired():
+                    return
+                self.say(stage, i, n, "")
                 if cache == "dropped":
                     host.drop_caches()
-                sample, worker = self._restore(artifact, "sequential", cache, self._next(1), wave=i, slot=0)
-                out.append(sample)
-                if worker is not None:
-                    self._stop(worker)
-            self.say(stage, self.o.restores, self.o.restores, "")
+                self._group(cache, "sequential", wave=i, size=1)
+            self.say(stage, n, n, "")
             if c < 2:
                 continue
             stage = f"restores, {c} at once, page cache {cache}"
-            done = 0
-            for wave in range((self.o.restores + c - 1) // c):
-                size = min(c, self.o.restores - done)
-                self.say(stage, done, self.o.restores, f"group {wave + 1}")
+            for wave, done in enumerate(range(0, n, c)):
+                if self.expired():
+                    return
+                self.say(stage, done, n, f"group {wave + 1}")
                 if cache == "dropped":
                     host.drop_caches()
-                first = self._next(size)
-                with ThreadPoolExecutor(size) as pool:
-                    group = list(pool.map(
-                        lambda slot: self._restore(artifact, "concurrent", cache, first + slot, wave, slot),
-                        range(size)))
-                for sample, worker in group:
-                    out.append(sample)
-                    if worker is not None:
-                        self._stop(worker)
-                done += size
-            self.say(stage, self.o.restores, self.o.restores, "")
-        return out
+                self._group(cache, "concurrent", wave=wave, size=min(c, n - done))
+            self.say(stage, n, n, "")
+
+    def _group(self, cache: PageCache, mode: str, *, wave: int, size: int) -> None:
+        """``size`` restores at once (one: alone), each to its first answer; then stop them all."""
+        first = self._next(size)
+        if size == 1:
+            group = [self._restore(self.artifact, mode, cache, first, wave, 0)]
+        else:
+            with ThreadPoolExecutor(size) as pool:
+                group = list(pool.map(lambda slot: self._restore(self.artifact, mode, cache, first + slot, wave, slot),
+                                      range(size)))
+        for sample, _ in group:
+            self.samples.append(sample)
+            self.sink("restore", sample)
+        for _, worker in group:
+            if worker is not None:
+                self._stop(worker, settle=False)
+        self._settle()
 
     def _next(self, n: int) -> int:
         first, self.count = self.count, self.count + n
@@ -280,6 +330,7 @@ class _Run:
 
     def _restore(self, artifact: str, mode: str, cache: PageCache, index: int, wave: int,
                  slot: int) -> tuple[Restore, Handle | None]:
+        """One restore to its first answer; the sample, and the restored worker to stop (None if none runs)."""
         gpu = _gpu_target(self.o.gpus[slot % len(self.o.gpus)]) if self.o.gpus else None
         sample = Restore(index=index, mode=mode, page_cache=cache, wave=wave,  # type: ignore[arg-type]
                          gpu=None if gpu is None else str(gpu), ok=False)
@@ -325,16 +376,24 @@ class _Run:
         return ask(self.o.answer, control_dir=worker.control_dir, pid=worker.host_pid,
                    alive=lambda: self.ops.alive(worker))
 
-    def _stop(self, worker: Handle) -> None:
+    def _stop(self, worker: Handle, *, settle: bool = True) -> None:
         self.live.pop(worker.id, None)
         try:
             self.ops.stop(worker)
         except ThawError as exc:
             self.say("clean-up", 0, 0, f"could not stop {worker.id}: {exc.message}")
+        if settle:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Let the GPUs get back the memory of what was stopped: the next run must find them as the first did."""
+        waited = host.wait_gpu_memory(self.gpu_baseline)
+        if waited > 5:
+            self.say("clean-up", 0, 0, f"GPU memory took {waited:.1f} s to come back after a stop")
 
     def clean_up(self) -> None:
         for worker in list(self.live.values()):
-            self._stop(worker)
+            self._stop(worker, settle=False)
         if self.made_artifact and not self.o.keep_artifact:
             try:
                 self.ops.delete(self.made_artifact)

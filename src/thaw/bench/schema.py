@@ -149,6 +149,7 @@ class Plan(_Model):
     concurrency: int
     page_cache: list[PageCache]
     pretouch_bytes: int = 0
+    time_limit: float | None = Field(default=None, description="seconds after which no new cold start or restore began")
     gpus: list[str] = Field(default_factory=list, description="restore targets, round-robin; [] = as recorded")
     through: str = Field(description="local, or the agent's address")
     answer: Answer
@@ -234,13 +235,15 @@ class BenchResult(_Model):
     kind: Literal["thaw.bench"] = "thaw.bench"
     started_at: datetime
     finished_at: datetime
+    complete: bool = Field(description="every planned run was made")
+    stopped: str | None = Field(default=None, description="why not: the time limit, an interruption, an error")
     plan: Plan
     machine: Machine
     reference: Literal["cold-start", "first-restore", "none"] = Field(
         description="what restored answers are compared with: the cold starts' answer when they all agreed")
     cold_starts: list[ColdStart] = Field(default_factory=list)
     cold_summary: dict[str, Distribution] = Field(default_factory=dict, description="by page cache: warm, dropped")
-    snapshot: Snapshot
+    snapshot: Snapshot | None = Field(description="None when the run stopped before it had one")
     restores: list[Restore] = Field(default_factory=list)
     summaries: list[Summary] = Field(default_factory=list)
     floors: list[Floor] = Field(default_factory=list)

@@ -66,6 +66,7 @@ def run(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="results directory [default: ./thaw-bench/NAME-DATE]")] = None,
     keep_artifact: Annotated[bool, typer.Option("--keep-artifact", help="keep the artifact the run made")] = False,
     ready_timeout: Annotated[float, typer.Option(help="seconds a worker may take to reach its quiesce point")] = 900.0,
+    time_limit: Annotated[Optional[float], typer.Option("--time-limit", metavar="SECONDS", help="start no cold start or restore after this; the result says it stopped early")] = None,
     home: Annotated[Optional[Path], typer.Option("--home", envvar="THAW_HOME", help="thaw's state directory", show_default=False)] = None,
     store: Annotated[Optional[str], typer.Option("--store", envvar="THAW_STORE", help="artifact store", show_default=False)] = None,
     agent: Annotated[Optional[str], typer.Option("--agent", envvar="THAW_AGENT", help="go through this node agent", show_default=False)] = None,
@@ -87,18 +88,31 @@ def run(
     options = BenchOptions(name=name, argv=argv, artifact=artifact, cold=cold, restores=restores,
                            concurrency=concurrency, drop_caches=drop_caches, pretouch_bytes=int(pretouch * 2**30),
                            gpus=[g.strip() for g in gpus.split(",") if g.strip()] if gpus else [], answer=answer,
-                           cwd=Path.cwd(), ready_timeout=ready_timeout, keep_artifact=keep_artifact)
+                           cwd=Path.cwd(), ready_timeout=ready_timeout, time_limit=time_limit,
+                           keep_artifact=keep_artifact)
     options.check()  # before anything starts: a bad flag costs nothing
     ops = _operations(home, store, agent, local)
     out = out or Path("thaw-bench") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with _progress(not json_out) as listener:
-        result = run_bench(options, ops, listener)
+    out.mkdir(parents=True, exist_ok=True)
+    from thaw.cli.main import _unwind_on_sigterm
+
+    # every sample as it is measured: a run killed outright (SIGKILL, a lost machine) still leaves them
+    with (out / "samples.jsonl").open("a") as stream, _unwind_on_sigterm(), _progress(not json_out) as listener:
+        def sink(kind: str, sample: Any) -> None:
+            stream.write(json.dumps({"kind": kind, **sample.model_dump(mode="json")}) + "\n")
+            stream.flush()
+
+        result = run_bench(options, ops, listener, sink)
     files = write_outputs([result], out)
     if json_out:
         typer.echo(result.model_dump_json(indent=2))
-        return
-    _print_summary(result)
-    console.print(f"results: {', '.join(str(f) for f in files)}")
+    else:
+        _print_summary(result)
+        console.print(f"results: {', '.join(str(f) for f in files)}")
+    if not result.complete:
+        fail(f"the run stopped early ({result.stopped}); {out}/results.md has what it measured")
+    if any(s.successes < s.attempts for s in result.summaries):
+        fail(f"some restores failed; {out}/results.md lists why")
 
 
 @app.command()
@@ -209,8 +223,6 @@ def _print_summary(result: Any) -> None:
     for cache, d in result.cold_summary.items():
         console.print(f"cold start → first answer, page cache {cache}: p50 {seconds(d.p50)} "
                       f"(min {seconds(d.min)}, max {seconds(d.max)}, n={d.count})")
-    if any(s.successes < s.attempts for s in result.summaries):
-        fail("some restores failed; results.md lists why", code=1)
 
 
 def _relative(path: Path, base: Path) -> str:

@@ -20,6 +20,10 @@ from thaw.cli.sections import replace_section
 from thaw.errors import ConfigError
 
 SECTION = "thaw-cost"
+#: the command line's name of each input, for errors
+FLAGS = {"price_per_gpu_hour": "--price", "capacity": "--capacity", "gpus_per_worker": "--gpus-per-worker",
+         "slo_percentile": "--slo", "slo_seconds": "--slo", "target_utilization": "--target-utilization",
+         "interval": "--interval", "window": "--window", "min_workers": "--min-workers", "arrivals": "--arrivals"}
 
 
 @friendly
@@ -61,7 +65,8 @@ def cost(
                         latencies=_latencies(bench, cold_start, restore, restore_success))
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ConfigError(".".join(str(p) for p in first.get("loc", ())) or "input", first.get("msg", "")) from None
+        field = ".".join(str(p) for p in first.get("loc", ())) or "input"
+        raise ConfigError(FLAGS.get(field, field), first.get("msg", "")) from None
     result = run(inputs, trace)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
