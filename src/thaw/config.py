@@ -7,7 +7,7 @@ import socket
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     criu: str | None = Field(default=None, description="CRIU binary or portable tree")
     node: str = Field(default_factory=socket.gethostname, description="this node's name")
     keep_mounts: list[str] = Field(default_factory=list, description="extra mounts kept in sandboxes")
+    gms_dir: Path = Field(default=Path(""), description="the GPU memory services' sockets; default <home>/gms")
 
     @field_validator("keep_mounts", mode="before")
     @classmethod
@@ -36,6 +37,12 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, v: Path) -> Path:
         return Path(os.path.abspath(v))
+
+    @model_validator(mode="after")
+    def _gms_under_home(self) -> Settings:
+        if self.gms_dir == Path(""):
+            self.gms_dir = self.home / "gms"  # workers are told this path (THAW_GMS_DIR) at launch
+        return self
 
     @cached_property
     def run_dir(self) -> Path:

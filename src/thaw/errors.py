@@ -20,7 +20,9 @@ error name). Foreign errors are mapped to the most specific type here with
     ├── WorkerNotFound         no (running) worker of that name on this node
     ├── BusyError              another operation holds this worker
     ├── CriuError              a CRIU request failed (cr_errmsg + log tail)
-    └── CudaError              a CUDA driver call failed (call, pid, error name)
+    ├── CudaError              a CUDA driver call failed (call, pid, error name)
+    └── GmsError               the GPU memory service refused or failed a request
+        └── GmsUnavailable     no GPU memory service answers for that GPU
 """
 
 from __future__ import annotations
@@ -165,3 +167,24 @@ class CudaError(ThawError):
         self.code = code
         self.name = name
         self.pid = pid
+
+
+class GmsError(ThawError):
+    """The GPU memory service (thaw.gms) refused or failed a request; ``code`` says why, for callers and metrics."""
+
+    reason = "gms"
+
+    def __init__(self, message: str, *, code: str = "error", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+
+
+class GmsUnavailable(GmsError):
+    """No GPU memory service listens for that GPU (not started, or it died)."""
+
+    reason = "gms_unavailable"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, code="unavailable",
+                         hint=hint or "start one with `thaw gms serve --gpu N` or let the agent start it "
+                         "(THAW_GMS=1)")

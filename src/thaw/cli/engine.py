@@ -93,6 +93,12 @@ def serve(
     canary_prompts: Annotated[int | None, typer.Option(help="how many canary prompts (default: 3 GPU, 1 CPU)")] = None,
     canary_tokens: Annotated[int | None, typer.Option(help="tokens per canary prompt (default: 8 GPU, 4 CPU)")] = None,
     log_level: str = "info",
+    weights_from: Annotated[str, typer.Option(help="gms: map weights from this node's GPU memory service "
+                                              "(they stay out of snapshots) | local | auto")] = "auto",
+    gms_device: Annotated[str | None, typer.Option(help="the service's device when not this GPU "
+                                                   "(memfd:NAME, the CPU stand-in)")] = None,
+    graph_pool: Annotated[str, typer.Option(help="thaw: CUDA-graph activations released before a snapshot "
+                                            "| torch")] = "thaw",
 ) -> None:
     """Warm up, park at thaw's quiesce point, then serve OpenAI-style completions."""
     from thaw.engine.options import ServeOptions, parse_batch_sizes
@@ -103,6 +109,7 @@ def serve(
         max_batch=max_batch, max_model_len=max_model_len, block_size=block_size, kv_gb=kv_gb,
         gpu_memory_utilization=gpu_memory_utilization, graph_batch_sizes=parse_batch_sizes(graph_batch_sizes),
         cuda_graphs=cuda_graphs, canary_prompts=canary_prompts, canary_tokens=canary_tokens, log_level=log_level,
+        weights_from=weights_from, gms_device=gms_device, graph_pool=graph_pool,
     )
     raise typer.Exit(start(opts))
 

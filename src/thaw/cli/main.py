@@ -358,6 +358,7 @@ def _mount_subapps() -> None:
         ("thaw.cli.engine", "engine", "The reference inference engine (Qwen3-architecture LLM server)."),
         ("thaw.cli.agent", "agent", "The per-node agent: snapshot/restore as a service."),
         ("thaw.cli.operator", "operator", "The Kubernetes operator."),
+        ("thaw.cli.gms", "gms", "The GPU memory service: weights kept on the node, outside every snapshot."),
         ("thaw.cli.bench", "bench", "Measure cold starts and restores of a worker (thaw bench --name N -- CMD)."),
     ):
         try:

@@ -114,8 +114,13 @@ class CUmemAccessDesc(Structure):
 # enum values (cuda.h)
 CU_MEM_ALLOCATION_TYPE_PINNED = 0x1
 CU_MEM_HANDLE_TYPE_NONE = 0x0
+CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR = 0x1
 CU_MEM_LOCATION_TYPE_DEVICE = 0x1
+CU_MEM_ACCESS_FLAGS_PROT_READ = 0x1
 CU_MEM_ACCESS_FLAGS_PROT_READWRITE = 0x3
+CU_MEMHOSTALLOC_PORTABLE = 0x1  # pinned memory usable from every context (the loader's threads share it)
+CU_STREAM_NON_BLOCKING = 0x1
+CU_EVENT_DISABLE_TIMING = 0x2
 CU_MEM_ALLOC_GRANULARITY_MINIMUM = 0x0
 CU_MEM_ALLOC_GRANULARITY_RECOMMENDED = 0x1
 CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
@@ -208,6 +213,23 @@ CUDA_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "cuMemMap": (CUresult, [CUdeviceptr, c_size_t, c_size_t, CUmemGenericAllocationHandle, c_ulonglong]),
     "cuMemUnmap": (CUresult, [CUdeviceptr, c_size_t]),
     "cuMemSetAccess": (CUresult, [CUdeviceptr, c_size_t, POINTER(CUmemAccessDesc), c_size_t]),
+    # sharing physical memory between processes (the GPU memory service, thaw.gms): the handle
+    # travels as a POSIX fd; import takes the fd *value* in a pointer-sized argument (cuda.h: void*)
+    "cuMemExportToShareableHandle": (CUresult, [c_void_p, CUmemGenericAllocationHandle, c_int, c_ulonglong]),
+    "cuMemImportFromShareableHandle": (CUresult, [POINTER(CUmemGenericAllocationHandle), c_void_p, c_int]),
+    "cuCtxSetCurrent": (CUresult, [CUcontext]),
+    "cuMemGetInfo_v2": (CUresult, [_size_p, _size_p]),
+    # the weight loader's pipeline: pinned host buffers, streams, asynchronous copies, events
+    "cuMemHostAlloc": (CUresult, [POINTER(c_void_p), c_size_t, c_uint]),  # no versioned variant
+    "cuMemFreeHost": (CUresult, [c_void_p]),
+    "cuStreamCreate": (CUresult, [POINTER(c_void_p), c_uint]),
+    "cuStreamSynchronize": (CUresult, [c_void_p]),
+    "cuStreamDestroy_v2": (CUresult, [c_void_p]),
+    "cuMemcpyHtoDAsync_v2": (CUresult, [CUdeviceptr, c_void_p, c_size_t, c_void_p]),
+    "cuEventCreate": (CUresult, [POINTER(c_void_p), c_uint]),
+    "cuEventRecord": (CUresult, [c_void_p, c_void_p]),
+    "cuEventSynchronize": (CUresult, [c_void_p]),
+    "cuEventDestroy_v2": (CUresult, [c_void_p]),
     # copies and fills for the memory pool's backup and poison (64-bit pointer ABIs: the _v2 symbols)
     "cuMemcpyDtoH_v2": (CUresult, [c_void_p, CUdeviceptr, c_size_t]),
     "cuMemcpyHtoD_v2": (CUresult, [CUdeviceptr, c_void_p, c_size_t]),

@@ -9,9 +9,11 @@ The freeze hook synchronises every device torch uses and calls
 ``torch.cuda.empty_cache()``: reserved-but-unused cache memory is otherwise
 checkpointed and dumped (probe: 17.6 instead of 19.6 GiB, every phase faster). It
 reports each GPU's UUID, name and torch's reserved/allocated bytes, which thaw records
-in the manifest. It refuses while the worker still declares GPU memory imported from
-another process (:func:`declare_imported`): such a process checkpoints fine but cannot
-be restored (probe, second run: restore fails with 801, the process stays stuck).
+in the manifest. A frozen check — it runs after *every* freeze hook, so that the hook
+that unmaps imported memory may be registered later — refuses while the worker still
+declares GPU memory imported from another process (:func:`declare_imported`): such a
+process checkpoints fine but cannot be restored (probe, second run: restore fails with
+801, the process stays stuck).
 
 The thaw hook synchronises and reports the GPU the driver now runs the worker on.
 After a restore onto another GPU, torch's cached ``get_device_properties().uuid``
@@ -43,6 +45,7 @@ def install(*, empty_cache: bool = True) -> None:
     _options["empty_cache"] = empty_cache
     thaw.worker.on_freeze(_freeze, name=HOOK)
     thaw.worker.on_thaw(_thaw, name=HOOK)
+    thaw.worker.on_frozen(_refuse_imported, name=HOOK)
 
 
 def declare_imported(name: str, nbytes: int) -> None:
@@ -63,7 +66,7 @@ def imported() -> dict[str, int]:
     return dict(_imported)
 
 
-def _freeze(ctx: thaw.worker.HookContext) -> dict[str, Any]:
+def _refuse_imported(ctx: thaw.worker.HookContext) -> None:
     if _imported:
         listing = ", ".join(f"{name} ({nbytes} bytes)" for name, nbytes in sorted(_imported.items()))
         raise WorkerError(
@@ -71,6 +74,9 @@ def _freeze(ctx: thaw.worker.HookContext) -> dict[str, Any]:
             hint="unmap and release imported memory before the snapshot (a restore of such a process fails "
             "with CUDA_ERROR_NOT_SUPPORTED and leaves it stuck), then call forget_imported()",
         )
+
+
+def _freeze(ctx: thaw.worker.HookContext) -> dict[str, Any]:
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_initialized():
         return {"gpus": []}
@@ -79,7 +85,38 @@ def _freeze(ctx: thaw.worker.HookContext) -> dict[str, Any]:
         torch.cuda.synchronize(index)
     if _options["empty_cache"]:
         torch.cuda.empty_cache()
-    return {"gpus": [_describe(torch, index) for index in used]}
+    return {"gpus": [_describe(torch, index) for index in used], "host": trim_host(torch)}
+
+
+def trim_host(torch: Any = None) -> dict[str, int]:
+    """Give freed host memory back before the dump: every resident page left is a page CRIU writes and restores.
+
+    Collects garbage, drops torch's cached pinned host blocks (they would be checkpointed
+    as host memory), and asks glibc to return free heap pages (``malloc_trim``). Reports
+    the resident set before and after.
+    """
+    import ctypes
+    import gc
+
+    before = _rss()
+    gc.collect()
+    if torch is not None and hasattr(torch._C, "_host_emptyCache"):
+        torch._C._host_emptyCache()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
+    return {"rss_before": before, "rss_after": _rss()}
+
+
+def _rss() -> int:
+    import os
+
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _thaw(ctx: thaw.worker.HookContext) -> dict[str, Any]:

@@ -40,6 +40,12 @@ def parse(argv: list[str]) -> ServeOptions:
     s.add_argument("--canary-prompts", type=int, help="how many of the canary's prompts (default: 3 GPU, 1 CPU)")
     s.add_argument("--canary-tokens", type=int, help="greedy tokens per canary prompt (default: 8 GPU, 4 CPU)")
     s.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])
+    s.add_argument("--weights-from", choices=["auto", "gms", "local"], default=d.weights_from,
+                   help="gms: map the weights from this node's GPU memory service (they stay out of snapshots); "
+                   "local: load them into the engine; auto: gms when a service listens")
+    s.add_argument("--gms-device", help="the service's device when not this GPU (memfd:NAME, the CPU stand-in)")
+    s.add_argument("--graph-pool", choices=["thaw", "torch"], default=d.graph_pool,
+                   help="thaw: CUDA-graph activations in memory released before a snapshot; torch: torch's pool")
     a = p.parse_args(argv)
     return ServeOptions(
         weights=a.weights, config=a.config, device=a.device, dtype=a.dtype, host=a.host, port=a.port, uds=a.uds,
@@ -47,6 +53,7 @@ def parse(argv: list[str]) -> ServeOptions:
         kv_gb=a.kv_gb, gpu_memory_utilization=a.gpu_memory_utilization,
         graph_batch_sizes=parse_batch_sizes(a.graph_batch_sizes), cuda_graphs=a.cuda_graphs,
         canary_prompts=a.canary_prompts, canary_tokens=a.canary_tokens, log_level=a.log_level,
+        weights_from=a.weights_from, gms_device=a.gms_device, graph_pool=a.graph_pool,
     )
 
 

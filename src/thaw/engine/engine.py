@@ -236,9 +236,10 @@ class Engine:
     # -- warm-up -------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def capture_graphs(self, batch_sizes: list[int]) -> int:
-        """Capture the decode step for ``batch_sizes`` (GPU only). Returns the number of graphs."""
-        self.graphs = DecodeGraphs(self.model, self.kv, batch_sizes=batch_sizes, max_blocks=self.max_blocks)
+    def capture_graphs(self, batch_sizes: list[int], *, pool: object | None = None) -> int:
+        """Capture the decode step for ``batch_sizes`` (GPU only) into ``pool`` (default: torch's). Returns how many."""
+        self.graphs = DecodeGraphs(self.model, self.kv, batch_sizes=batch_sizes, max_blocks=self.max_blocks,
+                                   pool=pool)
         return self.graphs.capture()
 
     def warm_up(self) -> None:

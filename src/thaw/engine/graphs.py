@@ -23,7 +23,8 @@ MIN_WIDTH = 16  # blocks; the smallest context bucket (256 tokens at block_size 
 
 
 class DecodeGraphs:
-    def __init__(self, model: Qwen3, kv: KVCache, *, batch_sizes: list[int], max_blocks: int) -> None:
+    def __init__(self, model: Qwen3, kv: KVCache, *, batch_sizes: list[int], max_blocks: int,
+                 pool: object | None = None) -> None:
         self.model = model
         self.kv = kv
         self.batch_sizes = sorted(set(batch_sizes))
@@ -34,7 +35,11 @@ class DecodeGraphs:
         self.rows = torch.zeros(4, bmax, dtype=torch.int64, device=device)
         self.tables = torch.full((bmax, max_blocks), NULL_BLOCK, dtype=torch.int64, device=device)
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.pool = torch.cuda.graph_pool_handle()
+        # ``pool``: a MemPool id whose memory thaw releases before a snapshot (activations are scratch: every
+        # replay rewrites them from the static inputs, the KV cache and the weights); else torch's own pool
+        self.pool = pool if pool is not None else torch.cuda.graph_pool_handle()
+        # a thaw.memory pool maps new segments with driver calls, which strict capture mode forbids
+        self.capture_mode = "relaxed" if pool is not None else "global"
 
     @property
     def max_batch(self) -> int:
@@ -53,7 +58,7 @@ class DecodeGraphs:
                 self._forward(b, w)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode=self.capture_mode):
                 logits = self._forward(b, w)
             self.graphs[(b, w)] = (graph, logits)
         torch.cuda.synchronize()

@@ -57,6 +57,7 @@ from thaw.worker import protocol
 log = logging.getLogger("thaw.engine")
 
 HOOK = "thaw.engine"
+GRAPHS_REGION = "graphs"  # thaw.memory tag of the CUDA graphs' activations (discarded at a snapshot)
 GiB = 1024**3
 CPU_KV_BYTES = 256 * 1024**2
 STARTUP_JSON = "engine-startup.json"  # in the control dir: the cold-start breakdown and where this copy listens
@@ -152,7 +153,13 @@ def build(opts: ServeOptions, clock: StartupClock) -> Engine:
             torch.zeros(1, device=device)
             _synchronize(device)
     with clock.phase("weights") as d:
-        model = Qwen3.load(opts.weights, config, device=device, dtype=dtype, max_len=max_len)
+        if _weights_source(opts, config, device, dtype) == "gms":
+            from thaw.engine import gms_weights
+
+            model, d["gms"] = gms_weights.load(opts.weights, config, device=device, dtype=dtype, max_len=max_len,
+                                               gms_device=opts.gms_device)
+        else:
+            model = Qwen3.load(opts.weights, config, device=device, dtype=dtype, max_len=max_len)
         _synchronize(device)
         d["bytes"] = weights.checkpoint_bytes(opts.weights)
     with clock.phase("kv") as d:
@@ -163,7 +170,14 @@ def build(opts: ServeOptions, clock: StartupClock) -> Engine:
     engine = Engine(model, kv, ByteTokenizer(config.vocab_size), max_batch=opts.max_batch, max_model_len=max_len)
     with clock.phase("graphs" if device.type == "cuda" else "warmup") as d:
         if device.type == "cuda" and opts.cuda_graphs:
-            d["graphs"] = engine.capture_graphs([b for b in opts.graph_batch_sizes if b <= opts.max_batch] or [1])
+            pool = None
+            if opts.graph_pool == "thaw":
+                import thaw.memory
+
+                pool = thaw.memory.mempool(GRAPHS_REGION).id
+            d["graphs"] = engine.capture_graphs([b for b in opts.graph_batch_sizes if b <= opts.max_batch] or [1],
+                                                pool=pool)
+            d["graph_pool"] = opts.graph_pool
         engine.warm_up()
         _synchronize(device)
     return engine
@@ -191,6 +205,28 @@ class _Hooks:
         if self.engine.model.device.type == "cuda":
             torch.cuda.synchronize()
         return {"kv_blocks_free": self.engine.allocator.free}
+
+
+def _weights_source(opts: ServeOptions, config: ModelConfig, device: torch.device, dtype: torch.dtype) -> str:
+    """"gms" or "local": what --weights-from asks, with "auto" meaning gms when a service can serve these weights."""
+    if opts.weights_from == "local":
+        return "local"
+    problem = ""
+    if _DTYPES[config.dtype] != dtype:
+        problem = f"the checkpoint is {config.dtype}, the engine runs in {dtype} (mapped weights are not converted)"
+    elif device.type != "cuda" and not opts.gms_device:
+        problem = "on the CPU the service is the memfd stand-in: give --gms-device memfd:NAME"
+    if not problem:
+        import thaw.memory.weights as gms
+
+        where = opts.gms_device or (device.index if device.index is not None else torch.cuda.current_device())
+        if gms.available(where) or opts.weights_from == "gms":
+            return "gms"
+        problem = f"no GPU memory service listens under {gms.gms_dir_default()}"
+    if opts.weights_from == "gms":
+        raise ConfigError("weights_from", f"--weights-from gms: {problem}")
+    log.info("weights: loading them in the engine (%s)", problem)
+    return "local"
 
 
 def _config(opts: ServeOptions) -> ModelConfig:

@@ -169,6 +169,29 @@ class Qwen3(nn.Module):
         model.cos, model.sin = _rope_tables(config, max_len, device, dtype)
         return model
 
+    @classmethod
+    def over(cls, params: dict[str, torch.Tensor], config: ModelConfig, *, device: torch.device,
+             dtype: torch.dtype, max_len: int) -> Qwen3:
+        """A model whose parameters *are* the given tensors (no copy): e.g. weights mapped from thaw.gms.
+
+        ``params`` names every parameter of this model's layout (fused q/k/v and gate/up included),
+        each already of the right shape and dtype on ``device``.
+        """
+        model = cls(config, Placement(torch.device("meta"), dtype)).eval()  # no memory for the placeholders
+        own = dict(model.named_parameters())
+        if set(own) != set(params):
+            missing, extra = sorted(set(own) - set(params)), sorted(set(params) - set(own))
+            raise ConfigError("weights", f"the mapped weights do not fit the model: missing {missing[:3]}, "
+                              f"unexpected {extra[:3]}")
+        for name, tensor in params.items():
+            if tuple(tensor.shape) != tuple(own[name].shape) or tensor.dtype != dtype:
+                raise ConfigError("weights", f"{name} is {tuple(tensor.shape)} {tensor.dtype}, the model needs "
+                                  f"{tuple(own[name].shape)} {dtype}")
+            owner, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(owner) if owner else model, leaf, nn.Parameter(tensor, requires_grad=False))
+        model.cos, model.sin = _rope_tables(config, max_len, device, dtype)
+        return model
+
     @property
     def device(self) -> torch.device:
         return self.embed_tokens.device
@@ -197,6 +220,10 @@ class Qwen3(nn.Module):
         if incomplete:
             raise ConfigError("weights", f"the checkpoint does not fill {len(incomplete)} parameters, "
                               f"e.g. {incomplete[:3]}")
+
+    def destination(self, name: str) -> tuple[str, tuple[int, int] | None]:
+        """Where HF tensor ``name`` goes: (parameter name, row range within it or None)."""
+        return self._destination(name)
 
     def _destination(self, name: str) -> tuple[str, tuple[int, int] | None]:
         """Map an HF tensor name to (parameter, row range) in this model's layout.

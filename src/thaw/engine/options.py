@@ -40,6 +40,14 @@ class ServeOptions:
     canary_prompts: int | None = None  # default: 3 on the GPU, 1 on the CPU
     canary_tokens: int | None = None  # default: 8 on the GPU, 4 on the CPU
     log_level: str = "info"
+    #: where the weights come from: "gms" (a GPU memory service on this node maps them: they stay out of
+    #: every snapshot), "local" (read and copied by the engine itself), "auto" (gms when a service listens)
+    weights_from: str = "auto"
+    #: the service's device when it is not this GPU: "memfd:NAME", the CPU stand-in (tests, demos)
+    gms_device: str | None = None
+    #: where captured CUDA graphs keep their activations: "thaw" (a thaw.memory region released before a
+    #: snapshot and re-mapped after it: scratch leaves the image) or "torch" (torch's own graph pool)
+    graph_pool: str = "thaw"
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cuda", "cpu"):
@@ -49,6 +57,10 @@ class ServeOptions:
         for name in ("max_batch", "max_model_len", "block_size", "canary_prompts", "canary_tokens"):
             if (getattr(self, name) or 1) < 1:
                 raise ConfigError(name, f"{getattr(self, name)} < 1")
+        if self.weights_from not in ("auto", "gms", "local"):
+            raise ConfigError("weights_from", f"{self.weights_from!r} is not auto, gms or local")
+        if self.graph_pool not in ("thaw", "torch"):
+            raise ConfigError("graph_pool", f"{self.graph_pool!r} is not thaw or torch")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError("gpu_memory_utilization", f"{self.gpu_memory_utilization} is not in (0, 1]")
         if not self.graph_batch_sizes or min(self.graph_batch_sizes) < 1:

@@ -66,6 +66,18 @@ def region(tag: str, *, device: int | None = None) -> Iterator[None]:
         yield
 
 
+def mempool(tag: str, *, device: int | None = None) -> Any:
+    """The ``torch.cuda.MemPool`` behind ``tag`` on ``device``: give its ``.id`` to ``torch.cuda.graph(pool=...)``
+    so that a captured graph's activations live in ``tag`` (and leave the snapshot with it, under "discard").
+
+    Capture with ``capture_error_mode="relaxed"``: the pool maps new segments with driver
+    calls that strict ("global") capture mode forbids on other threads.
+    """
+    torch = tensors._torch()
+    index = torch.cuda.current_device() if device is None else int(device)
+    return tensors.allocator_for(default_pool(), tag, index).mempool
+
+
 def buffer(nbytes: int, tag: str, *, device: int | None = None) -> Any:
     """A uint8 CUDA tensor of ``nbytes`` on its own VMM range in ``tag``."""
     return tensors.buffer(default_pool(), nbytes, tag, device)
@@ -120,6 +132,7 @@ __all__ = [
     "Pool",
     "buffer",
     "default_pool",
+    "mempool",
     "reacquire",
     "region",
     "release",

@@ -106,13 +106,22 @@ class CudaDriver:
         with self._on(device):
             native.cuda_call("cuMemMap", va, size, 0, handle, 0)
 
-    def set_access(self, device: int, va: int, size: int) -> None:
+    def set_access(self, device: int, va: int, size: int, *, read_only: bool = False) -> None:
         desc = native.CUmemAccessDesc()
         desc.location.type = native.CU_MEM_LOCATION_TYPE_DEVICE
         desc.location.id = device
-        desc.flags = native.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+        desc.flags = native.CU_MEM_ACCESS_FLAGS_PROT_READ if read_only else native.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
         with self._on(device):
             native.cuda_call("cuMemSetAccess", va, size, ctypes.byref(desc), 1)
+
+    def import_shareable(self, device: int, fd: int) -> int:
+        """The handle of physical memory another process exported as POSIX fd ``fd`` (the fd may be closed after)."""
+        handle = native.CUmemGenericAllocationHandle(0)
+        with self._on(device):
+            # cuda.h: the fd travels as the *value* of the void* osHandle argument
+            native.cuda_call("cuMemImportFromShareableHandle", ctypes.byref(handle), ctypes.c_void_p(fd),
+                             native.CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+        return int(handle.value)
 
     def unmap(self, device: int, va: int, size: int) -> None:
         with self._on(device):

@@ -140,6 +140,13 @@ class _CudaArray:
         }
 
 
+def wrap(va: int, nbytes: int, device: int) -> Any:
+    """A uint8 CUDA tensor over ``nbytes`` at ``va`` on ``device``; the memory stays the caller's to manage."""
+    torch = _torch()
+    with torch.cuda.device(device):
+        return torch.as_tensor(_CudaArray(va, nbytes), device=f"cuda:{device}")
+
+
 def buffer(pool: Pool, nbytes: int, tag: str, device: int | None = None) -> Any:
     """A uint8 tensor of ``nbytes`` over its own VMM range in ``tag``; freed when the tensor is.
 

@@ -87,6 +87,9 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
     fds = _inherited_fds(manifest, inst, net_key)
     inst.netns = os.fstat(fds[net_key]).st_ino  # names the copy before its pid is known (Instance.kill)
     inst.save()
+    if manifest.weights:
+        with phases("weights_prefetch", "asking the GPU memory service for the weights"):
+            _prefetch_weights(settings, manifest, pairs)
     try:
         with phases("criu_restore", "CRIU restore"):
             pid, _ = criu_restore(
@@ -129,6 +132,34 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
     timings = phases.finish()
     return RestoreResult(instance=inst, manifest=manifest, timings=timings, canary_expected=expected,
                          canary_got=reply.canary, thaw_report=reply.data)
+
+
+def _prefetch_weights(settings: Settings, manifest: Manifest, pairs: Any) -> None:
+    """Have each weight set made resident on the GPU this copy will run on, while CRIU restores the process.
+
+    Returns at once: the service loads in the background (or already holds the set), and the
+    worker's thaw hook waits for it and maps it. So a restore costs max(CRIU + CUDA, load),
+    not the sum. Refuses here, before anything is restored, when no service answers or
+    the service will not serve these files.
+    """
+    from thaw.errors import GmsError, GmsUnavailable
+    from thaw.gms import Client, WeightFile, WeightSpec
+
+    moved = {p.old: p.new for p in pairs or []}
+    for ref in manifest.weights:
+        device = moved.get(ref.device, ref.device)
+        spec = WeightSpec(files=[WeightFile(path=f.path, size=f.size, digest=f.digest) for f in ref.files],
+                          order=ref.order, align=ref.align, digest=ref.digest)
+        try:
+            with Client.for_device(settings.gms_dir, device, timeout=30) as client:
+                client.prefetch(spec, wait=False)
+        except GmsUnavailable as exc:
+            raise RestoreError(f"this artifact's weights ({ref.bytes / 2**30:.2f} GiB) come from a GPU memory "
+                               f"service, and none answers for {device} on this node: {exc.message}",
+                               hint=exc.hint) from exc
+        except GmsError as exc:
+            raise RestoreError(f"the GPU memory service for {device} refused this artifact's weights: "
+                               f"{exc.message}", hint=exc.hint) from exc
 
 
 def _inherited_fds(manifest: Manifest, inst: Instance, net_key: str) -> dict[str, int]:

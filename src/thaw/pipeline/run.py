@@ -27,8 +27,11 @@ def launch(settings: Settings, argv: list[str], *, name: str, env: dict[str, str
     inst = instances.create(settings, name, argv=list(argv))
     # keep every mount the worker needs: thaw's state, its working directory, its interpreter
     merged = child_env(dict(env if env is not None else os.environ), run_dir=settings.run_dir, name=name)
+    # where the node's GPU memory services listen (thaw.memory.weights): the same path on every node
+    merged.setdefault("THAW_GMS_DIR", str(settings.gms_dir))
     python_path = [p for p in merged.get("PYTHONPATH", "").split(os.pathsep) if p]
-    layout = plan([settings.home, cwd, sys.prefix, *python_path, *_paths_in(argv)], settings.keep_mounts)
+    layout = plan([settings.home, settings.gms_dir, cwd, sys.prefix, *python_path, *_paths_in(argv)],
+                  settings.keep_mounts)
     try:
         started = launch_sandbox(list(argv), control_dir=inst.dir, run_dir=settings.run_dir, layout=layout,
                                  env=merged, cwd=cwd)

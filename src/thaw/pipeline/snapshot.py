@@ -27,7 +27,7 @@ from thaw.pipeline.phases import Phases, Progress
 from thaw.sandbox import netns
 from thaw.sandbox.layout import Layout
 from thaw.store import Manifest, Store, check_name, open_store
-from thaw.store.manifest import ReleasedMemory, SourceInfo, WorkerInfo
+from thaw.store.manifest import ReleasedMemory, SourceInfo, WeightSetRef, WorkerInfo
 from thaw.worker.protocol import Action
 
 IMAGES = "images"
@@ -121,6 +121,7 @@ def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, A
             sandbox={**layout.to_dict(), "net_key": netns.NET_KEY, "stdio": sorted(set(stdio))},
             gpus=gpus,
             memory_released=[ReleasedMemory(**r) for r in _released(report)],
+            weights=_weight_sets(report),
             timings=dict(phases.timings),
         )
         phases.progress("publish", None, f"publishing to {store.url}")
@@ -143,6 +144,30 @@ def _roll_back(inst: Instance, attempt: _Attempt, timeout: float) -> None:
         control.send(inst, Action.ABORT, timeout=timeout)
     except ThawError:
         pass
+
+
+def _weight_sets(report: dict[str, Any]) -> list[WeightSetRef]:
+    """The weight sets the worker unmapped from the node's GPU memory service (its weights hook's freeze report)."""
+    from pydantic import ValidationError
+
+    from thaw.gms.models import WEIGHTS_HOOK, FrozenWeights
+
+    raw = report.get(WEIGHTS_HOOK)
+    if raw is None:
+        return []
+    try:
+        frozen = FrozenWeights.model_validate(raw)
+    except ValidationError as exc:
+        raise CheckpointError(f"the worker's weights hook reported something thaw cannot read: "
+                              f"{exc.errors()[0]['msg']}") from None
+    refs = []
+    for s in frozen.sets:
+        if any(f.digest is None for f in s.spec.files):
+            raise CheckpointError(f"the worker reported weight set {s.key} without file digests")
+        refs.append(WeightSetRef(key=s.key, digest=s.digest, bytes=s.bytes, device=s.device,
+                                 files=[{"path": f.path, "size": f.size, "digest": f.digest} for f in s.spec.files],
+                                 order=s.spec.order, align=s.spec.align))
+    return refs
 
 
 def _released(report: dict[str, Any]) -> list[dict[str, Any]]:

@@ -69,6 +69,33 @@ class ReleasedMemory(BaseModel):
     bytes: int
 
 
+class WeightFileRef(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str  # absolute, on every node that restores (a model volume, like the worker's libraries)
+    size: int
+    digest: str  # the store's two-level file digest
+
+
+class WeightSetRef(BaseModel):
+    """Weights the worker mapped from the node's GPU memory service (thaw.gms): not in the image.
+
+    A restore asks the service of the target GPU for the set with this digest and placement
+    (loading it from ``files`` if it is not resident); the worker maps it again at the
+    addresses it had.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str  # content + placement
+    digest: str  # content: the files' digests
+    bytes: int
+    device: str  # the GPU ("GPU-<uuid>") or stand-in ("memfd:<name>") it was mapped from at snapshot time
+    files: list[WeightFileRef]
+    order: list[str] = Field(default_factory=list)
+    align: int = 256
+
+
 class Manifest(BaseModel):
     """The manifest of one artifact. Written last: an artifact without one is not an artifact."""
 
@@ -83,6 +110,7 @@ class Manifest(BaseModel):
     sandbox: dict[str, Any] = Field(default_factory=dict)  # the layout restore must rebuild (sandbox.Layout)
     gpus: list[dict[str, Any]] = Field(default_factory=list)  # one record per GPU the worker used
     memory_released: list[ReleasedMemory] = Field(default_factory=list)
+    weights: list[WeightSetRef] = Field(default_factory=list)
     digest_algorithm: str = DIGEST_ALGORITHM
     chunk_size: int = CHUNK_SIZE
     files: list[FileEntry] = Field(default_factory=list)

@@ -13,7 +13,7 @@ that importing it costs nothing in a worker's start-up::
         print("restored from", outcome.info["artifact"])
 """
 
-from thaw.worker.hooks import HookContext, on_freeze, on_thaw
+from thaw.worker.hooks import HookContext, on_freeze, on_frozen, on_thaw
 from thaw.worker.quiesce import Kind, Outcome, control_dir, managed, quiesce
 
-__all__ = ["HookContext", "Kind", "Outcome", "control_dir", "managed", "on_freeze", "on_thaw", "quiesce"]
+__all__ = ["HookContext", "Kind", "Outcome", "control_dir", "managed", "on_freeze", "on_frozen", "on_thaw", "quiesce"]

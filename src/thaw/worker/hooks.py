@@ -10,6 +10,11 @@ records what the hooks report (e.g. bytes released) in the artifact's manifest.
 If a freeze hook fails, the freeze hooks that completed are undone right away by the
 thaw hooks *of the same name* (reason "abort"): register a freeze step and its undo
 under one ``name`` (``@on_freeze(name="kv")`` / ``@on_thaw(name="kv")``).
+
+Frozen checks (``on_frozen``) run after *every* freeze hook, whatever the order the
+hooks were registered in: they verify the worker is now safe to checkpoint (e.g. it maps
+no GPU memory imported from another process). A failing check undoes the freeze like a
+failing hook.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class Hook:
 
 _freeze: list[Hook] = []
 _thaw: list[Hook] = []
+_frozen_checks: list[Hook] = []
 
 
 def on_freeze(fn: HookFn | None = None, *, name: str | None = None) -> Any:
@@ -51,6 +57,11 @@ def on_thaw(fn: HookFn | None = None, *, name: str | None = None) -> Any:
     return _register(_thaw, fn, name)
 
 
+def on_frozen(fn: HookFn | None = None, *, name: str | None = None) -> Any:
+    """Register a check that runs after every freeze hook; raising refuses the snapshot (the freeze is undone)."""
+    return _register(_frozen_checks, fn, name)
+
+
 def registered() -> dict[str, list[str]]:
     """Names of the registered hooks, for the readiness marker and ``thaw inspect``."""
     return {"freeze": [h.name for h in _freeze], "thaw": [h.name for h in _thaw]}
@@ -60,6 +71,7 @@ def clear() -> None:
     """Forget every hook (for tests)."""
     _freeze.clear()
     _thaw.clear()
+    _frozen_checks.clear()
 
 
 def run_freeze(ctx: HookContext) -> dict[str, Any]:
@@ -74,6 +86,12 @@ def run_freeze(ctx: HookContext) -> dict[str, Any]:
             _run(list(reversed(_thaw)), undo, only=set(done), swallow=True)
             raise HookFailed(hook.name, exc) from exc
         done.append(hook.name)
+    for check in _frozen_checks:
+        try:
+            check.fn(ctx)
+        except BaseException as exc:
+            _run(list(reversed(_thaw)), HookContext(reason="abort", info=ctx.info), only=set(done), swallow=True)
+            raise HookFailed(check.name, exc) from exc
     return report
 
 
