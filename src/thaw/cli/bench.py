@@ -78,6 +78,7 @@ def run(
     Writes result.json (docs/bench.md), results.md and three PNG plots to --out.
     """
     from thaw.bench.answer import http_answer
+    from thaw.bench.files import write_outputs
     from thaw.bench.runner import BenchOptions, run_bench
     from thaw.bench.schema import Answer
 
@@ -103,7 +104,7 @@ def run(
             stream.flush()
 
         result = run_bench(options, ops, listener, sink)
-    files = write_outputs([result], out)
+    files = write_outputs([result], out, warn=_warn)
     if json_out:
         typer.echo(result.model_dump_json(indent=2))
     else:
@@ -123,12 +124,13 @@ def report(
     readme: Annotated[Optional[Path], typer.Option("--readme", help=f"also replace the <!-- {SECTION} --> section of this Markdown file")] = None,
 ) -> None:
     """Write the Markdown report and the plots of earlier results (several: side by side)."""
+    from thaw.bench.files import write_outputs
     from thaw.bench.report import readme_section
     from thaw.bench.schema import load_result
 
     loaded = [load_result(p) for p in results]
     out = out or results[0].parent
-    files = write_outputs(loaded, out, write_json=False)
+    files = write_outputs(loaded, out, write_json=False, warn=_warn)
     if readme is not None:
         plot = next((f for f in files if f.name == "cold_vs_restore.png"), None)
         rel = _relative(plot, readme.parent) if plot else None
@@ -146,23 +148,8 @@ def schema() -> None:
     typer.echo(json.dumps(BenchResult.model_json_schema(), indent=2))
 
 
-def write_outputs(results: list[Any], out: Path, *, write_json: bool = True) -> list[Path]:
-    """result.json (one result), results.md and the plots; plots are skipped, with a note, without matplotlib."""
-    from thaw.bench.plots import draw
-    from thaw.bench.report import markdown
-
-    out.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
-    if write_json:
-        (out / "result.json").write_text(results[0].model_dump_json(indent=2) + "\n")
-        files.append(out / "result.json")
-    try:
-        plots = draw(results, out)
-    except ImportError as exc:
-        err.print(f"[yellow]plots skipped[/]: {exc}; draw them later with `thaw bench report {out}/result.json`")
-        plots = []
-    (out / "results.md").write_text(markdown(results, [p.name for p in plots]) + "\n")
-    return files + [out / "results.md", *plots]
+def _warn(text: str) -> None:
+    err.print(f"[yellow]{text}[/]")
 
 
 def _operations(home: Path | None, store: str | None, agent: str | None, local: bool):  # type: ignore[no-untyped-def]
