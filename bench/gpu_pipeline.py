@@ -112,7 +112,7 @@ def main() -> int:
             options = BenchOptions(name=name, argv=argv, env=env, cold=args.cold, restores=args.restores,
                                    concurrency=args.concurrency, drop_caches=args.drop_caches,
                                    pretouch_bytes=int(args.pretouch * 2**30), answer=answer, cwd=REPO)
-            result = run_bench(options, ops, lambda stage, done, total, detail: print(
+            result = run_bench(options, ops, lambda stage, done, total, detail, label=label: print(
                 f"[{label}] {stage} {done}/{total} {detail}", flush=True))
             write_outputs([result], args.out.parent / name)
             rows.append(row(label, result))

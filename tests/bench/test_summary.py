@@ -12,8 +12,10 @@ from thaw.bench.summary import cold_summary, exact, floor, summarize
 def _restore(i: int, seconds: float | None, *, mode: str = "sequential", cache: str = "warm", fetch: float = 0.5,
              canary: str | None = "passed", answer: bool | None = True, reason: str | None = None) -> Restore:
     ok = seconds is not None
-    tree = node("restore_to_first_answer", seconds, [node("restore", seconds - 0.2, [node("fetch", fetch)]),
-                                                      node("first_answer", 0.1)]) if ok else None
+    tree = None
+    if seconds is not None:
+        tree = node("restore_to_first_answer", seconds,
+                    [node("restore", seconds - 0.2, [node("fetch", fetch)]), node("first_answer", 0.1)])
     return Restore(index=i, mode=mode, page_cache=cache, wave=i, ok=ok, seconds=seconds, phases=tree, canary=canary,
                    answer_matches=answer if ok else None,
                    failure=None if ok else Failure(reason=reason or "restore", message="failed"))
@@ -22,7 +24,7 @@ def _restore(i: int, seconds: float | None, *, mode: str = "sequential", cache: 
 def test_a_set_s_figures() -> None:
     restores = [_restore(0, 1.0), _restore(1, 2.0), _restore(2, 3.0, answer=False),
                 _restore(3, None, canary="mismatch", reason="canary_mismatch"), _restore(4, 4.0)]
-    colds = cold_summary([ColdStart(index=i, page_cache="warm", ok=True, seconds=s) for i, s in enumerate((20, 25, 30))])
+    colds = cold_summary([ColdStart(index=i, page_cache="warm", ok=True, seconds=t) for i, t in enumerate((20, 25, 30))])
     floors = [floor("warm", gpu_bytes=4 * 10**9, h2d_bandwidth=50e9, image_bytes=2 * 10**9, read_bandwidth=4e9)]
     (s,) = summarize(restores, image_bytes=2 * 10**9, colds=colds, floors=floors, concurrency=4)
     assert (s.attempts, s.successes, s.canary_mismatches, s.answer_mismatches) == (5, 4, 1, 1)

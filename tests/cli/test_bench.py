@@ -58,6 +58,8 @@ def test_bench_of_a_worker_measures_cold_starts_and_restores_and_writes_every_ou
                 "--", sys.executable, str(SERVE), timeout=300)
     assert done.returncode == 0, done.stderr
     assert "restore → first answer" in done.stdout
+    # progress in a log (not a terminal): one line per step
+    assert "restores, 2 at once, page cache warm: 2/2" in done.stderr.splitlines()
 
     result = load_result(out / "result.json")  # the schema, validated (extra fields or a wrong version fail)
     assert result.schema_version == 1 and result.plan.through == "local"
@@ -131,7 +133,8 @@ def test_bench_of_an_existing_artifact_through_the_agent_uses_the_canary_exchang
 
 
 def test_bad_flags_fail_before_anything_starts(thaw) -> None:
-    thaw.fails("bench", "--name", "x", "--restores", "0", "--local", "--", "true", message="--restores: 0 is less than 1")
+    thaw.fails("bench", "--name", "x", "--restores", "0", "--local", "--", "true",
+               message="--restores: 0 is less than 1")
     thaw.fails("bench", "--name", "x", "--local", message="cold starts need the worker's command")
     thaw.fails("bench", "--name", "x", "--answer-http", "state", "--local", "--", "true",
                message="is not a URL path")

@@ -31,7 +31,8 @@ def test_the_table_and_the_readme_section(thaw, tmp_path: Path) -> None:
     shown = thaw.ok(*ARGS, "--profile", "bursty:base=1,peak=20,every=30,length=5", "--readme", str(readme))
     assert "autoscale, restores" in shown and "conservative" in shown and "optimistic" in shown
     text = readme.read_text()
-    assert text.startswith("before\n<!-- thaw-cost -->\nTraffic: bursty") and text.endswith("<!-- /thaw-cost -->\nafter\n")
+    assert text.startswith("before\n<!-- thaw-cost -->\nTraffic: bursty")
+    assert text.endswith("<!-- /thaw-cost -->\nafter\n")
 
 
 def test_the_same_seed_prints_the_same_figures(thaw) -> None:

@@ -43,7 +43,8 @@ def test_a_burst_makes_restores_meet_the_slo_for_less_than_a_warm_pool() -> None
         assert restore.dollars_per_month < 0.5 * warm.dollars_per_month
         assert restore.savings_vs_warm_pool == pytest.approx(1 - restore.dollars_per_month / warm.dollars_per_month)
     conservative, optimistic = report.scenarios
-    assert conservative.of("autoscale, restores").dollars_per_month >= optimistic.of("autoscale, restores").dollars_per_month
+    restores = "autoscale, restores"
+    assert conservative.of(restores).dollars_per_month >= optimistic.of(restores).dollars_per_month
 
 
 def test_the_scenarios_state_their_assumptions() -> None:

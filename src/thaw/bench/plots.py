@@ -100,7 +100,7 @@ def _phases(results: Sequence[BenchResult], path: Path) -> Path:
     for i, name in enumerate(names):
         widths = [max(0.0, medians.get(name, 0.0)) for _, medians in bars]
         ax.barh(range(len(bars)), widths, left=left, label=name, color=colours(i % 20))
-        left = [a + b for a, b in zip(left, widths)]
+        left = [a + b for a, b in zip(left, widths, strict=True)]
     ax.set_yticks(range(len(bars)), [label for label, _ in bars], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("seconds (median of each phase)")
@@ -129,7 +129,7 @@ def _cold_vs_restore(results: Sequence[BenchResult], path: Path) -> Path:
            color="#999999", capsize=3)
     ax.bar([x + 0.2 for x in xs], rest, 0.4, yerr=[[0] * len(xs), rest_hi], label="restore (p50, to p90)",
            color="#1f77b4", capsize=3)
-    for x, c, r_ in zip(xs, cold, rest):
+    for x, c, r_ in zip(xs, cold, rest, strict=True):
         if r_ > 0:
             ax.annotate(f"{c / r_:.1f}× faster", (x + 0.2, r_), textcoords="offset points", xytext=(0, 4),
                         ha="center", fontsize=8)

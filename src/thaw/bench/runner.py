@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from thaw.bench import host
 from thaw.bench.answer import ask
 from thaw.bench.machine import collect
-from thaw.bench.operations import Handle, Operations, Restored
+from thaw.bench.operations import Handle, Operations
 from thaw.bench.phases import from_timings, node
 from thaw.bench.schema import (
     Answer,
@@ -338,8 +338,8 @@ class _Run:
         try:
             restored = self.ops.restore(artifact, name=f"{self.o.name}-r{index}", gpu=gpu)
         except ThawError as exc:
-            mismatch = getattr(exc, "reason", "") == "canary_mismatch"
-            return sample.model_copy(update={"failure": _failure(exc), "canary": "mismatch" if mismatch else None}), None
+            canary = "mismatch" if getattr(exc, "reason", "") == "canary_mismatch" else None
+            return sample.model_copy(update={"failure": _failure(exc), "canary": canary}), None
         self.live[restored.worker.id] = restored.worker
         t_restored = time.perf_counter()
         update: dict[str, object] = {"canary": "passed" if restored.canary_checked else "unchecked"}

@@ -39,9 +39,13 @@ class _RunByDefault(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-app = typer.Typer(cls=_RunByDefault, no_args_is_help=True, rich_markup_mode="rich",
-                  help="Measure cold starts and restores of a worker: [bold]thaw bench --name N [OPTIONS] -- CMD[/]. "
-                       "`thaw bench run --help` lists the options.")
+app = typer.Typer(
+    cls=_RunByDefault,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    help="Measure cold starts and restores of a worker: [bold]thaw bench --name N [OPTIONS] -- CMD[/]. "
+    "`thaw bench run --help` lists the options.",
+)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -49,27 +53,90 @@ app = typer.Typer(cls=_RunByDefault, no_args_is_help=True, rich_markup_mode="ric
 def run(
     ctx: typer.Context,
     name: Annotated[str, typer.Option("--name", "-n", help="names the benchmark, its workers and its artifact")],
-    cold: Annotated[int, typer.Option("--cold", help="cold starts (process start → first answer) per page-cache state")] = 3,
-    restores: Annotated[int, typer.Option("--restores", "-N", help="restores per set (one at a time; and C at once)")] = 10,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-C", help="restores at once in the concurrent set (1: no such set)")] = 1,
-    artifact: Annotated[Optional[str], typer.Option("--artifact", help="restore this existing artifact instead of taking a snapshot")] = None,
-    answer_http: Annotated[Optional[str], typer.Option("--answer-http", metavar="URL-PATH", help="first answer = a 2xx reply to this HTTP request (default: the canary exchange)")] = None,
-    answer_body: Annotated[Optional[str], typer.Option("--answer-body", metavar="JSON", help="request body (POST); /v1/completions and /v1/chat/completions get a greedy 8-token request")] = None,
-    answer_method: Annotated[Optional[str], typer.Option("--answer-method", help="GET or POST [default: POST with a body]")] = None,
-    answer_socket: Annotated[str, typer.Option("--answer-socket", help="the worker's unix socket, in its control directory")] = "http.sock",
-    answer_port: Annotated[Optional[int], typer.Option("--answer-port", help="ask on this TCP port of the worker's own loopback instead")] = None,
-    answer_compare: Annotated[Optional[list[str]], typer.Option("--answer-compare", metavar="FIELD", help="dotted JSON path that copies must agree on (repeatable) [default: all; choices for completions]")] = None,
-    answer_timeout: Annotated[float, typer.Option("--answer-timeout", help="seconds to wait for a first answer")] = 120.0,
-    drop_caches: Annotated[bool, typer.Option("--drop-caches", help="also run every set from a cold page cache (root)")] = False,
-    pretouch: Annotated[float, typer.Option("--pretouch", metavar="GIB", help="touch this much host memory first (memory grows on first touch)")] = 0.0,
-    gpus: Annotated[Optional[str], typer.Option("--gpus", help="restore onto these GPUs, round-robin (e.g. 0,1) [default: as recorded]")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="results directory [default: ./thaw-bench/NAME-DATE]")] = None,
+    cold: Annotated[
+        int, typer.Option("--cold", help="cold starts (process start → first answer) per page-cache state")
+    ] = 3,
+    restores: Annotated[
+        int, typer.Option("--restores", "-N", help="restores per set (one at a time; and C at once)")
+    ] = 10,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-C", help="restores at once in the concurrent set (1: no such set)")
+    ] = 1,
+    artifact: Annotated[
+        Optional[str], typer.Option("--artifact", help="restore this existing artifact instead of taking a snapshot")
+    ] = None,
+    answer_http: Annotated[
+        Optional[str],
+        typer.Option(
+            "--answer-http",
+            metavar="URL-PATH",
+            help="first answer = a 2xx reply to this HTTP request (default: the canary exchange)",
+        ),
+    ] = None,
+    answer_body: Annotated[
+        Optional[str],
+        typer.Option(
+            "--answer-body",
+            metavar="JSON",
+            help="request body (POST); /v1/completions and /v1/chat/completions get a greedy 8-token request",
+        ),
+    ] = None,
+    answer_method: Annotated[
+        Optional[str], typer.Option("--answer-method", help="GET or POST [default: POST with a body]")
+    ] = None,
+    answer_socket: Annotated[
+        str, typer.Option("--answer-socket", help="the worker's unix socket, in its control directory")
+    ] = "http.sock",
+    answer_port: Annotated[
+        Optional[int], typer.Option("--answer-port", help="ask on this TCP port of the worker's own loopback instead")
+    ] = None,
+    answer_compare: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--answer-compare",
+            metavar="FIELD",
+            help="dotted JSON path that copies must agree on (repeatable) [default: all; choices for completions]",
+        ),
+    ] = None,
+    answer_timeout: Annotated[
+        float, typer.Option("--answer-timeout", help="seconds to wait for a first answer")
+    ] = 120.0,
+    drop_caches: Annotated[
+        bool, typer.Option("--drop-caches", help="also run every set from a cold page cache (root)")
+    ] = False,
+    pretouch: Annotated[
+        float,
+        typer.Option(
+            "--pretouch", metavar="GIB", help="touch this much host memory first (memory grows on first touch)"
+        ),
+    ] = 0.0,
+    gpus: Annotated[
+        Optional[str],
+        typer.Option("--gpus", help="restore onto these GPUs, round-robin (e.g. 0,1) [default: as recorded]"),
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="results directory [default: ./thaw-bench/NAME-DATE]")
+    ] = None,
     keep_artifact: Annotated[bool, typer.Option("--keep-artifact", help="keep the artifact the run made")] = False,
     ready_timeout: Annotated[float, typer.Option(help="seconds a worker may take to reach its quiesce point")] = 900.0,
-    time_limit: Annotated[Optional[float], typer.Option("--time-limit", metavar="SECONDS", help="start no cold start or restore after this; the result says it stopped early")] = None,
-    home: Annotated[Optional[Path], typer.Option("--home", envvar="THAW_HOME", help="thaw's state directory", show_default=False)] = None,
-    store: Annotated[Optional[str], typer.Option("--store", envvar="THAW_STORE", help="artifact store", show_default=False)] = None,
-    agent: Annotated[Optional[str], typer.Option("--agent", envvar="THAW_AGENT", help="go through this node agent", show_default=False)] = None,
+    time_limit: Annotated[
+        Optional[float],
+        typer.Option(
+            "--time-limit",
+            metavar="SECONDS",
+            help="start no cold start or restore after this; the result says it stopped early",
+        ),
+    ] = None,
+    home: Annotated[
+        Optional[Path], typer.Option("--home", envvar="THAW_HOME", help="thaw's state directory", show_default=False)
+    ] = None,
+    store: Annotated[
+        Optional[str], typer.Option("--store", envvar="THAW_STORE", help="artifact store", show_default=False)
+    ] = None,
+    agent: Annotated[
+        Optional[str],
+        typer.Option("--agent", envvar="THAW_AGENT", help="go through this node agent", show_default=False),
+    ] = None,
     local: Annotated[bool, typer.Option("--local", help="run in this process even when an agent runs")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the result JSON on stdout")] = False,
 ) -> None:
@@ -83,14 +150,35 @@ def run(
     from thaw.bench.schema import Answer
 
     argv = list(ctx.args)
-    answer = (http_answer(answer_http, body=answer_body, method=answer_method, socket=answer_socket,
-                          port=answer_port, compare=answer_compare, timeout=answer_timeout)
-              if answer_http else Answer(kind="canary", timeout=answer_timeout))
-    options = BenchOptions(name=name, argv=argv, artifact=artifact, cold=cold, restores=restores,
-                           concurrency=concurrency, drop_caches=drop_caches, pretouch_bytes=int(pretouch * 2**30),
-                           gpus=[g.strip() for g in gpus.split(",") if g.strip()] if gpus else [], answer=answer,
-                           cwd=Path.cwd(), ready_timeout=ready_timeout, time_limit=time_limit,
-                           keep_artifact=keep_artifact)
+    answer = (
+        http_answer(
+            answer_http,
+            body=answer_body,
+            method=answer_method,
+            socket=answer_socket,
+            port=answer_port,
+            compare=answer_compare,
+            timeout=answer_timeout,
+        )
+        if answer_http
+        else Answer(kind="canary", timeout=answer_timeout)
+    )
+    options = BenchOptions(
+        name=name,
+        argv=argv,
+        artifact=artifact,
+        cold=cold,
+        restores=restores,
+        concurrency=concurrency,
+        drop_caches=drop_caches,
+        pretouch_bytes=int(pretouch * 2**30),
+        gpus=[g.strip() for g in gpus.split(",") if g.strip()] if gpus else [],
+        answer=answer,
+        cwd=Path.cwd(),
+        ready_timeout=ready_timeout,
+        time_limit=time_limit,
+        keep_artifact=keep_artifact,
+    )
     options.check()  # before anything starts: a bad flag costs nothing
     ops = _operations(home, store, agent, local)
     out = out or Path("thaw-bench") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -99,6 +187,7 @@ def run(
 
     # every sample as it is measured: a run killed outright (SIGKILL, a lost machine) still leaves them
     with (out / "samples.jsonl").open("a") as stream, _unwind_on_sigterm(), _progress(not json_out) as listener:
+
         def sink(kind: str, sample: Any) -> None:
             stream.write(json.dumps({"kind": kind, **sample.model_dump(mode="json")}) + "\n")
             stream.flush()
@@ -120,8 +209,14 @@ def run(
 @friendly
 def report(
     results: Annotated[list[Path], typer.Argument(help="result.json files of thaw bench (one per worker)")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="where to write results.md and the plots [default: beside the first result]")] = None,
-    readme: Annotated[Optional[Path], typer.Option("--readme", help=f"also replace the <!-- {SECTION} --> section of this Markdown file")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="where to write results.md and the plots [default: beside the first result]"),
+    ] = None,
+    readme: Annotated[
+        Optional[Path],
+        typer.Option("--readme", help=f"also replace the <!-- {SECTION} --> section of this Markdown file"),
+    ] = None,
 ) -> None:
     """Write the Markdown report and the plots of earlier results (several: side by side)."""
     from thaw.bench.files import write_outputs
@@ -134,8 +229,9 @@ def report(
     if readme is not None:
         plot = next((f for f in files if f.name == "cold_vs_restore.png"), None)
         rel = _relative(plot, readme.parent) if plot else None
-        replace_section(readme, SECTION, "\n\n".join(readme_section(r, rel if i == 0 else None)
-                                                     for i, r in enumerate(loaded)))
+        replace_section(
+            readme, SECTION, "\n\n".join(readme_section(r, rel if i == 0 else None) for i, r in enumerate(loaded))
+        )
         files.append(readme)
     console.print(f"wrote {', '.join(str(f) for f in files)}")
 
@@ -172,17 +268,25 @@ class _progress:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TextColumn("[dim]{task.fields[detail]}"), console=err, transient=False)
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("[dim]{task.fields[detail]}"),
+            console=err,
+            transient=False,
+        )
         self.tasks: dict[str, TaskID] = {}
+        self.last = ""
 
     def __enter__(self):  # type: ignore[no-untyped-def]
-        if self.enabled:
+        if self.enabled and err.is_terminal:
             self.bar.start()
         return self.update
 
     def __exit__(self, *exc: object) -> None:
-        if self.enabled:
+        if self.enabled and err.is_terminal:
             self.bar.stop()
 
     def update(self, stage: str, done: int, total: int, detail: str) -> None:
@@ -190,6 +294,12 @@ class _progress:
             return
         if stage == "clean-up":
             err.print(f"[yellow]{stage}[/]: {detail}")
+            return
+        if not err.is_terminal:  # a log file (nohup, CI): one line per step, not a redrawn bar
+            line = f"{stage}: {done}/{total} {detail}".rstrip()
+            if line != self.last:
+                err.print(line, markup=False, highlight=False)
+                self.last = line
             return
         if stage not in self.tasks:
             self.tasks[stage] = self.bar.add_task(stage, total=total or None, detail="")
@@ -203,13 +313,23 @@ def _print_summary(result: Any) -> None:
     for col in ("set", "success", "exact", "p50", "p90", "p99", "max", "speed-up", "× floor"):
         table.add_column(col, justify="left" if col == "set" else "right")
     for s in result.summaries:
-        table.add_row(set_label(s), f"{s.successes}/{s.attempts} ({percent(s.success_rate)})", f"{s.exact}/{s.attempts}",
-                      seconds(s.latency.p50), seconds(s.latency.p90), seconds(s.latency.p99), seconds(s.latency.max),
-                      times(s.speedup_p50), times(s.floor_multiple_p50))
+        table.add_row(
+            set_label(s),
+            f"{s.successes}/{s.attempts} ({percent(s.success_rate)})",
+            f"{s.exact}/{s.attempts}",
+            seconds(s.latency.p50),
+            seconds(s.latency.p90),
+            seconds(s.latency.p99),
+            seconds(s.latency.max),
+            times(s.speedup_p50),
+            times(s.floor_multiple_p50),
+        )
     console.print(table)
     for cache, d in result.cold_summary.items():
-        console.print(f"cold start → first answer, page cache {cache}: p50 {seconds(d.p50)} "
-                      f"(min {seconds(d.min)}, max {seconds(d.max)}, n={d.count})")
+        console.print(
+            f"cold start → first answer, page cache {cache}: p50 {seconds(d.p50)} "
+            f"(min {seconds(d.min)}, max {seconds(d.max)}, n={d.count})"
+        )
 
 
 def _relative(path: Path, base: Path) -> str:

@@ -79,6 +79,7 @@ class StrategyResult(_Model):
     starts: int
     failed_starts: int
     savings_vs_warm_pool: float | None = Field(default=None, description="share of the warm pool's $ saved")
+    workers_per_minute: list[float] = Field(default_factory=list, description="mean workers held, minute by minute")
 
 
 class ScenarioResult(_Model):
@@ -95,6 +96,7 @@ class TraceSummary(_Model):
     mean_rate: float
     peak_rate: float
     requests: float
+    per_minute: list[float] = Field(default_factory=list, description="the trace: req/s in each minute")
 
 
 class CostReport(_Model):

@@ -53,28 +53,43 @@ def table(report: CostReport) -> Table:
 
 
 def plot(report: CostReport, path: Path) -> Path:
-    """$ per month of each strategy in each scenario, with SLO attainment written on the bars."""
+    """Above: the traffic and the workers each strategy held (optimistic scenario). Below: $ per month."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), gridspec_kw={"height_ratios": [3, 2]})
+    hours = [m / 60 for m in range(len(report.trace.per_minute))]
+    top.fill_between(hours, report.trace.per_minute, step="post", color="#dddddd", label="traffic (req/s)")
+    top.set_xlabel("hours")
+    top.set_ylabel("requests per second")
+    workers_axis = top.twinx()
+    shown = report.scenarios[-1]
+    for s, colour in zip(shown.strategies, ("#444444", "#d62728", "#1f77b4"), strict=False):
+        workers_axis.step([m / 60 for m in range(len(s.workers_per_minute))], s.workers_per_minute, where="post",
+                          color=colour, linewidth=1.2, label=f"{s.strategy}: {s.gpu_hours:,.0f} GPU-h")
+    workers_axis.set_ylabel(f"workers ({shown.scenario.name})")
+    workers_axis.set_ylim(bottom=0)
+    lines, labels = top.get_legend_handles_labels()
+    more, more_labels = workers_axis.get_legend_handles_labels()
+    top.legend(lines + more, labels + more_labels, fontsize=7, loc="upper left")
+    top.set_title(f"{report.trace.name}; SLO p{report.inputs.slo_percentile:g} ≤ {report.inputs.slo_seconds:g} s")
+
     names = [s.strategy for s in report.scenarios[0].strategies]
-    fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(report.scenarios)
     for k, sc in enumerate(report.scenarios):
         xs = [i + (k - (len(report.scenarios) - 1) / 2) * width for i in range(len(names))]
-        values = [sc.of(n).dollars_per_month for n in names]  # type: ignore[arg-type]
-        bars = ax.bar(xs, values, width, label=sc.scenario.name, color=("#999999", "#1f77b4")[k % 2])
-        for bar, n in zip(bars, names):
-            s = sc.of(n)  # type: ignore[arg-type]
-            ax.annotate(f"SLO {100 * s.slo_attainment:.1f} %" + ("" if s.slo_met else " ✗"),
-                        (bar.get_x() + bar.get_width() / 2, bar.get_height()), textcoords="offset points",
-                        xytext=(0, 3), ha="center", fontsize=7)
-    ax.set_xticks(range(len(names)), names)
-    ax.set_ylabel("$ per month")
-    ax.set_title(f"{report.trace.name}: p{report.inputs.slo_percentile:g} ≤ {report.inputs.slo_seconds:g} s")
-    ax.legend(fontsize=8)
+        bars = bottom.bar(xs, [sc.of(n).dollars_per_month for n in names], width, label=sc.scenario.name,
+                          color=("#999999", "#1f77b4")[k % 2])
+        for bar, n in zip(bars, names, strict=True):
+            s = sc.of(n)
+            bottom.annotate(f"SLO {100 * s.slo_attainment:.1f} %" + ("" if s.slo_met else " (missed)"),
+                            (bar.get_x() + bar.get_width() / 2, bar.get_height()), textcoords="offset points",
+                            xytext=(0, 3), ha="center", fontsize=7)
+    bottom.set_xticks(range(len(names)), names)
+    bottom.set_ylabel("$ per month")
+    bottom.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

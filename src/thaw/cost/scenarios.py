@@ -119,10 +119,11 @@ def run(inputs: Inputs, trace: Trace) -> CostReport:
             rng=numpy.random.default_rng([inputs.seed, 2])), inputs, trace)
         strategies = [warm, by_cold, by_restore]
         for s in strategies[1:]:
-            s.savings_vs_warm_pool = 1 - s.dollars_per_month / warm.dollars_per_month if warm.dollars_per_month else None
+            if warm.dollars_per_month:
+                s.savings_vs_warm_pool = 1 - s.dollars_per_month / warm.dollars_per_month
         results.append(ScenarioResult(scenario=scenario, strategies=strategies))
     summary = TraceSummary(name=trace.name, hours=trace.hours, mean_rate=trace.mean, peak_rate=trace.peak,
-                           requests=float(arrived.sum()))
+                           requests=float(arrived.sum()), per_minute=trace.per_minute)
     return CostReport(inputs=inputs, trace=summary, scenarios=results)
 
 
@@ -158,12 +159,16 @@ def _result(strategy: Strategy, outcome: Outcome, inputs: Inputs, trace: Trace, 
             ) -> StrategyResult:
     hours = outcome.worker_seconds * inputs.gpus_per_worker / 3600
     attainment = outcome.attainment(inputs.slo_seconds)
-    mean = float(outcome.workers_per_second.mean()) if len(outcome.workers_per_second) else float(workers or 0)
+    busy = outcome.workers_per_second
+    mean = float(busy.mean()) if len(busy) else float(workers or 0)
+    minutes = len(busy) // 60
+    per_minute = busy[: minutes * 60].reshape(minutes, 60).mean(axis=1) if minutes else busy
     return StrategyResult(
         strategy=strategy, workers=workers if workers is not None else outcome.peak_workers, mean_workers=mean,
         gpu_hours=hours, dollars_per_month=hours * inputs.price_per_gpu_hour * HOURS_PER_MONTH / trace.hours,
         slo_attainment=attainment, time_to_serve=outcome.wait_percentile(inputs.slo_percentile),
-        slo_met=attainment >= inputs.slo_percentile / 100, starts=outcome.starts, failed_starts=outcome.failed_starts)
+        slo_met=attainment >= inputs.slo_percentile / 100, starts=outcome.starts, failed_starts=outcome.failed_starts,
+        workers_per_minute=[round(float(w), 3) for w in per_minute])
 
 
 def _constant(seconds: float) -> Draw:

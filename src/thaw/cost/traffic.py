@@ -105,7 +105,8 @@ def parse(spec: str, hours: float = 24) -> Trace:
         key, _, value = part.partition("=")
         number = _number(value)
         if key.strip() not in allowed or number is None or number < 0:
-            raise ConfigError("--profile", f"{spec!r}: {part!r} is not one of {', '.join(sorted(allowed))} = a number >= 0")
+            raise ConfigError("--profile", f"{spec!r}: {part!r} is not one of {', '.join(sorted(allowed))} "
+                                           "= a number >= 0")
         kwargs[key.strip()] = number
     try:
         return maker(hours=hours, **kwargs)  # type: ignore[operator]
