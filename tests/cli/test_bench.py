@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from thaw.bench.schema import BenchResult, Phase, load_result
-from workers import SERVE, processes_of, wait_until
+from workers import SERVE, TCP, processes_of, wait_until
 
 pytestmark = [pytest.mark.criu, pytest.mark.slow]
 
@@ -130,6 +130,18 @@ def test_bench_of_an_existing_artifact_through_the_agent_uses_the_canary_exchang
     assert sum(1 for a in audit if a["operation"] == "restore" and a["outcome"] == "succeeded") == 2
     assert json.loads(thaw.ok("ls", "--local", "--json"))[0]["name"] == "given"  # a given artifact is kept
     wait_until(lambda: len(processes_of(thaw.home)) == 0, 30, "the restored copies to be stopped")
+
+
+def test_bench_asks_each_copy_on_its_own_loopback(thaw, tmp_path: Path) -> None:
+    # two copies at once, both listening on port 8765: each in its own network namespace, asked from inside it
+    done = thaw("bench", "--name", "tcp", "--cold", "1", "--restores", "2", "--concurrency", "2", "--local",
+                "--answer-http", "/answer", "--answer-port", "8765", "--answer-compare", "state",
+                "--out", str(tmp_path / "o"), "--", sys.executable, str(TCP), timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = load_result(tmp_path / "o" / "result.json")
+    assert result.cold_starts[0].ok and result.reference == "cold-start"  # a deterministic worker
+    assert [(r.mode, r.ok, r.answer_matches) for r in result.restores] == [
+        ("sequential", True, True), ("sequential", True, True), ("concurrent", True, True), ("concurrent", True, True)]
 
 
 def test_bad_flags_fail_before_anything_starts(thaw) -> None:

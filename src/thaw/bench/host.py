@@ -101,33 +101,39 @@ def h2d_bandwidth(nbytes: int = 1 << 30, timeout: float = 300.0) -> float | None
     return None
 
 
-def gpu_free() -> dict[str, int]:
-    """Free memory of every GPU by UUID (NVML: no CUDA context); {} without GPUs or NVML."""
+def gpu_uuids() -> list[str]:
+    """The UUIDs of this host's GPUs; [] without GPUs or a driver (nothing to wait for, then)."""
     try:
         from thaw.cuda import available, devices
-        from thaw.cuda.gpus import memory_free
     except ImportError:
-        return {}
-    if not available():
-        return {}
-    free = {g.uuid: memory_free(g.uuid) for g in devices()}
-    return {uuid: n for uuid, n in free.items() if n is not None}
+        return []
+    return [g.uuid for g in devices()] if available() else []
 
 
-def wait_gpu_memory(baseline: dict[str, int], timeout: float = 60.0, slack: int = 1 << 30) -> float:
-    """Wait until every GPU has its ``baseline`` free memory back (within ``slack``); the seconds it took.
+def gpu_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants: the processes whose GPU memory a stop must give back."""
+    from thaw.cuda.process import descendants
+
+    return descendants(pid) if pid > 0 else []
+
+
+def wait_gpu_released(uuids: list[str], pids: list[int], timeout: float = 60.0) -> float:
+    """Wait until no GPU lists any of ``pids`` as holding memory (NVML); the seconds it took.
 
     The driver frees a killed worker's memory as the process exits, and NVML can report it a
     moment later: the next restore must not find the previous copy's memory still taken (its
-    plan would refuse the GPU, or its KV cache would not fit). Gives up quietly at ``timeout``:
-    the next restore then fails with the driver's own reason, and the result counts it.
+    plan would refuse the GPU, or its KV cache would not fit). Memory others hold (a GPU memory
+    service, another tenant) does not count. Gives up quietly at ``timeout``: the next restore
+    then fails with the driver's own reason, and the result counts it.
     """
-    if not baseline:
+    if not uuids or not pids:
         return 0.0
+    from thaw.cuda.gpus import process_memory
+
+    wanted = set(pids)
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        now = gpu_free()
-        if all(now.get(uuid, 0) >= free - slack for uuid, free in baseline.items()):
+        if all(not process_memory(uuid, wanted) for uuid in uuids):  # 0, or None where NVML cannot tell
             break
         time.sleep(0.05)
     return time.monotonic() - t0

@@ -156,7 +156,7 @@ class _Run:
         self.say = say
         self.sink = sink
         self.t0 = time.monotonic()
-        self.gpu_baseline = host.gpu_free()  # before any worker: what every stop must give back
+        self.gpus = host.gpu_uuids()  # each stop waits until these no longer list the stopped worker
         self.live: dict[str, Handle] = {}
         self.made_artifact: str | None = None
         self.artifact = options.artifact or f"{options.name}-bench-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -249,13 +249,14 @@ class _Run:
         self.say("snapshot", 0, 1, "cold start of the worker to snapshot")
         worker = self._start(f"{self.o.name}-s")
         self.ops.wait_parked(worker, self.o.ready_timeout)
+        pids = self._pids(worker)  # the snapshot stops the original: its memory must come back before restores
         t0 = time.perf_counter()
         timings = self.ops.snapshot(worker, self.artifact, ready_timeout=self.o.ready_timeout,
                                     progress=lambda phase, frac, detail: self.say("snapshot", 0, 1, phase))
         wall = time.perf_counter() - t0
         self.made_artifact = self.artifact
         self.live.pop(worker.id, None)  # the snapshot stopped it
-        self._settle()
+        self._settle(pids)
         self.say("snapshot", 1, 1, self.artifact)
         self.manifest = self.ops.manifest(self.artifact)
         tree = node("snapshot", wall, [from_timings("pipeline", timings)])
@@ -319,10 +320,11 @@ class _Run:
         for sample, _ in group:
             self.samples.append(sample)
             self.sink("restore", sample)
-        for _, worker in group:
-            if worker is not None:
-                self._stop(worker, settle=False)
-        self._settle()
+        stopped = [worker for _, worker in group if worker is not None]
+        pids = [p for worker in stopped for p in self._pids(worker)]
+        for worker in stopped:
+            self._stop(worker, settle=False)
+        self._settle(pids)
 
     def _next(self, n: int) -> int:
         first, self.count = self.count, self.count + n
@@ -377,19 +379,22 @@ class _Run:
                    alive=lambda: self.ops.alive(worker))
 
     def _stop(self, worker: Handle, *, settle: bool = True) -> None:
+        pids = self._pids(worker) if settle else []
         self.live.pop(worker.id, None)
         try:
             self.ops.stop(worker)
         except ThawError as exc:
             self.say("clean-up", 0, 0, f"could not stop {worker.id}: {exc.message}")
-        if settle:
-            self._settle()
+        self._settle(pids)
 
-    def _settle(self) -> None:
-        """Let the GPUs get back the memory of what was stopped: the next run must find them as the first did."""
-        waited = host.wait_gpu_memory(self.gpu_baseline)
+    def _pids(self, worker: Handle) -> list[int]:
+        return host.gpu_pids(worker.host_pid) if self.gpus else []
+
+    def _settle(self, pids: list[int]) -> None:
+        """Wait until the GPUs gave back the memory of what was stopped: the next run finds them as the first did."""
+        waited = host.wait_gpu_released(self.gpus, pids)
         if waited > 5:
-            self.say("clean-up", 0, 0, f"GPU memory took {waited:.1f} s to come back after a stop")
+            self.say("clean-up", 0, 0, f"the GPUs took {waited:.1f} s to free a stopped worker's memory")
 
     def clean_up(self) -> None:
         for worker in list(self.live.values()):
