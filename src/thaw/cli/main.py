@@ -278,9 +278,18 @@ def inspect(
     home: HomeOpt = None,
     store: StoreOpt = None,
     json_out: JsonOpt = False,
+    memory: Annotated[bool, typer.Option("--memory", help="break the image down by what its pages are")] = False,
 ) -> None:
     """Show an artifact's manifest: origin, worker, GPUs, released memory, files, timings."""
     m = _store(_settings(home, store)).manifest(artifact)
+    if memory:
+        from thaw.cli.memory_view import memory_breakdown, render_breakdown
+
+        if json_out:
+            emit_json(memory_breakdown(m))
+        else:
+            render_breakdown(m)
+        return
     if json_out:
         emit_json({**json.loads(m.to_json()), "digest": m.digest, "size": m.size})
         return

@@ -21,13 +21,13 @@ from thaw import __version__
 from thaw.config import Settings
 from thaw.criu import DumpOptions, dump, find_criu
 from thaw.errors import BusyError, CheckpointError, ThawError
-from thaw.pipeline import control, gpu, instances
+from thaw.pipeline import control, gpu, instances, residual
 from thaw.pipeline.instances import Instance
 from thaw.pipeline.phases import Phases, Progress
 from thaw.sandbox import netns
 from thaw.sandbox.layout import Layout
 from thaw.store import Manifest, Store, check_name, open_store
-from thaw.store.manifest import ReleasedMemory, SourceInfo, WeightSetRef, WorkerInfo
+from thaw.store.manifest import MemoryResidual, ReleasedMemory, SourceInfo, WeightSetRef, WorkerInfo
 from thaw.worker.protocol import Action
 
 IMAGES = "images"
@@ -98,6 +98,7 @@ def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, A
     # the host decides (maps of /dev/nvidia*), not the worker's word: live GPU state must never reach CRIU
     gpus = gpu.record(pid) if gpu.uses_gpu(pid) else []
     criu = find_criu(settings.criu)
+    before_lock = residual.census(pid)
     with store.stage(artifact) as staged:
         if gpus:
             # order matters: the device state must be in host memory before CRIU reads that memory
@@ -105,6 +106,7 @@ def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, A
             with phases("gpu_checkpoint", "CUDA lock + checkpoint"):
                 gpu_timings = gpu.checkpoint(pid)
             phases.timings.update(gpu_timings)
+        memory = MemoryResidual(before_lock=before_lock, after_checkpoint=residual.census(pid) if gpus else None)
         stdio = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (1, 2)]
         op_dir = inst.dir / "ops" / f"snapshot-{staged.artifact_id[:8]}"
         with phases("dump", "CRIU dump"):
@@ -122,6 +124,7 @@ def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, A
             gpus=gpus,
             memory_released=[ReleasedMemory(**r) for r in _released(report)],
             weights=_weight_sets(report),
+            residual=memory,
             timings=dict(phases.timings),
         )
         phases.progress("publish", None, f"publishing to {store.url}")

@@ -96,6 +96,47 @@ class WeightSetRef(BaseModel):
     align: int = 256
 
 
+class MemoryCensus(BaseModel):
+    """Bytes by kind (resident, as CRIU would write them), and the largest mappings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    heap: int = 0
+    anonymous: int = 0
+    shared_anonymous: int = 0
+    file_dirty: int = 0
+    device_mapped: int = 0
+    stack: int = 0
+    mappings: int = 0
+    largest: list[tuple[str, int]] = []
+
+    @property
+    def dumped(self) -> int:
+        return self.heap + self.anonymous + self.shared_anonymous + self.file_dirty + self.stack
+
+
+class MemoryResidual(BaseModel):
+    """The two readings and what the checkpoint added."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    before_lock: MemoryCensus
+    after_checkpoint: MemoryCensus | None = None
+
+    @property
+    def cuda_host_copy(self) -> int:
+        if self.after_checkpoint is None:
+            return 0
+        return max(0, self.after_checkpoint.dumped - self.before_lock.dumped)
+
+    def summary(self) -> dict[str, int]:
+        """Bytes the image holds by kind: the process's own memory before the lock, plus the host copy."""
+        b = self.before_lock
+        return {"cuda_host_copy": self.cuda_host_copy, "heap": b.heap, "anonymous": b.anonymous,
+                "shared_anonymous": b.shared_anonymous, "file_dirty": b.file_dirty, "stack": b.stack,
+                "device_mapped_before_lock": b.device_mapped}
+
+
 class Manifest(BaseModel):
     """The manifest of one artifact. Written last: an artifact without one is not an artifact."""
 
@@ -111,6 +152,8 @@ class Manifest(BaseModel):
     gpus: list[dict[str, Any]] = Field(default_factory=list)  # one record per GPU the worker used
     memory_released: list[ReleasedMemory] = Field(default_factory=list)
     weights: list[WeightSetRef] = Field(default_factory=list)
+    #: the worker's host memory by kind before the GPU lock and after the checkpoint (pipeline/residual.py)
+    residual: MemoryResidual | None = None
     digest_algorithm: str = DIGEST_ALGORITHM
     chunk_size: int = CHUNK_SIZE
     files: list[FileEntry] = Field(default_factory=list)

@@ -1,0 +1,440 @@
+"""Restore vs cold start of thaw's reference engine with weights in the GPU memory service (run on a GPU machine).
+
+    python bench/gpu_restore.py OUT_DIR [--configs qwen3-0.6b,qwen3-8b] [--n 3] [--pretouch-gib 48]
+
+One run measures, side by side, for each config:
+
+* the host warmed first (``--pretouch-gib`` of memory touched by 8 processes: these
+  machines' memory grows on first touch, ~3 s per 8 GiB, which would inflate whatever
+  ran first);
+* GMS loads of the weights from a warm and a cold page cache, beside ``dd`` of the same
+  files from a cold cache (the disk's ceiling) and ``safetensors.torch.load_file`` to
+  the GPU from a warm cache;
+* cold starts of the same engine, process spawn → first answer, n times, with the
+  engine loading its weights itself (``local``) and mapping them from the service (``gms``);
+* one snapshot (phases, image size, the image's memory breakdown), then n restores →
+  first answer with the image in the page cache and n with the page cache dropped, each
+  answer checked against the canary, and two restores at once (GPU memory before and
+  after, to show the weights are shared).
+
+Everything is written to OUT_DIR/results.json after each step; a failed step is recorded
+with the logs it left and the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+LISTENING = "thaw-engine listening "
+
+
+class Run:
+    def __init__(self, out: Path, args: argparse.Namespace) -> None:
+        self.out = out
+        self.args = args
+        self.results: dict[str, Any] = {"benchmark": "gpu_restore", "args": vars(args), "steps": {}, "errors": []}
+        self.t0 = time.monotonic()
+
+    def step(self, name: str, fn: Any, *a: Any, **kw: Any) -> Any:
+        print(f"=== {name} (+{time.monotonic() - self.t0:.0f}s)", flush=True)
+        try:
+            value = fn(*a, **kw)
+            self.results["steps"][name] = value
+            print(json.dumps(value, default=str)[:2000], flush=True)
+            return value
+        except Exception as exc:
+            traceback.print_exc()
+            self.results["errors"].append({"step": name, "error": f"{type(exc).__name__}: {exc}",
+                                           "traceback": traceback.format_exc()[-4000:]})
+            return None
+        finally:
+            self.save()
+
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=2, default=str))
+
+
+# --- the machine -------------------------------------------------------------------------------------
+
+
+def sh(cmd: str, timeout: float = 120) -> str:
+    p = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout)
+    return (p.stdout + p.stderr).strip()
+
+
+def sysinfo() -> dict[str, Any]:
+    import torch
+
+    from thaw.criu import find_criu
+    from thaw.cuda import driver_version
+
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "gpus": sh("nvidia-smi --query-gpu=index,name,uuid,memory.total,driver_version --format=csv,noheader"),
+        "driver": driver_version(),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "mem_total_kib": sh("awk '/MemTotal/{print $2}' /proc/meminfo"),
+        "thp": sh("cat /sys/kernel/mm/transparent_hugepage/enabled"),
+        "torch": torch.__version__,
+        "criu": find_criu().version,
+        "disk": sh("df -h /var/tmp | tail -1"),
+        "python": sys.version.split()[0],
+    }
+
+
+def pretouch(gib: int) -> dict[str, Any]:
+    """Touch ``gib`` GiB with 8 processes, then free it: the VM's memory has grown, later runs are not billed for it."""
+    code = ("import mmap,sys; n=int(sys.argv[1])<<30; m=mmap.mmap(-1,n); z=b'\\1'*(1<<20)\n"
+            "for o in range(0,n,1<<20): m[o:o+(1<<20)]=z\n")
+    t = time.perf_counter()
+    per = max(1, gib // 8)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(per)]) for _ in range(8)]
+    for p in procs:
+        p.wait()
+    return {"gib": per * 8, "seconds": round(time.perf_counter() - t, 2),
+            "mem_total_kib_after": sh("awk '/MemTotal/{print $2}' /proc/meminfo")}
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def gpu_used_mib() -> list[int]:
+    out = sh("nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits")
+    return [int(x) for x in out.split() if x.strip().isdigit()]
+
+
+def stats(xs: list[float]) -> dict[str, float]:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return {}
+    return {"n": len(xs), "min": round(min(xs), 3), "median": round(statistics.median(xs), 3), "max": round(max(xs), 3)}
+
+
+# --- weights and the GPU memory service ----------------------------------------------------------
+
+
+def ensure_weights(root: Path, config: str) -> dict[str, Any]:
+    from thaw.engine.weights import checkpoint_bytes
+
+    path = root / config
+    if not (path / "config.json").exists():
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "thaw", "engine", "make-weights", config, str(path)], check=True)
+        made = round(time.perf_counter() - t, 2)
+    else:
+        made = 0.0
+    return {"path": str(path), "bytes": checkpoint_bytes(path), "written_s": made}
+
+
+class Gms:
+    def __init__(self, home: Path, allow: Path, log: Path) -> None:
+        self.dir = home / "gms"
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "thaw", "gms", "serve", "--gpu", DEVICE["gms"],
+                                      "--allow", str(allow),
+                                      "--dir", str(self.dir), "--threads", "8"],
+                                     stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        from thaw.cuda import devices
+        from thaw.gms import socket_path
+
+        self.device = DEVICE["gms"] if DEVICE["gms"].startswith("memfd:") else devices()[0].uuid
+        self.sock = socket_path(self.dir, self.device)
+        deadline = time.monotonic() + 120
+        while not self.sock.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("thaw gms serve did not come up:\n" + log.read_text()[-3000:])
+            time.sleep(0.05)
+
+    def client(self) -> Any:
+        from thaw.gms import Client
+
+        return Client(self.sock)
+
+    def evict_all(self) -> None:
+        with self.client() as c:
+            for s in c.status().sets:
+                if s.key and s.holders == 0:
+                    c.evict(s.key)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def gms_loads(gms: Gms, weights: Path) -> dict[str, Any]:
+    from thaw.engine.weights import checkpoint_files
+    from thaw.gms import WeightSpec
+    from thaw.gms.plan import describe
+
+    files = [str(f) for f in checkpoint_files(weights)]
+    spec = WeightSpec(files=describe(files))
+    total = sum(os.path.getsize(f) for f in files)
+    out: dict[str, Any] = {"bytes": total}
+    sh("cat " + " ".join(files) + " > /dev/null", timeout=600)  # into the page cache
+    gms.evict_all()
+    with gms.client() as c:
+        t = time.perf_counter()
+        st = c.prefetch(spec, wait=True)
+        out["warm"] = {"wall_s": round(time.perf_counter() - t, 3), **(st.load.model_dump() if st.load else {})}
+    gms.evict_all()
+    drop_caches()
+    with gms.client() as c:
+        t = time.perf_counter()
+        st = c.prefetch(spec, wait=True)
+        out["cold"] = {"wall_s": round(time.perf_counter() - t, 3), **(st.load.model_dump() if st.load else {})}
+    drop_caches()
+    t = time.perf_counter()
+    sh("cat " + " ".join(files) + " > /dev/null", timeout=600)
+    dd = time.perf_counter() - t
+    out["cold_cat_gbps"] = round(total / dd / 1e9, 3)
+    if DEVICE["gms"].startswith("memfd:"):
+        return out  # no GPU to load into
+    code = ("import sys, time, torch\nfrom safetensors.torch import load_file\n"
+            "torch.zeros(1, device='cuda'); torch.cuda.synchronize(); t = time.perf_counter(); n = 0\n"
+            "for f in sys.argv[1:]:\n"
+            "    d = load_file(f, device='cuda'); n += sum(v.numel() * v.element_size() for v in d.values()); del d\n"
+            "torch.cuda.synchronize(); print(n / (time.perf_counter() - t) / 1e9)\n")
+    probe = Path(gms.log).with_name("safetensors_load.py")
+    probe.write_text(code)
+    out["safetensors_warm_gbps"] = round(float(sh(f"{sys.executable} {probe} " + " ".join(files),
+                                                 timeout=600).split()[-1]), 3)
+    return out
+
+
+# --- the engine ----------------------------------------------------------------------------------
+
+
+#: --cpu: a dry run of this script where there is no GPU (the memfd stand-in service, the tiny config)
+CPU_ENGINE = ["--device", "cpu", "--dtype", "bfloat16", "--gms-device", "memfd:bench"]
+DEVICE = {"engine": ["--device", "cuda"], "gms": "0"}
+
+
+def engine_argv(weights: Path, kv_gb: float, weights_from: str, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "thaw.engine", "serve", "--weights", str(weights), *DEVICE["engine"],
+            "--kv-gb", str(kv_gb), "--weights-from", weights_from, *extra]
+
+
+def first_answer(canary: dict[str, Any], *, uds: Path | None = None, port: int | None = None,
+                 deadline_s: float = 300) -> list[int]:
+    """The greedy tokens for the canary's first prompt, retrying until the server answers (unix socket or TCP)."""
+    deadline = time.monotonic() + deadline_s
+    transport = httpx.HTTPTransport(uds=str(uds)) if uds is not None else None
+    base = "http://engine" if uds is not None else f"http://127.0.0.1:{port}"
+    with httpx.Client(transport=transport, base_url=base, timeout=120) as c:
+        while True:
+            try:
+                r = c.post("/v1/completions", json={"prompt": canary["prompts"][0], "max_tokens": canary["max_tokens"],
+                                                    "temperature": 0, "ignore_eos": True, "return_token_ids": True})
+                r.raise_for_status()
+                return r.json()["choices"][0]["token_ids"]
+            except (httpx.TransportError, httpx.HTTPStatusError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.002)
+
+
+def cold_start(weights: Path, kv_gb: float, weights_from: str, canary: dict[str, Any] | None,
+               env: dict[str, str]) -> dict[str, Any]:
+    """Spawn the engine as a plain process (not under thaw) and wait for its first answer."""
+    port = _free_port()
+    t = time.perf_counter()
+    proc = subprocess.Popen(engine_argv(weights, kv_gb, weights_from, ["--port", str(port)]),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()  # type: ignore[arg-type]
+    try:
+        while not any(LISTENING in ln for ln in lines):
+            if proc.poll() is not None:
+                raise RuntimeError("engine exited:\n" + "".join(lines[-40:]))
+            time.sleep(0.005)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+            health = c.get("/health").json()
+        prompt_canary = canary or health["canary"]
+        tokens = first_answer(prompt_canary, port=port)
+        wall = time.perf_counter() - t
+        return {"to_first_answer_s": round(wall, 3), "startup": health["startup"],
+                "tokens_match_canary": tokens == prompt_canary["tokens"][0], "canary": health["canary"]}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def cycle(home: Path, label: str, weights: Path, kv_gb: float, n: int, extra: list[str],
+          weights_from: str = "gms") -> dict[str, Any]:
+    """Launch under thaw, snapshot, restore n times warm and n times with the page cache dropped, then two at once."""
+    from thaw import pipeline
+    from thaw.cli.memory_view import memory_breakdown
+    from thaw.config import Settings
+
+    settings = Settings(home=home)
+    t = time.perf_counter()
+    inst = pipeline.launch(settings, engine_argv(weights, kv_gb, weights_from, ["--port", "0", *extra]),
+                           name=f"b-{label}")
+    try:
+        pipeline.wait_ready(settings, inst, timeout=900)
+    except Exception:
+        raise RuntimeError("the engine never parked:\n" + inst.log_tail(60))
+    parked = time.perf_counter() - t
+    canary = inst.ready().canary
+    snap = pipeline.snapshot(settings, inst.id, label)
+    out: dict[str, Any] = {
+        "launch_to_parked_s": round(parked, 3),
+        "image_bytes": snap.manifest.size,
+        "weights_in_gms_bytes": sum(w.bytes for w in snap.manifest.weights),
+        "snapshot": snap.timings,
+        "memory": memory_breakdown(snap.manifest),
+        "freeze_report": snap.manifest.worker.freeze_report,
+        "restores": [],
+    }
+    for cache in ("warm", "cold"):
+        for i in range(n):
+            if cache == "cold":
+                drop_caches()
+            out["restores"].append({"page_cache": cache, **restore_once(settings, label, f"{label}-{cache}{i}", canary)})
+    out["restore_warm"] = stats([r["to_first_answer_s"] for r in out["restores"] if r["page_cache"] == "warm"])
+    out["restore_cold"] = stats([r["to_first_answer_s"] for r in out["restores"] if r["page_cache"] == "cold"])
+    out["concurrent"] = two_at_once(settings, label, canary)
+    return out
+
+
+def restore_once(settings: Any, artifact: str, name: str, canary: dict[str, Any]) -> dict[str, Any]:
+    from thaw import pipeline
+
+    t = time.perf_counter()
+    res = pipeline.restore(settings, artifact, name=name)
+    restored = time.perf_counter() - t
+    try:
+        tokens = first_answer(canary, uds=res.instance.dir / "http.sock")
+        answered = time.perf_counter() - t
+    finally:
+        pipeline.stop(settings, res.instance)
+    return {"restore_s": round(restored, 3), "to_first_answer_s": round(answered, 3),
+            "tokens_match_canary": tokens == canary["tokens"][0], "timings": res.timings,
+            "thaw_report": res.thaw_report}
+
+
+def two_at_once(settings: Any, artifact: str, canary: dict[str, Any]) -> dict[str, Any]:
+    from thaw import pipeline
+
+    before = gpu_used_mib()
+    results: dict[str, Any] = {}
+
+    def one(k: int) -> None:
+        t = time.perf_counter()
+        try:
+            res = pipeline.restore(settings, artifact, name=f"{artifact}-twin{k}")
+            tokens = first_answer(canary, uds=res.instance.dir / "http.sock")
+            results[f"copy{k}"] = {"to_first_answer_s": round(time.perf_counter() - t, 3),
+                                   "tokens_match_canary": tokens == canary["tokens"][0], "inst": res.instance}
+        except Exception as exc:
+            results[f"copy{k}"] = {"error": f"{type(exc).__name__}: {exc}"}
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    during = gpu_used_mib()
+    for r in results.values():
+        inst = r.pop("inst", None)
+        if inst is not None:
+            pipeline.stop(settings, inst)
+    return {"gpu_used_mib_before": before, "gpu_used_mib_with_two": during, **results}
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--configs", default="qwen3-0.6b,qwen3-8b")
+    ap.add_argument("--kv-gb", default="qwen3-0.6b=16,qwen3-8b=32,qwen3-32b=32")
+    ap.add_argument("--n", type=int, default=3)
+    ap.add_argument("--pretouch-gib", type=int, default=48)
+    ap.add_argument("--home", type=Path, default=Path("/var/tmp/thaw-bench"))
+    ap.add_argument("--weights-root", type=Path, default=Path("/var/tmp/thaw-weights"))
+    ap.add_argument("--extra", default="", help="extra engine flags, e.g. '--graph-pool torch'")
+    ap.add_argument("--skip", default="", help="steps to skip: loads,cold,cycle")
+    ap.add_argument("--cpu", action="store_true", help="dry run without a GPU (tiny config, memfd service)")
+    args = ap.parse_args()
+    if args.cpu:
+        DEVICE.update(engine=CPU_ENGINE, gms="memfd:bench")
+    run = Run(args.out, args)
+    skip = set(args.skip.split(","))
+    kv = dict(item.split("=") for item in args.kv_gb.split(","))
+    extra = args.extra.split()
+    shutil.rmtree(args.home, ignore_errors=True)
+    args.home.mkdir(parents=True)
+    run.step("system", sysinfo)
+    if args.pretouch_gib:
+        run.step("pretouch", pretouch, args.pretouch_gib)
+    gms = run.step("gms_start", lambda: Gms(args.home, args.weights_root, args.out / "gms.log"))
+    env = {**os.environ, "THAW_GMS_DIR": str(args.home / "gms")}
+    try:
+        for config in args.configs.split(","):
+            weights = args.weights_root / config
+            run.step(f"{config}/weights", ensure_weights, args.weights_root, config)
+            if gms is not None and "loads" not in skip:
+                run.step(f"{config}/gms_loads", gms_loads, gms, weights)
+            kv_gb = float(kv.get(config, 16))
+            if "cold" not in skip:
+                colds: dict[str, Any] = {}
+                for source in ("local", "gms"):
+                    runs = [run.step(f"{config}/cold_{source}_{i}", cold_start, weights, kv_gb, source, None, env)
+                            for i in range(args.n)]
+                    colds[source] = stats([r["to_first_answer_s"] for r in runs if r])
+                run.results.setdefault("summary", {})[f"{config}/cold_to_first_answer"] = colds
+            if "cycle" not in skip:
+                c = run.step(f"{config}/cycle_gms", cycle, args.home, f"e-{config.replace('.', '')}", weights,
+                             kv_gb, args.n, extra)
+                if c:
+                    run.results.setdefault("summary", {})[f"{config}/restore"] = {
+                        "image_bytes": c["image_bytes"], "warm": c["restore_warm"], "cold": c["restore_cold"]}
+            run.save()
+    finally:
+        if gms is not None:
+            run.step("gms_status", lambda: gms.client().status().model_dump(mode="json"))
+            gms.stop()
+    print(json.dumps(run.results.get("summary", {}), indent=2))
+    return 1 if run.results["errors"] else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
