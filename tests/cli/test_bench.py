@@ -131,17 +131,48 @@ def test_bench_of_an_existing_artifact_through_the_agent_uses_the_canary_exchang
     assert json.loads(thaw.ok("ls", "--local", "--json"))[0]["name"] == "given"  # a given artifact is kept
     wait_until(lambda: len(processes_of(thaw.home)) == 0, 30, "the restored copies to be stopped")
 
+    # cold starts through the agent too: it launches, releases and stops them
+    done = thaw("bench", "--name", "viaagent", "--artifact", "given", "--cold", "1", "--restores", "1",
+                "--answer-http", "/state", "--answer-compare", "digest", "--out", str(tmp_path / "out2"), "--json",
+                "--", sys.executable, str(SERVE), timeout=300, THAW_AGENT=str(agent))
+    assert done.returncode == 0, done.stderr
+    result = BenchResult.model_validate_json(done.stdout)
+    assert result.cold_starts[0].ok and [p.name for p in result.cold_starts[0].phases.children][:2] == [
+        "launch", "warm_up"]
+    assert result.restores[0].ok and result.restores[0].answer_matches
+    audit = [json.loads(line) for line in (thaw.home / "agent" / "audit.log").read_text().splitlines()]
+    assert {"launch", "stop"} <= {a["operation"] for a in audit}
+    wait_until(lambda: len(processes_of(thaw.home)) == 0, 30, "every worker to be stopped")
+
 
 def test_bench_asks_each_copy_on_its_own_loopback(thaw, tmp_path: Path) -> None:
     # two copies at once, both listening on port 8765: each in its own network namespace, asked from inside it
-    done = thaw("bench", "--name", "tcp", "--cold", "1", "--restores", "2", "--concurrency", "2", "--local",
+    done = thaw("bench", "--name", "tcp", "--cold", "2", "--restores", "2", "--concurrency", "2", "--local",
                 "--answer-http", "/answer", "--answer-port", "8765", "--answer-compare", "state",
                 "--out", str(tmp_path / "o"), "--", sys.executable, str(TCP), timeout=300)
     assert done.returncode == 0, done.stderr
     result = load_result(tmp_path / "o" / "result.json")
-    assert result.cold_starts[0].ok and result.reference == "cold-start"  # a deterministic worker
+    assert result.cold_starts[1].ok and result.reference == "cold-start"  # a deterministic worker: both agreed
     assert [(r.mode, r.ok, r.answer_matches) for r in result.restores] == [
         ("sequential", True, True), ("sequential", True, True), ("concurrent", True, True), ("concurrent", True, True)]
+
+
+def test_bench_of_the_reference_engine_as_the_gpu_runs_call_it(thaw, tmp_path: Path) -> None:
+    # the command line of the GPU runs, on the CPU: the engine serves <control dir>/http.sock, and a greedy
+    # /v1/completions is every copy's first answer
+    weights = tmp_path / "tiny"
+    thaw.ok("engine", "make-weights", "tiny", str(weights), "--device", "cpu")
+    out = tmp_path / "out"
+    done = thaw("bench", "--name", "etiny", "--cold", "1", "--restores", "2", "--concurrency", "2", "--local",
+                "--answer-http", "/v1/completions", "--out", str(out),
+                "--", sys.executable, "-m", "thaw.engine", "serve", "--weights", str(weights), "--device", "cpu",
+                "--port", "0", timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = load_result(out / "result.json")
+    assert result.reference == "first-restore"  # one cold start cannot show the worker is deterministic
+    assert result.plan.answer.compare == ["choices"]
+    assert all(r.ok and r.canary == "passed" and r.answer_matches for r in result.restores)
+    assert [s.exact for s in result.summaries] == [2, 2]
 
 
 def test_bad_flags_fail_before_anything_starts(thaw) -> None:

@@ -138,11 +138,12 @@ def run_bench(options: BenchOptions, ops: Operations, listener: Listener | None 
 
 
 def _reference(answer: Answer, cold_answers: list[str]) -> tuple[str, str | None]:
-    """Restored answers are compared with the cold starts' answer when they all gave the same one
-    (a deterministic worker); otherwise with the first restored copy's."""
+    """Restored answers are compared with the cold starts' answer when at least two cold starts gave
+    the same one (a deterministic worker: one cold start cannot show that); otherwise with the first
+    restored copy's — copies of one snapshot must agree whatever the worker."""
     if answer.kind != "http":
         return "none", None
-    if cold_answers and len(set(cold_answers)) == 1:
+    if len(cold_answers) >= 2 and len(set(cold_answers)) == 1:
         return "cold-start", cold_answers[0]
     return "first-restore", None
 

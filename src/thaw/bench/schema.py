@@ -240,7 +240,7 @@ class BenchResult(_Model):
     plan: Plan
     machine: Machine
     reference: Literal["cold-start", "first-restore", "none"] = Field(
-        description="what restored answers are compared with: the cold starts' answer when they all agreed")
+        description="what restored answers are compared with: the cold starts' answer when two or more agreed")
     cold_starts: list[ColdStart] = Field(default_factory=list)
     cold_summary: dict[str, Distribution] = Field(default_factory=dict, description="by page cache: warm, dropped")
     snapshot: Snapshot | None = Field(description="None when the run stopped before it had one")
