@@ -27,8 +27,8 @@ def test_profiles_from_the_command_line(tmp_path: Path) -> None:
     csv.write_text("minute,rate\n0,1.5\n1,2\n2,0\n")
     assert parse(f"csv:{csv}").per_minute == [1.5, 2.0, 0.0]
     bare = tmp_path / "bare.csv"
-    bare.write_text("3\n4\n")
-    assert parse(str(bare)).per_minute == [3.0, 4.0]
+    bare.write_text("0\n4\n")  # a first rate of 0 is a rate, not a header
+    assert parse(str(bare)).per_minute == [0.0, 4.0]
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -47,5 +47,9 @@ def test_a_csv_with_a_bad_row_names_it(tmp_path: Path) -> None:
     csv.write_text("rate\n1\nlots\n")
     with pytest.raises(ConfigError, match=r"row 3: 'lots' is not a rate"):
         parse(f"csv:{csv}")
+    bare = tmp_path / "bare.csv"
+    bare.write_text("1\n-2\n")
+    with pytest.raises(ConfigError, match=r"row 2: '-2' is not a rate"):
+        parse(str(bare))
     with pytest.raises(ConfigError, match="cannot read"):
         parse(f"csv:{tmp_path / 'missing.csv'}")

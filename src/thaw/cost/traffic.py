@@ -72,13 +72,13 @@ def from_csv(path: Path) -> Trace:
     except OSError as exc:
         raise ConfigError("--profile", f"cannot read {path}: {exc.strerror or exc}") from None
     rows = [r for r in rows if r and any(cell.strip() for cell in r)]
-    column = -1
-    if rows and not _number(rows[0][-1]):
+    column, first_line = -1, 1
+    if rows and _number(rows[0][-1]) is None:  # a header row
         header = [c.strip().lower() for c in rows[0]]
         column = header.index("rate") if "rate" in header else -1
-        rows = rows[1:]
+        rows, first_line = rows[1:], 2
     rates = []
-    for line, row in enumerate(rows, start=2 if column != -1 or rows else 1):
+    for line, row in enumerate(rows, start=first_line):
         value = _number(row[column])
         if value is None or value < 0 or not math.isfinite(value):
             raise ConfigError("--profile", f"{path}: row {line}: {row[column]!r} is not a rate (requests/s >= 0)")
