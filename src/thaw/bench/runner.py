@@ -424,10 +424,10 @@ def _snapshot_record(manifest: Manifest, seconds: float | None, tree: Phase | No
 
 def _gpu_bytes(manifest: Manifest) -> int | None:
     """Device memory the worker held at the lock (what a restore copies back); None if NVML could not tell."""
-    used = [g.get("used_bytes") for g in manifest.gpus]
-    if any(u is None for u in used):
-        return None
-    return sum(int(u) for u in used)  # type: ignore[arg-type]
+    used = [g.get("used_bytes") if isinstance(g, dict) else None for g in manifest.gpus]
+    if not all(isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in used):
+        return None  # unknown, or not a byte count: a manifest is read as untrusted
+    return sum(used)  # type: ignore[arg-type]
 
 
 def _gpu_target(text: str) -> int | str:
