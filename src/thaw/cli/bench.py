@@ -186,7 +186,7 @@ def run(
     from thaw.cli.main import _unwind_on_sigterm
 
     # every sample as it is measured: a run killed outright (SIGKILL, a lost machine) still leaves them
-    with (out / "samples.jsonl").open("a") as stream, _unwind_on_sigterm(), _progress(not json_out) as listener:
+    with (out / "samples.jsonl").open("w") as stream, _unwind_on_sigterm(), _progress(not json_out) as listener:
 
         def sink(kind: str, sample: Any) -> None:
             stream.write(json.dumps({"kind": kind, **sample.model_dump(mode="json")}) + "\n")
