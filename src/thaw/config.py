@@ -6,9 +6,10 @@ import os
 import socket
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -27,11 +28,33 @@ class Settings(BaseSettings):
     node: str = Field(default_factory=socket.gethostname, description="this node's name")
     keep_mounts: list[str] = Field(default_factory=list, description="extra mounts kept in sandboxes")
     gms_dir: Path = Field(default=Path(""), description="the GPU memory services' sockets; default <home>/gms")
+    gms: bool = Field(default=False, description="the agent runs a GPU memory service per GPU")
+    gms_allow: Annotated[list[Path], NoDecode] = Field(default_factory=list,
+                                                       description="directories the services may load weights from "
+                                                       "(THAW_GMS_ALLOW: comma-separated)")
+    gms_devices: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="GPUs (index or UUID; memfd:NAME for the CPU stand-in) the agent runs "
+        "services for (THAW_GMS_DEVICES: comma-separated); default every GPU")
+    gms_budget_gb: float | None = Field(default=None, description="GPU memory each service may keep weights in")
+    thp: str | None = Field(default=None, description="transparent huge pages mode the agent sets at start "
+                            "(always | madvise | never); None leaves the host's setting")
 
     @field_validator("keep_mounts", mode="before")
     @classmethod
     def _split(cls, v: object) -> object:
         return [p for p in v.split(",") if p] if isinstance(v, str) else v
+
+    @field_validator("gms_allow", "gms_devices", mode="before")
+    @classmethod
+    def _split_paths(cls, v: object) -> object:
+        return [p for p in v.split(",") if p] if isinstance(v, str) else v
+
+    @field_validator("thp")
+    @classmethod
+    def _thp_mode(cls, v: str | None) -> str | None:
+        if v is not None and v not in ("always", "madvise", "never"):
+            raise ValueError(f"THP mode must be always, madvise or never, got {v!r}")
+        return v
 
     @field_validator("home")
     @classmethod

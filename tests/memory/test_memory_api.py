@@ -29,7 +29,8 @@ def fake_pool(monkeypatch) -> Pool:
 
 def test_the_public_api_is_pinned() -> None:
     assert sorted(thaw.memory.__all__) == [
-        "DEFAULT_CHUNK_BYTES", "ENV_POISON", "POISON_PATTERN", "Policy", "Pool", "buffer", "default_pool", "reacquire",
+        "DEFAULT_CHUNK_BYTES", "ENV_POISON", "POISON_PATTERN", "Policy", "Pool", "buffer", "default_pool", "mempool",
+        "reacquire",
         "region", "release", "set_poison", "set_policy", "stats", "tags", "use_pool",
     ]
 

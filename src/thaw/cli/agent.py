@@ -40,6 +40,9 @@ def serve(
     node: Annotated[str | None, typer.Option("--node", envvar="THAW_NODE", help="this node's name [default: hostname]")] = None,
     criu: Annotated[str | None, typer.Option("--criu", envvar="THAW_CRIU", help="CRIU binary or portable tree")] = None,
     max_jobs: Annotated[int, typer.Option("--max-jobs", help="operations run at once")] = 8,
+    gms: Annotated[bool | None, typer.Option("--gms/--no-gms", envvar="THAW_GMS", show_default=False, help="run a GPU memory service per GPU: workers map their weights from it, so weights stay out of every snapshot (docs/gms.md)")] = None,
+    gms_allow: Annotated[list[Path] | None, typer.Option("--gms-allow", help="a directory the GPU memory services may load weights from (repeat); e.g. the model volume")] = None,
+    thp: Annotated[str | None, typer.Option("--thp", envvar="THAW_THP", help="set transparent huge pages at start: always (restores fill memory ~2x faster; for dedicated GPU nodes), madvise or never [default: leave the host's]")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")] = "info",
 ) -> None:
     """Run the agent until SIGTERM: recover interrupted jobs, then serve the API."""
@@ -50,7 +53,8 @@ def serve(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {k: v for k, v in {"home": home, "store": store, "staging": staging, "node": node,
-                                   "criu": criu}.items() if v is not None}
+                                   "criu": criu, "gms": gms, "gms_allow": gms_allow or None,
+                                   "thp": thp}.items() if v is not None}
     settings = Settings(**overrides)  # type: ignore[arg-type]
     options = ServeOptions(socket=None if no_socket else socket, listen=listen, token_file=token_file,
                            socket_group=socket_group)

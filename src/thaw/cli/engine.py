@@ -90,7 +90,7 @@ def serve(
     gpu_memory_utilization: float = 0.9,
     graph_batch_sizes: str = "1,2,4,8",
     cuda_graphs: bool = True,
-    canary_prompts: Annotated[int | None, typer.Option(help="how many canary prompts (default: 3 GPU, 1 CPU)")] = None,
+    canary_prompts: Annotated[int | None, typer.Option(help="how many canary prompts, 1-3 (default 1: a restore waits for the canary)")] = None,
     canary_tokens: Annotated[int | None, typer.Option(help="tokens per canary prompt (default: 8 GPU, 4 CPU)")] = None,
     log_level: str = "info",
     weights_from: Annotated[str, typer.Option(help="gms: map weights from this node's GPU memory service "

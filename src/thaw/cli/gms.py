@@ -55,7 +55,8 @@ def serve(
     budget_gb: Annotated[float | None, typer.Option(help="GPU memory the resident sets may use; least recently "
                                                     "used unmapped sets are evicted past it [default: free memory]")]
     = None,
-    threads: Annotated[int, typer.Option(min=1, max=64, help="reader threads (two pinned 64 MiB buffers each)")] = 8,
+    threads: Annotated[int, typer.Option(min=0, max=64, help="reader threads, two pinned 64 MiB buffers each "
+                                         "[default 0: one per core, at most 16]")] = 0,
     io: Annotated[str, typer.Option(help="auto (O_DIRECT for files not in the page cache), buffered or direct")]
     = "auto",
     gms_dir: DirOpt = None,
@@ -68,7 +69,10 @@ def serve(
 
     if io not in ("auto", "buffered", "direct"):
         raise ConfigError("io", f"auto, buffered or direct, got {io!r}")
+    import os
+
     backend = open_backend(gpu)
+    threads = threads or min(16, os.cpu_count() or 8)
     service = WeightService(backend, allow=list(allow), threads=threads, io=io,  # type: ignore[arg-type]
                             budget_bytes=int(budget_gb * 2**30) if budget_gb else None)
     server = Server(service, _gms_dir(gms_dir))

@@ -33,8 +33,10 @@ def memory_breakdown(m: Manifest) -> dict[str, Any]:
         "torch_allocated": sum(int(g.get("allocated_bytes", 0)) for g in torch_gpus),
     }
     return {"image": image, "host": host, "gpu": gpu, "kept_out": kept_out,
-            "largest_mappings": m.residual.after_checkpoint.largest if m.residual and m.residual.after_checkpoint
-            else []}
+            "torch_pools": [p for g in torch_gpus for p in g.get("pools", [])],
+            "largest_mappings": m.residual.before_lock.largest if m.residual else [],
+            "largest_mappings_after_checkpoint": m.residual.after_checkpoint.largest
+            if m.residual and m.residual.after_checkpoint else []}
 
 
 def render_breakdown(m: Manifest) -> None:

@@ -148,9 +148,33 @@ def _describe(torch: Any, index: int) -> dict[str, Any]:
         "name": props.name,
         "reserved_bytes": int(torch.cuda.memory_reserved(index)),
         "allocated_bytes": int(torch.cuda.memory_allocated(index)),
+        "pools": _pools(torch, index),
         # differs from uuid after a restore onto another GPU: torch caches device properties
         "torch_cached_uuid": cached,
     }
+
+
+def _pools(torch: Any, index: int) -> list[dict[str, Any]]:
+    """torch's reserved memory by pool (the default pool, graph pools, thaw.memory regions) and by stream.
+
+    What the snapshot still carries after the freeze hooks: a pool whose memory was
+    released by thaw.memory shows its segments as reserved by torch but unmapped.
+    """
+    try:
+        segments = torch.cuda.memory_snapshot()
+    except Exception:  # noqa: BLE001 - a diagnostic must never fail a snapshot
+        return []
+    pools: dict[tuple[Any, Any], dict[str, int]] = {}
+    for seg in segments:
+        if seg.get("device") != index:
+            continue
+        key = (str(seg.get("segment_pool_id")), seg.get("stream"))
+        entry = pools.setdefault(key, {"segments": 0, "reserved": 0, "allocated": 0})
+        entry["segments"] += 1
+        entry["reserved"] += int(seg.get("total_size", 0))
+        entry["allocated"] += int(seg.get("allocated_size", 0))
+    rows = [{"pool": pool, "stream": stream, **v} for (pool, stream), v in pools.items()]
+    return sorted(rows, key=lambda r: -r["reserved"])[:12]
 
 
 def _torch_uuid(props: Any) -> str:

@@ -37,7 +37,7 @@ def parse(argv: list[str]) -> ServeOptions:
     s.add_argument("--gpu-memory-utilization", type=float, default=d.gpu_memory_utilization)
     s.add_argument("--graph-batch-sizes", default=",".join(map(str, d.graph_batch_sizes)))
     s.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false")
-    s.add_argument("--canary-prompts", type=int, help="how many of the canary's prompts (default: 3 GPU, 1 CPU)")
+    s.add_argument("--canary-prompts", type=int, help="how many of the canary's prompts, 1-3 (default 1: a restore waits for it)")
     s.add_argument("--canary-tokens", type=int, help="greedy tokens per canary prompt (default: 8 GPU, 4 CPU)")
     s.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])
     s.add_argument("--weights-from", choices=["auto", "gms", "local"], default=d.weights_from,

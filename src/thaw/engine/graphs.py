@@ -50,9 +50,11 @@ class DecodeGraphs:
         self._pad(0, self.max_batch)
         shapes = sorted(((b, w) for b in self.batch_sizes for w in self.widths), key=lambda s: s[0] * s[1],
                         reverse=True)
+        # One side stream for every warm-up: cuBLAS keeps a workspace (32 MiB by default) per stream it
+        # ever ran on, for the life of the process — a stream per shape left 20 of them in each snapshot.
+        side = torch.cuda.Stream()
         for b, w in shapes:
             # run once outside capture so that lazy initialisation (cuBLAS handles, kernel choice) is not captured
-            side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 self._forward(b, w)

@@ -81,7 +81,7 @@ def serve(opts: ServeOptions, clock: StartupClock) -> int:
     engine = hooks.engine = build(opts, clock)
     config, max_len = engine.model.config, engine.max_model_len
     gpu = engine.model.device.type == "cuda"
-    canary = Canary(engine, config.name, prompts=opts.canary_prompts or (3 if gpu else 1),
+    canary = Canary(engine, config.name, prompts=opts.canary_prompts or 1,
                     max_tokens=opts.canary_tokens or (8 if gpu else 4))
     with clock.phase("canary"):
         recorded = canary.record()
@@ -89,6 +89,13 @@ def serve(opts: ServeOptions, clock: StartupClock) -> int:
     startup = clock.report()
     print(clock.summary_line(), flush=True)
     _publish({"startup": startup})
+    # Everything that serving needs and that holds no socket and runs no thread is built before the quiesce
+    # point: a restored copy then only binds and starts its threads (the restore waits for the first answer).
+    metrics = EngineMetrics()
+    loop = EngineLoop(engine, metrics)
+    state = server.ServerState(loop, metrics, config.name)
+    http = uvicorn.Config(server.build_app(state), log_level=opts.log_level, access_log=False, lifespan="off")
+    http.load()
     outcome = thaw.worker.quiesce(name=opts.name or f"thaw-engine-{config.name}", canary=canary)
     if outcome.stopped:
         log.info("thaw stopped the worker at its quiesce point")
@@ -97,19 +104,16 @@ def serve(opts: ServeOptions, clock: StartupClock) -> int:
     listen, sockets = _bind(opts)
     restore = outcome.info if outcome.thawed else None
     _publish({"startup": startup, "listen": listen, "outcome": outcome.kind.value, "restore": restore})
-    metrics = EngineMetrics()
     metrics.record_startup(startup, restored=outcome.thawed)
-    info = {"model": config.name, "device": str(engine.model.device),
-            "dtype": str(engine.model.dtype).removeprefix("torch."),
-            "max_batch": opts.max_batch, "max_model_len": max_len, "listen": listen,
-            "restored": outcome.thawed, "restore": restore, "startup": startup, "canary": recorded}
-    loop = EngineLoop(engine, metrics).start()
-    app = server.build_app(server.ServerState(loop, metrics, config.name, info))
+    state.info.update({"model": config.name, "device": str(engine.model.device),
+                       "dtype": str(engine.model.dtype).removeprefix("torch."),
+                       "max_batch": opts.max_batch, "max_model_len": max_len, "listen": listen,
+                       "restored": outcome.thawed, "restore": restore, "startup": startup, "canary": recorded})
+    loop.start()
     print("thaw-engine listening " + json.dumps(listen), flush=True)
     try:
         with _stop_on_signals():
-            uvicorn.Server(uvicorn.Config(app, log_level=opts.log_level, access_log=False, lifespan="off")).run(
-                sockets=sockets)
+            uvicorn.Server(http).run(sockets=sockets)
     except _Stopped as stop:
         log.info("stopped by signal %s after a graceful shutdown", stop.signum)
     finally:

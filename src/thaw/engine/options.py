@@ -37,7 +37,7 @@ class ServeOptions:
     cuda_graphs: bool = True
     #: the canary's size: its first N prompts, M greedy tokens each. It runs at start-up and again at every
     #: restore, so on the CPU — where a decode step of qwen3-0.6b reads 2.4 GB of weights — it is smaller.
-    canary_prompts: int | None = None  # default: 3 on the GPU, 1 on the CPU
+    canary_prompts: int | None = None  # default 1: the restore waits for it (up to 3: stronger, slower)
     canary_tokens: int | None = None  # default: 8 on the GPU, 4 on the CPU
     log_level: str = "info"
     #: where the weights come from: "gms" (a GPU memory service on this node maps them: they stay out of

@@ -116,6 +116,9 @@ class _Parked:
         self.handled: set[str] = set()
         self.frozen = False
         self.pending_thaw: dict[str, Any] | None = None
+        #: (dev, inode, mtime) of the command file last read: a poll opens it only when it changed, so
+        #: no descriptor of thaw's is ever open while the process is dumped (commands are written by rename)
+        self.seen: tuple[int, int, int] | None = None
         ctl = self.control_dir(wait=True)
         # commands already present belong to an earlier life of this sandbox: never act on them
         old = protocol.read_json(ctl / protocol.COMMAND)
@@ -171,6 +174,14 @@ class _Parked:
             ctl = self.control_dir()
         except FileNotFoundError:
             return None  # restored, and thaw has not linked the new sandbox yet
+        try:
+            st = os.stat(ctl / protocol.COMMAND)
+        except FileNotFoundError:
+            return None
+        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        if stamp == self.seen:
+            return None  # nothing new: opening it now could leave a descriptor in a snapshot being dumped
+        self.seen = stamp
         raw = protocol.read_json(ctl / protocol.COMMAND)
         if not raw or raw.get("id") in self.handled:
             return None
