@@ -201,8 +201,12 @@ def run(
         console.print(f"results: {', '.join(str(f) for f in files)}")
     if not result.complete:
         fail(f"the run stopped early ({result.stopped}); {out}/results.md has what it measured")
-    if any(s.successes < s.attempts for s in result.summaries):
-        fail(f"some restores failed; {out}/results.md lists why")
+    failed = [r for r in result.restores if not r.ok]
+    if failed:
+        first = failed[0].failure
+        why = f"{first.reason}: {first.message}" if first is not None else "no reason recorded"
+        fail(f"{len(failed)} of {len(result.restores)} restores failed, the first with {why}; "
+             f"{out}/results.md lists them all")
 
 
 @app.command()
