@@ -57,7 +57,7 @@ def _cdf(results: Sequence[BenchResult], path: Path) -> Path:
     ax.axhline(0.9, color="grey", linewidth=0.5, linestyle=":")
     ax.set_ylim(0, 1.02)
     ax.grid(True, which="both", linewidth=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    _legend(ax, fontsize=7, loc="lower right")
     ax.set_title("restore → first answer vs cold start → first answer")
     return _save(fig, path)
 
@@ -105,7 +105,7 @@ def _phases(results: Sequence[BenchResult], path: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel("seconds (median of each phase)")
     ax.set_title("where a restore's time goes, phase by phase")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _legend(ax, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 
@@ -138,6 +138,14 @@ def _cold_vs_restore(results: Sequence[BenchResult], path: Path) -> Path:
     ax.set_title("cold start vs restore")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def _legend(ax: object, **kwargs: object) -> None:
+    """A legend, or a note that nothing succeeded to be drawn (a run whose every restore failed still gets its plots)."""
+    if ax.get_legend_handles_labels()[0]:  # type: ignore[attr-defined]
+        ax.legend(**kwargs)  # type: ignore[attr-defined]
+    else:
+        ax.text(0.5, 0.5, "no successful run to show", transform=ax.transAxes, ha="center")  # type: ignore[attr-defined]
 
 
 def _save(fig: object, path: Path) -> Path:
