@@ -27,6 +27,8 @@ from thaw.bench.schema import Answer
 from thaw.errors import AnswerTimeout, ConfigError, WorkerError
 
 POLL_S = 0.005
+#: how often the poll asks whether the worker still lives (through an agent, that is a request each time)
+ALIVE_EVERY_S = 0.25
 #: a request for OpenAI-style completion servers (vLLM, SGLang, thaw's engine): greedy, so every copy agrees
 OPENAI_PROMPT = "thaw: a snapshot restores in"
 OPENAI_BODIES: dict[str, dict[str, Any]] = {
@@ -84,6 +86,7 @@ def ask(spec: Answer, *, control_dir: Path, pid: int, alive: Callable[[], bool])
 def _poll(spec: Answer, base: str, transport: httpx.HTTPTransport | None, alive: Callable[[], bool]) -> Reply:
     t0 = time.perf_counter()
     deadline = time.monotonic() + spec.timeout
+    next_alive_check = time.monotonic() + ALIVE_EVERY_S
     last = "no attempt"
     kwargs: dict[str, Any] = {"json": spec.body} if spec.body is not None else {}
     with httpx.Client(base_url=base, transport=transport, timeout=spec.timeout) as client:
@@ -99,8 +102,11 @@ def _poll(spec: Answer, base: str, transport: httpx.HTTPTransport | None, alive:
             if time.monotonic() > deadline:
                 raise AnswerTimeout(f"no answer to {spec.method} {spec.path} within {spec.timeout:.0f}s "
                                     f"(last: {last})", hint="is it the path the worker serves? (--answer-http)")
-            if not alive():
-                raise WorkerError(f"the worker exited before it answered {spec.method} {spec.path} (last: {last})")
+            if time.monotonic() >= next_alive_check:
+                if not alive():
+                    raise WorkerError(f"the worker exited before it answered {spec.method} {spec.path} "
+                                      f"(last: {last})")
+                next_alive_check = time.monotonic() + ALIVE_EVERY_S
             time.sleep(POLL_S)
 
 

@@ -162,10 +162,16 @@ class AgentOperations:
         self.client.stop(worker.id)
 
     def alive(self, worker: Handle) -> bool:
+        from thaw.agent.client import AgentError
+
         try:
             return self.client.worker(worker.id).alive
+        except AgentError as exc:
+            if exc.status == 404:
+                return False
+            return True  # the agent could not say (busy, restarting): the caller's deadline bounds the wait
         except ThawError:
-            return False
+            return True
 
     def manifest(self, artifact: str) -> Manifest:
         return Manifest.model_validate(self.client.artifact(artifact))
