@@ -27,7 +27,7 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    return [_root(), _caps(), _kernel(), _unshare(), *_criu(settings), _store(settings), _nvidia()]
+    return [_root(), _caps(), _kernel(), _unshare(), *_criu(settings), _store(settings), _thp(), _nvidia()]
 
 
 def _root() -> Check:
@@ -86,6 +86,24 @@ def _store(settings: Settings) -> Check:
     ok = os.access(probe, os.W_OK)
     return Check("store", ok, f"{path} {'writable' if ok else 'not writable'}",
                  "choose a writable directory with --store or THAW_STORE")
+
+
+THP_KNOB = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def _thp(knob: str = THP_KNOB) -> Check:
+    """Transparent huge pages: CRIU fills a restored worker's memory about twice as fast with "always"."""
+    try:
+        with open(knob) as f:
+            text = f.read()
+    except OSError:
+        return Check("huge pages", True, "transparent huge pages not available", required=False)
+    mode = text.split("[")[1].split("]")[0] if "[" in text else text.strip()
+    detail = f"THP {mode}" + ("" if mode == "always" else
+                              ": restores fill memory with 4 KiB page faults (about half the speed of 'always')")
+    return Check("huge pages", True, detail,
+                 "" if mode == "always" else "on dedicated GPU nodes: thaw agent serve --thp always "
+                 "(affects every process of the node)", required=False)
 
 
 def _nvidia() -> Check:
