@@ -85,3 +85,9 @@ def test_ask_gives_up_when_the_worker_dies_or_the_deadline_passes(tmp_path: Path
         assert time.monotonic() - t0 < 5
     finally:
         server.shutdown()
+
+
+def test_a_socket_path_too_long_to_exist_is_named(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 120)
+    with pytest.raises(ConfigError, match="longer than the 107 bytes"):
+        ask(http_answer("/state"), control_dir=deep, pid=0, alive=lambda: True)

@@ -114,7 +114,7 @@ def test_bench_of_an_existing_artifact_through_the_agent_uses_the_canary_exchang
                                                                                    tmp_path: Path) -> None:
     thaw.run_worker("orig")
     thaw.ok("snapshot", "orig", "--artifact", "given", "--local")
-    done = thaw("bench", "--name", "given", "--artifact", "given", "--cold", "0", "--restores", "2",
+    done = thaw("bench", "--name", "gv", "--artifact", "given", "--cold", "0", "--restores", "2",
                 "--out", str(tmp_path / "out"), "--json", timeout=300, THAW_AGENT=str(agent))
     assert done.returncode == 0, done.stderr
     result = BenchResult.model_validate_json(done.stdout)
@@ -132,7 +132,8 @@ def test_bench_of_an_existing_artifact_through_the_agent_uses_the_canary_exchang
     wait_until(lambda: len(processes_of(thaw.home)) == 0, 30, "the restored copies to be stopped")
 
     # cold starts through the agent too: it launches, releases and stops them
-    done = thaw("bench", "--name", "viaagent", "--artifact", "given", "--cold", "1", "--restores", "1",
+    # short names: the workers' sockets live under the test's home, and unix socket paths end at 107 bytes
+    done = thaw("bench", "--name", "va", "--artifact", "given", "--cold", "1", "--restores", "1",
                 "--answer-http", "/state", "--answer-compare", "digest", "--out", str(tmp_path / "out2"), "--json",
                 "--", sys.executable, str(SERVE), timeout=300, THAW_AGENT=str(agent))
     assert done.returncode == 0, done.stderr

@@ -15,6 +15,7 @@ timestamps) can be left out.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from thaw.bench.schema import Answer
 from thaw.errors import AnswerTimeout, ConfigError, WorkerError
 
 POLL_S = 0.005
+#: sun_path of struct sockaddr_un holds 108 bytes, the last one a NUL (unix(7))
+UNIX_PATH_MAX = 107
 #: how often the poll asks whether the worker still lives (through an agent, that is a request each time)
 ALIVE_EVERY_S = 0.25
 #: a request for OpenAI-style completion servers (vLLM, SGLang, thaw's engine): greedy, so every copy agrees
@@ -79,8 +82,11 @@ def ask(spec: Answer, *, control_dir: Path, pid: int, alive: Callable[[], bool])
         from thaw.sandbox.netns import run_inside
 
         return run_inside(pid, lambda: _poll(spec, f"http://127.0.0.1:{spec.port}", None, alive))
-    return _poll(spec, "http://worker", httpx.HTTPTransport(uds=str(control_dir / (spec.socket or "http.sock"))),
-                 alive)
+    sock = control_dir / (spec.socket or "http.sock")
+    if len(os.fsencode(sock)) > UNIX_PATH_MAX:  # nobody can bind or reach it: say so, not "no answer"
+        raise ConfigError("--answer-socket", f"{sock} is longer than the {UNIX_PATH_MAX} bytes a unix socket path "
+                                             "may have", hint="use a shorter thaw home (THAW_HOME) or --name")
+    return _poll(spec, "http://worker", httpx.HTTPTransport(uds=str(sock)), alive)
 
 
 def _poll(spec: Answer, base: str, transport: httpx.HTTPTransport | None, alive: Callable[[], bool]) -> Reply:
