@@ -296,7 +296,7 @@ def _free_port() -> int:
 
 
 def cycle(home: Path, label: str, weights: Path, kv_gb: float, n: int, extra: list[str],
-          weights_from: str = "gms") -> dict[str, Any]:
+          weights_from: str = "gms", caches: tuple[str, ...] = ("warm", "cold")) -> dict[str, Any]:
     """Launch under thaw, snapshot, restore n times warm and n times with the page cache dropped, then two at once."""
     from thaw import pipeline
     from thaw.cli.memory_view import memory_breakdown
@@ -322,7 +322,7 @@ def cycle(home: Path, label: str, weights: Path, kv_gb: float, n: int, extra: li
         "freeze_report": snap.manifest.worker.freeze_report,
         "restores": [],
     }
-    for cache in ("warm", "cold"):
+    for cache in caches:
         for i in range(n):
             if cache == "cold":
                 drop_caches()
@@ -425,11 +425,11 @@ def floor(home: Path, variant: str) -> dict[str, Any]:
 class AgentProc:
     """``thaw agent serve`` on a unix socket in the bench's home (as a node would run it)."""
 
-    def __init__(self, home: Path, log: Path, gms_allow: Path) -> None:
+    def __init__(self, home: Path, log: Path, gms_allow: Path, criu: str | None = None) -> None:
         self.sock = home / "agent.sock"
         self.proc = subprocess.Popen([sys.executable, "-m", "thaw", "agent", "serve", "--socket", str(self.sock),
                                       "--home", str(home), "--log-level", "info", "--gms", "--gms-allow",
-                                      str(gms_allow)], env={**os.environ, **(
+                                      str(gms_allow)], env={**os.environ, **({"THAW_CRIU": criu} if criu else {}), **(
                                           {"THAW_GMS_DEVICES": DEVICE["gms"]} if DEVICE["gms"].startswith("memfd:")
                                           else {})},
                                      stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -522,12 +522,21 @@ def warm_restores(home: Path, artifact: str, canary: dict[str, Any], n: int, tag
             "runs": [{k: r[k] for k in ("to_first_answer_s", "tokens_match_canary", "timings")} for r in runs]}
 
 
-def streamed_restores(home: Path, gms: Gms, artifact: str, canary: dict[str, Any], n: int) -> dict[str, Any]:
+def warm_files(weights: Path) -> None:
+    """Read the weight files into the page cache (a cold-cache restore before may have dropped them)."""
+    from thaw.engine.weights import checkpoint_files
+
+    sh("cat " + " ".join(str(f) for f in checkpoint_files(weights)) + " > /dev/null", timeout=600)
+
+
+def streamed_restores(home: Path, gms: Gms, weights: Path, artifact: str, canary: dict[str, Any],
+                      n: int) -> dict[str, Any]:
     """Restores with the weights *not* resident: the service loads them from the page cache while CRIU runs."""
     from thaw.config import Settings
 
     runs = []
     for i in range(n):
+        warm_files(weights)
         gms.evict_all()
         runs.append(restore_once(Settings(home=home), artifact, f"{artifact}-streamed{i}", canary))
     return {"to_first_answer": stats([r["to_first_answer_s"] for r in runs]),
@@ -536,10 +545,11 @@ def streamed_restores(home: Path, gms: Gms, artifact: str, canary: dict[str, Any
                      for r in runs]}
 
 
-def other_gpu(home: Path, artifact: str, canary: dict[str, Any]) -> dict[str, Any]:
-    """A restore onto GPU 1 of a snapshot taken on GPU 0: its weights come from GPU 1's service."""
+def other_gpu(home: Path, weights: Path, artifact: str, canary: dict[str, Any]) -> dict[str, Any]:
+    """A restore onto GPU 1 of a snapshot taken on GPU 0: its weights come from GPU 1's service (page cache)."""
     from thaw.config import Settings
 
+    warm_files(weights)
     before = gpu_used_mib()
     r = restore_once(Settings(home=home), artifact, f"{artifact}-gpu1", canary, gpu=1)
     return {"gpu_used_mib_before": before, **r}
@@ -558,8 +568,9 @@ def main() -> int:
     ap.add_argument("--home", type=Path, default=Path("/var/tmp/thaw-bench"))
     ap.add_argument("--weights-root", type=Path, default=Path("/var/tmp/thaw-weights"))
     ap.add_argument("--extra", default="", help="extra engine flags, e.g. '--graph-pool torch'")
-    ap.add_argument("--skip", default="", help="steps to skip: floor,loads,coldloads,cold,cycle,thp,agent,streamed,gpu1")
+    ap.add_argument("--skip", default="", help="steps to skip: floor,loads,coldloads,cold,coldrestores,cycle,thp,cli,agent,streamed,gpu1")
     ap.add_argument("--criu-fast", help="a second CRIU build to measure beside the default one (portable tree)")
+    ap.add_argument("--agent-criu", help="the CRIU the agent runs (default: THAW_CRIU or the installed one)")
     ap.add_argument("--cpu", action="store_true", help="dry run without a GPU (tiny config, memfd service)")
     args = ap.parse_args()
     if args.cpu:
@@ -577,7 +588,8 @@ def main() -> int:
     if args.pretouch_gib:
         run.step("pretouch", pretouch, args.pretouch_gib)
     # the production set-up: the node agent, running a GPU memory service per GPU
-    agent = run.step("agent_start", lambda: AgentProc(args.home, args.out / "agent.log", args.weights_root))
+    agent = run.step("agent_start", lambda: AgentProc(args.home, args.out / "agent.log", args.weights_root,
+                                                      args.agent_criu))
     gms = run.step("gms_gpu0", lambda: Gms(args.home, 0))
     gpus = 1 if args.cpu else len(gpu_used_mib())
     env = {**os.environ, "THAW_GMS_DIR": str(args.home / "gms")}
@@ -601,7 +613,8 @@ def main() -> int:
                 summary[f"{config}/cold_to_first_answer"] = colds
             if "cycle" in skip:
                 continue
-            c = run.step(f"{config}/cycle_gms", cycle, args.home, label, weights, kv_gb, args.n, extra)
+            c = run.step(f"{config}/cycle_gms", cycle, args.home, label, weights, kv_gb, args.n, extra, "gms",
+                         ("warm",) if "coldrestores" in skip else ("warm", "cold"))
             if not c:
                 continue
             summary[f"{config}/restore"] = {"image_bytes": c["image_bytes"], "warm": c["restore_warm"],
@@ -616,7 +629,8 @@ def main() -> int:
                         a = run.step(f"{config}/agent_thp_always", agent_restores, agent, label, c["canary"], args.n)
                         if a:
                             summary[f"{config}/restore_via_agent_thp_always"] = a["to_first_answer"]
-                        cl = run.step(f"{config}/cli_thp_always", cli_restores, agent, label, c["canary"], args.n)
+                        cl = None if "cli" in skip else run.step(f"{config}/cli_thp_always", cli_restores, agent,
+                                                                 label, c["canary"], args.n)
                         if cl:
                             summary[f"{config}/restore_via_cli_thp_always"] = cl["to_first_answer"]
                     if args.criu_fast:
@@ -629,8 +643,8 @@ def main() -> int:
                 if a:
                     summary[f"{config}/restore_via_agent"] = a["to_first_answer"]
             if gms is not None and "streamed" not in skip:
-                st = run.step(f"{config}/weights_streamed", streamed_restores, args.home, gms, label, c["canary"],
-                              args.n)
+                st = run.step(f"{config}/weights_streamed", streamed_restores, args.home, gms, weights, label,
+                              c["canary"], args.n)
                 if st:
                     summary[f"{config}/restore_weights_streamed"] = st["to_first_answer"]
             if args.criu_fast:
@@ -639,7 +653,7 @@ def main() -> int:
                 if f:
                     summary[f"{config}/restore_criu_fast"] = f["to_first_answer"]
             if gpus > 1 and "gpu1" not in skip:
-                g = run.step(f"{config}/other_gpu", other_gpu, args.home, label, c["canary"])
+                g = run.step(f"{config}/other_gpu", other_gpu, args.home, weights, label, c["canary"])
                 if g:
                     summary[f"{config}/restore_onto_gpu1"] = {k: g[k] for k in (
                         "to_first_answer_s", "tokens_match_canary", "gpu_used_mib_before", "gpu_used_mib_after")}

@@ -38,8 +38,13 @@ class Settings(BaseSettings):
     gms_budget_gb: float | None = Field(default=None, description="GPU memory each service may keep weights in")
     thp: str | None = Field(default=None, description="transparent huge pages mode the agent sets at start "
                             "(always | madvise | never); None leaves the host's setting")
+    signing_key: Path | None = Field(default=None, description="ed25519 private key (PEM) that signs every "
+                                     "artifact this node publishes (`thaw keys generate`)")
+    trusted_keys: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="ed25519 public keys (PEM files, comma-separated in THAW_TRUSTED_KEYS); "
+        "when set, this node restores only artifacts signed by one of them")
 
-    @field_validator("keep_mounts", mode="before")
+    @field_validator("keep_mounts", "trusted_keys", mode="before")
     @classmethod
     def _split(cls, v: object) -> object:
         return [p for p in v.split(",") if p] if isinstance(v, str) else v
@@ -82,3 +87,8 @@ class Settings(BaseSettings):
     @property
     def staging_dir(self) -> Path:
         return self.staging or self.home / "staging"
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Where new artifacts are written before an object store uploads them: node-local, thaw's own."""
+        return self.staging_dir / ".scratch"

@@ -14,7 +14,8 @@ error name). Foreign errors are mapped to the most specific type here with
     ├── CheckpointError        taking a snapshot failed (the worker was rolled back)
     ├── RestoreError           restoring failed (the artifact is unchanged)
     │   └── CanaryMismatch     the restored worker did not reproduce its recorded outputs
-    ├── IntegrityError         an artifact's files do not match its manifest
+    ├── IntegrityError         an artifact's files do not match its manifest, or its manifest is malformed
+    │   └── UntrustedArtifact  not the digest the caller expects, or not signed by a key this node trusts
     ├── StorageError           the artifact store failed a request (network, server, permissions)
     ├── ArtifactNotFound       no artifact of that name
     ├── WorkerNotFound         no (running) worker of that name on this node
@@ -103,13 +104,19 @@ class CanaryMismatch(RestoreError):
 
 
 class IntegrityError(ThawError):
-    """An artifact's files do not match the digests and sizes of its manifest."""
+    """An artifact's files do not match the digests and sizes of its manifest, or the manifest is malformed."""
 
     reason = "integrity"
 
-    def __init__(self, message: str, *, path: Path | str | None = None) -> None:
-        super().__init__(message, hint="the artifact is damaged: take a new snapshot or fetch it again")
+    def __init__(self, message: str, *, path: Path | str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint or "the artifact is damaged: take a new snapshot or fetch it again")
         self.path = path
+
+
+class UntrustedArtifact(IntegrityError):
+    """The artifact is intact but not the one asked for: another digest, unsigned, or signed by an unknown key."""
+
+    reason = "untrusted"
 
 
 class StorageError(ThawError):

@@ -152,3 +152,25 @@ def test_socket_is_private_and_cli_status_works(tcp_node):
     out = subprocess.run([sys.executable, "-m", "thaw.agent", "status", "--socket", str(tcp_node.root / "nope.sock")],
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 1 and "no thaw agent answers" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_restore_pinned_to_a_digest_is_refused_at_once_when_the_artifact_differs(tcp_node):
+    from thaw.store import DirectoryStore
+    from thaw.store.manifest import Manifest, SourceInfo, WorkerInfo
+
+    store = DirectoryStore(tcp_node.store)
+    with store.stage("a1") as staged:
+        (staged.dir / "images").mkdir()
+        (staged.dir / "images" / "core-1.img").write_bytes(b"core")
+        staged.published = Manifest(artifact_id="", name="a1", source=SourceInfo(host="h", kernel="k"),
+                                    worker=WorkerInfo(name="w"))
+    other = "sha256:" + "0" * 64
+    with AgentClient(base_url=tcp_node.url, token=TOKEN) as c:
+        with pytest.raises(AgentError) as info:
+            c.restore("a1", digest=other)
+        assert info.value.status == 409 and info.value.reason == "untrusted"
+        assert f"not the expected {other}" in info.value.message
+        assert c.jobs() == [], "refused before a job was made"
+    with httpx.Client(base_url=tcp_node.url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        r = http.post("/v1/restores", json={"artifact": "a1", "digest": "xxh3_128:00"})
+        assert r.status_code == 422 and "is not an artifact digest" in r.json()["error"]["message"]

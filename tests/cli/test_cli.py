@@ -28,13 +28,13 @@ def test_a_worker_s_life_through_the_cli(thaw, tmp_path: Path) -> None:
     [listed] = thaw.json("ls")
     assert (listed["name"], listed["worker"]) == ("a1", "w") and listed["size"] > 0
     inspected = thaw.json("inspect", "a1")
-    assert inspected["name"] == "a1" and inspected["schema_version"] == 1
+    assert inspected["name"] == "a1" and inspected["schema_version"] == 2
     assert inspected["digest"] == listed["digest"]
     assert inspected["worker"]["argv"][-1] == str(SERVE)
     assert inspected["worker"]["canary"] is not None
     assert any(f["path"].startswith("images/") for f in inspected["files"])
     assert {"quiesce", "freeze_hooks", "dump"} <= set(inspected["timings"])
-    assert "schema v1" in thaw.ok("inspect", "a1")
+    assert "schema v2" in thaw.ok("inspect", "a1")
     assert thaw.ok("verify", "a1").startswith(f"ok a1: {len(inspected['files'])} files")
 
     out = thaw.ok("restore", "a1", "--name", "copy")

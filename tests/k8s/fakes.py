@@ -131,9 +131,10 @@ class FakeAgent:
         self._call("snapshot", worker, artifact, leave_running)
         return self._job("snapshot", worker=worker, artifact=artifact)
 
-    def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None) -> str:
+    def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None,
+                digest: str | None = None) -> str:
         self._call("restore", artifact, gpu, name)
-        return self._job("restore", artifact=artifact, gpu=gpu, name=name)
+        return self._job("restore", artifact=artifact, gpu=gpu, name=name, digest=digest)
 
     def job(self, job_id: str) -> dict:
         self._call("job", job_id)

@@ -48,6 +48,8 @@ def test_restores_on_a_node_with_the_snapshots_gpu_model_onto_its_freest_gpu():
     cluster, a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
     _body, step = started(cluster, connect, restore())
     assert a.calls == [] and b.calls == [("node_info",), ("restore", "ml.snap", "GPU-b1", "r1")]
+    (job,) = b.jobs.values()
+    assert job["request"]["digest"] == "xxh3_128:00", "pinned to the digest the snapshot recorded"
     assert (step.status["node"], step.status["gpu"], step.status["worker"]) == ("node-b", "GPU-b1", "r1")
     assert condition(step.status["conditions"], "Scheduled")["status"] == "True"
     assert [e.reason for e in step.events] == ["RestoreStarted"]

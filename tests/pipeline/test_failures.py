@@ -216,7 +216,7 @@ def test_an_unknown_manifest_schema_is_refused(settings: Settings, store: Store,
     raw["schema_version"] = 99
     manifest.write_text(json.dumps(raw))
 
-    with pytest.raises(IntegrityError, match="has schema version 99; this thaw reads version 1 only") as refused:
+    with pytest.raises(IntegrityError, match="has schema version 99; this thaw reads version 2 only") as refused:
         pipeline.restore(settings, name, store=store)
 
     assert str(refused.value).startswith(str(manifest))

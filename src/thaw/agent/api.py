@@ -51,7 +51,7 @@ from thaw.agent.models import (
     Worker,
 )
 from thaw.agent.service import Agent, NotFound
-from thaw.errors import ArtifactNotFound, BusyError, ConfigError, HostError, ThawError
+from thaw.errors import ArtifactNotFound, BusyError, ConfigError, HostError, IntegrityError, ThawError
 
 CALLER_KEY = "thaw_caller"
 #: how often a long-polling GET /v1/jobs/{id}?wait=S looks at its job
@@ -63,6 +63,7 @@ STATUS: list[tuple[type[ThawError], int]] = [
     (ArtifactNotFound, 404),
     (NotFound, 404),
     (BusyError, 409),
+    (IntegrityError, 409),  # the stored artifact is damaged, not the digest asked for, or not signed as required
     (HostError, 503),
 ]
 

@@ -115,8 +115,9 @@ class AgentClient:
         return Job.model_validate(self._call("POST", "/v1/snapshots", json=req))
 
     def restore(self, artifact: str, *, name: str | None = None, gpu: int | str | None = None,
-                verify_canary: bool = True) -> Job:
-        req = _request(RestoreRequest, artifact=artifact, name=name, gpu=gpu, verify_canary=verify_canary)
+                verify_canary: bool = True, digest: str | None = None) -> Job:
+        req = _request(RestoreRequest, artifact=artifact, name=name, gpu=gpu, verify_canary=verify_canary,
+                       digest=digest)
         return Job.model_validate(self._call("POST", "/v1/restores", json=req))
 
     def verify(self, artifact: str) -> Job:

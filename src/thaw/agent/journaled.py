@@ -21,6 +21,7 @@ class JournaledStore(Store):
     def __init__(self, inner: Store, on_stage: Callable[[Staged], None]) -> None:
         self.inner = inner
         self.url = inner.url
+        self.signer, self.trust = inner.signer, inner.trust
         self.on_stage = on_stage
         self.stage_stats: dict[str, float] = {}
         self.fetch_stats: dict[str, float] = {}
@@ -32,8 +33,8 @@ class JournaledStore(Store):
             yield staged
         self.stage_stats = dict(staged.stats)
 
-    def fetch(self, name: str, staging_root: Path) -> Fetched:
-        fetched = self.inner.fetch(name, staging_root)
+    def fetch(self, name: str, staging_root: Path, *, expected_digest: str | None = None) -> Fetched:
+        fetched = self.inner.fetch(name, staging_root, expected_digest=expected_digest)
         self.fetch_stats = dict(fetched.stats)
         return fetched
 
@@ -43,11 +44,14 @@ class JournaledStore(Store):
     def manifest(self, name: str) -> Manifest:
         return self.inner.manifest(name)
 
-    def verify(self, name: str) -> Manifest:
-        return self.inner.verify(name)
+    def verify(self, name: str, *, expected_digest: str | None = None) -> Manifest:
+        return self.inner.verify(name, expected_digest=expected_digest)
 
-    def delete(self, name: str) -> None:
-        self.inner.delete(name)
+    def check_complete(self, name: str) -> Manifest:
+        return self.inner.check_complete(name)
+
+    def delete(self, name: str) -> str:
+        return self.inner.delete(name)
 
     def exists(self, name: str) -> bool:
         return self.inner.exists(name)
@@ -59,6 +63,12 @@ class JournaledStore(Store):
         raise NotImplementedError
 
     def _publish(self, staged: Staged) -> Manifest:  # never called: stage() is delegated whole
+        raise NotImplementedError
+
+    def _fetch(self, manifest: Manifest, staging_root: Path) -> Fetched:  # never called: fetch() is delegated whole
+        raise NotImplementedError
+
+    def _verify(self, manifest: Manifest) -> None:  # never called: verify() is delegated whole
         raise NotImplementedError
 
     def __getattr__(self, item: str) -> Any:

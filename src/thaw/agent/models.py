@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from thaw.errors import ConfigError
-from thaw.store.manifest import check_name
+from thaw.store.manifest import check_digest, check_name
 
 API_VERSION = "v1"
 
@@ -82,6 +82,16 @@ class RestoreRequest(_Request):
     name: str | None = Field(default=None, description="name of the restored worker; default: the original's")
     gpu: int | str | None = Field(default=None, description="GPU index or UUID to restore onto; default: as recorded")
     verify_canary: bool = Field(default=True, description="require the worker to reproduce its recorded canary")
+    digest: str | None = Field(default=None, description="restore only if the artifact has exactly this digest "
+                                                         "(sha256:<hex>, as a snapshot's result reports it)")
+
+    @field_validator("digest")
+    @classmethod
+    def _check_digest(cls, v: str | None) -> str | None:
+        try:
+            return None if v is None else check_digest(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("artifact")
     @classmethod

@@ -53,7 +53,7 @@ from thaw.errors import BusyError, CanaryMismatch, ConfigError, ThawError, Worke
 from thaw.pipeline import control
 from thaw.pipeline import gpu as pipeline_gpu
 from thaw.pipeline.instances import Instance, reap
-from thaw.store import Manifest, Staged, Store, check_name, open_store
+from thaw.store import Manifest, Staged, Store, check_name, store_for
 from thaw.worker.protocol import Action
 
 #: phases after which a snapshot's artifact is published and confirmed by the pipeline
@@ -99,7 +99,7 @@ class Agent:
         self.settings = config.settings
         self.staging = self.settings.staging_dir
         self.staging.mkdir(parents=True, exist_ok=True)
-        self.store = store or open_store(self.settings.store_url, scratch=self.staging / ".scratch")
+        self.store = store or store_for(self.settings)
         self.book = JobBook(config.state / "jobs.db")
         self.audit = AuditLog(config.audit_log or config.state / "audit.log")
         self.metrics = Metrics()
@@ -225,7 +225,8 @@ class Agent:
         if req.name is not None and any(i.name == req.name and i.alive() for i in self._instances()):
             raise BusyError(f"a worker named {req.name!r} is already running on {self.settings.node}",
                             hint="pick another name for the restored worker")
-        self.store.manifest(req.artifact)  # 404 now rather than a failed job later
+        # 404 now rather than a failed job later; a wrong digest or signature too (fetch checks it again)
+        self.store.trust.check(self.store.manifest(req.artifact), expected_digest=req.digest)
         job = self._accept(JobKind.RESTORE, req.model_dump(), caller, worker=req.name, artifact=req.artifact,
                            holds={"artifact": req.artifact})
         return self._launch_job(job, lambda run: self._run_restore(run, req))
@@ -339,7 +340,8 @@ class Agent:
     def _run_restore(self, run: _Running, req: RestoreRequest) -> dict[str, Any]:
         try:
             res = pipeline.restore(self.settings, req.artifact, store=run.store, gpu_target=req.gpu, name=req.name,
-                                   verify_canary=req.verify_canary, progress=self._progress(run))
+                                   verify_canary=req.verify_canary, expected_digest=req.digest,
+                                   progress=self._progress(run))
         except CanaryMismatch:
             self.metrics.canary.labels("mismatch").inc()
             raise

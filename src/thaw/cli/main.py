@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from thaw.cli.output import console, emit_json, err, fail, friendly, human_bytes, progress, seconds
+from thaw.cli.output import console, emit_json, err, fail, friendly, human_bytes, progress, safe, seconds
 from thaw.config import Settings
 
 app = typer.Typer(
@@ -47,9 +47,9 @@ def _settings(home: Path | None, store: str | None) -> Settings:
 
 
 def _store(settings: Settings):
-    from thaw.store import open_store
+    from thaw.store import store_for
 
-    return open_store(settings.store_url)
+    return store_for(settings)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -181,7 +181,8 @@ def snapshot(
 @app.command()
 @friendly
 def restore(
-    artifact: Annotated[str, typer.Argument(help="the artifact to restore (see `thaw ls`)")],
+    artifact: Annotated[str, typer.Argument(help="the artifact to restore: NAME, or NAME@DIGEST to restore only "
+                                                 "that exact artifact (see `thaw ls`, `thaw inspect`)")],
     name: Annotated[Optional[str], typer.Option("--name", "-n", help="name of the restored worker [default: the original's]")] = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="restore onto this GPU (index or UUID) [default: the recorded one]")] = None,
     canary: Annotated[bool, typer.Option("--canary/--no-canary", help="check the worker reproduces its recorded canary before it serves")] = True,
@@ -194,10 +195,12 @@ def restore(
     """Restore an artifact as a new worker on this node (fresh namespaces; run it as often as you like)."""
     from thaw import pipeline
     from thaw.cli.remote import agent_for, follow
+    from thaw.store import parse_reference
 
+    artifact, digest = parse_reference(artifact)
     target: int | str | None = int(gpu) if gpu is not None and gpu.isdigit() else gpu
     if client := agent_for(agent, local=local):
-        result = follow(client, client.restore(artifact, name=name, gpu=target, verify_canary=canary),
+        result = follow(client, client.restore(artifact, name=name, gpu=target, verify_canary=canary, digest=digest),
                         json_out=json_out)
         if result is not None:
             w = result["worker"]
@@ -209,7 +212,7 @@ def restore(
     settings = _settings(home, store)
     with _unwind_on_sigterm(), progress(not json_out) as cb:
         res = pipeline.restore(settings, artifact, store=_store(settings), gpu_target=target, name=name,
-                               verify_canary=canary, progress=cb)
+                               verify_canary=canary, expected_digest=digest, progress=cb)
     inst = res.instance
     if json_out:
         emit_json({"instance": inst.model_dump(mode="json"), "timings": res.timings,
@@ -255,8 +258,8 @@ def list_artifacts(home: HomeOpt = None, store: StoreOpt = None, agent: AgentOpt
             return
         table = Table(*(k.upper() for k in ("name", "bytes", "digest", "created_at")))
         for a in rows:
-            table.add_row(a.get("name", ""), human_bytes(a.get("bytes", 0)), str(a.get("digest", "")),
-                          str(a.get("created_at", "")))
+            table.add_row(safe(a.get("name", "")), human_bytes(a.get("bytes", 0)), safe(a.get("digest", "")),
+                          safe(a.get("created_at", "")))
         console.print(table)
         return
     manifests = _store(_settings(home, store)).list()
@@ -265,9 +268,10 @@ def list_artifacts(home: HomeOpt = None, store: StoreOpt = None, agent: AgentOpt
                     "created_at": m.created_at, "worker": m.worker.name, "source": m.source.host} for m in manifests])
         return
     table = Table("NAME", "WORKER", "SIZE", "CREATED", "FROM NODE", "GPUS")
-    for m in manifests:
-        table.add_row(m.name, m.worker.name, human_bytes(m.size), m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                      m.source.host, ", ".join(g.get("name", "?") for g in m.gpus) or "-")
+    for m in manifests:  # every text from a manifest is untrusted: printed escaped (safe)
+        table.add_row(safe(m.name), safe(m.worker.name), human_bytes(m.size),
+                      m.created_at.strftime("%Y-%m-%d %H:%M:%S"), safe(m.source.host),
+                      safe(", ".join(str(g.get("name", "?")) for g in m.gpus) or "-"))
     console.print(table)
 
 
@@ -280,8 +284,12 @@ def inspect(
     json_out: JsonOpt = False,
     memory: Annotated[bool, typer.Option("--memory", help="break the image down by what its pages are")] = False,
 ) -> None:
-    """Show an artifact's manifest: origin, worker, GPUs, released memory, files, timings."""
-    m = _store(_settings(home, store)).manifest(artifact)
+    """Show an artifact's manifest: origin, worker, GPUs, released memory, files, timings, signature.
+
+    Fails (exit 1) when a file the manifest lists is missing or has another size (a half-deleted artifact).
+    """
+    s = _store(_settings(home, store))
+    m = s.check_complete(artifact)
     if memory:
         from thaw.cli.memory_view import memory_breakdown, render_breakdown
 
@@ -291,42 +299,58 @@ def inspect(
             render_breakdown(m)
         return
     if json_out:
-        emit_json({**json.loads(m.to_json()), "digest": m.digest, "size": m.size})
+        emit_json({**json.loads(m.to_json()), "digest": m.digest, "size": m.size, "trust": s.trust.describe(m)})
         return
-    console.print(f"[bold]{m.name}[/]  id {m.artifact_id}  schema v{m.schema_version}")
+    # every text below comes from the manifest, i.e. from whoever can write the store: printed escaped (safe)
+    console.print(f"[bold]{safe(m.name)}[/]  id {m.artifact_id}  schema v{m.schema_version}")
     console.print(f"digest {m.digest}, {human_bytes(m.size)} in {len(m.files)} files")
-    console.print(f"taken {m.created_at:%Y-%m-%d %H:%M:%S %Z} on {m.source.host} (Linux {m.source.kernel}, "
-                  f"CRIU {m.source.criu_version}, thaw {m.source.thaw_version}"
-                  + (f", CUDA driver {m.source.cuda_driver}" if m.source.cuda_driver else "") + ")")
-    console.print(f"worker {m.worker.name}: {' '.join(m.worker.argv)}")
-    console.print(f"canary: {'recorded' if m.worker.canary is not None else 'none'}; hooks: {', '.join(m.worker.hooks) or 'none'}")
+    console.print(f"signature: {safe(s.trust.describe(m))}")
+    src = m.source
+    console.print(safe(f"taken {m.created_at:%Y-%m-%d %H:%M:%S %Z} on {src.host} (Linux {src.kernel}, "
+                       f"CRIU {src.criu_version}, thaw {src.thaw_version}"
+                       + (f", CUDA driver {src.cuda_driver}" if src.cuda_driver else "") + ")", limit=1000))
+    console.print(f"worker {safe(m.worker.name)}: {safe(' '.join(m.worker.argv), limit=1000)}")
+    console.print(f"canary: {'recorded' if m.worker.canary is not None else 'none'}; "
+                  f"hooks: {safe(', '.join(m.worker.hooks) or 'none')}")
     for g in m.gpus:
-        console.print(f"gpu: {g.get('name')} {g.get('uuid')} " + (f"({human_bytes(g['used_bytes'])} used)" if g.get("used_bytes") else ""))
+        used = g.get("used_bytes")
+        amount = f" ({human_bytes(used)} used)" if isinstance(used, int) and not isinstance(used, bool) and used else ""
+        console.print(f"gpu: {safe(g.get('name'))} {safe(g.get('uuid'))}{amount}")
     for r in m.memory_released:
-        console.print(f"released before checkpoint: {r.tag} {human_bytes(r.bytes)}")
-    console.print("timings: " + _phases(m.timings))
+        console.print(f"released before checkpoint: {safe(r.tag)} {human_bytes(r.bytes)}")
+    console.print("timings: " + safe(_phases(m.timings), limit=2000))
     table = Table("FILE", "SIZE", "DIGEST")
     for f in sorted(m.files, key=lambda f: -f.size)[:15]:
-        table.add_row(f.path, human_bytes(f.size), f.digest)
+        table.add_row(safe(f.path), human_bytes(f.size), f.digest)
     console.print(table)
 
 
 @app.command()
 @friendly
-def verify(artifact: Annotated[str, typer.Argument(help="the artifact's name")], home: HomeOpt = None,
-           store: StoreOpt = None) -> None:
-    """Check every file of an artifact against its manifest's sizes and digests."""
-    m = _store(_settings(home, store)).verify(artifact)
-    console.print(f"[green]ok[/] {m.name}: {len(m.files)} files, {human_bytes(m.size)} match {m.digest}")
+def verify(artifact: Annotated[str, typer.Argument(help="the artifact: NAME, or NAME@DIGEST to also require "
+                                                        "exactly that digest")],
+           home: HomeOpt = None, store: StoreOpt = None) -> None:
+    """Check an artifact: its digest (with NAME@DIGEST), its signature (when this node trusts keys), and every
+    file against its manifest's sizes and digests."""
+    from thaw.store import parse_reference
+
+    name, digest = parse_reference(artifact)
+    s = _store(_settings(home, store))
+    m = s.verify(name, expected_digest=digest)
+    console.print(f"[green]ok[/] {safe(m.name)}: {len(m.files)} files, {human_bytes(m.size)} match; digest {m.digest}"
+                  + (" (as expected)" if digest else ""))
+    console.print(f"signature: {safe(s.trust.describe(m))}")
 
 
 @app.command("rm")
 @friendly
 def remove(artifact: Annotated[str, typer.Argument(help="the artifact's name")], home: HomeOpt = None,
            store: StoreOpt = None) -> None:
-    """Delete an artifact from the store."""
-    _store(_settings(home, store)).delete(artifact)
-    console.print(f"removed {artifact}")
+    """Delete an artifact from the store (also a leftover directory of that name that has no manifest)."""
+    if _store(_settings(home, store)).delete(artifact) == "leftover":
+        console.print(f"removed the leftover directory {artifact}: it had no manifest (not a complete artifact)")
+    else:
+        console.print(f"removed {artifact}")
 
 
 @app.command()
@@ -368,6 +392,7 @@ def _mount_subapps() -> None:
         ("thaw.cli.agent", "agent", "The per-node agent: snapshot/restore as a service."),
         ("thaw.cli.operator", "operator", "The Kubernetes operator."),
         ("thaw.cli.gms", "gms", "The GPU memory service: weights kept on the node, outside every snapshot."),
+        ("thaw.cli.keys", "keys", "Signing keys for artifacts (ed25519)."),
         ("thaw.cli.bench", "bench", "Measure cold starts and restores of a worker (thaw bench --name N -- CMD)."),
     ):
         try:

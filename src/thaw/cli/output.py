@@ -52,6 +52,13 @@ def escape(text: str) -> str:
     return rich_escape(text)
 
 
+def safe(value: object, limit: int = 300) -> str:
+    """Untrusted text (a manifest's, a store's) made harmless to print: no rich markup, no terminal control
+    characters (shown escaped, as repr does), bounded length."""
+    text = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(value))
+    return escape(text if len(text) <= limit else text[:limit] + "...")
+
+
 def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 

@@ -21,8 +21,15 @@ DEFAULT_TIMEOUT_S = 1800.0  # an acquire waits for a load; 65 GB from a cold dis
 
 
 def socket_path(gms_dir: Path, device: str) -> Path:
-    """The socket of the service for ``device`` ("GPU-<uuid>" or "memfd:<name>") under ``gms_dir``."""
-    return Path(gms_dir) / f"{device.replace(':', '-')}.sock"
+    """The socket of the service for ``device`` ("GPU-<uuid>" or "memfd:<name>") under ``gms_dir``.
+
+    A GPU's socket is named by the first 8 hex digits of its UUID: a unix socket path holds
+    at most 107 bytes, and a full UUID would leave little room for the directory. The
+    service states its full UUID in every layout, and a worker refuses memory from a
+    service of another GPU.
+    """
+    name = device[:12] if device.upper().startswith("GPU-") else device.replace(":", "-")
+    return Path(gms_dir) / f"{name}.sock"
 
 
 class Client:

@@ -42,6 +42,9 @@ class Server:
         self.stopping = threading.Event()
 
     def bind(self) -> None:
+        if len(str(self.path).encode()) > 107:
+            raise ConfigError("dir", f"{self.path} is longer than a unix socket path may be (107 bytes)",
+                              hint="use a shorter --dir (THAW_GMS_DIR) or THAW_HOME")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() or self.path.is_symlink():
             if _alive(self.path):

@@ -24,8 +24,9 @@ class HttpAgent:
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True) -> str:
         return _mapped(lambda: self._client.snapshot(worker, artifact, leave_running=leave_running).id)
 
-    def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None) -> str:
-        return _mapped(lambda: self._client.restore(artifact, gpu=gpu, name=name).id)
+    def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None,
+                digest: str | None = None) -> str:
+        return _mapped(lambda: self._client.restore(artifact, gpu=gpu, name=name, digest=digest).id)
 
     def job(self, job_id: str) -> dict[str, Any]:
         return _mapped(lambda: self._client.job(job_id).model_dump(mode="json"))

@@ -37,8 +37,10 @@ class AgentPort(Protocol):
         """Start a snapshot job of ``worker`` into ``artifact``; returns the job id."""
         ...
 
-    def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None) -> str:
-        """Start a restore job (with the canary check) of ``artifact``; returns the job id."""
+    def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None,
+                digest: str | None = None) -> str:
+        """Start a restore job (with the canary check) of ``artifact``, only if it has ``digest`` when one is
+        given; returns the job id."""
         ...
 
     def job(self, job_id: str) -> dict[str, Any]:

@@ -148,7 +148,8 @@ def _start(spec: RestoreSpec, body: dict[str, Any], status: dict[str, Any], clus
                           exclude_pod=f"{spec.namespace}/{spec.pod}" if spec.pod else None)
         agent = connect(urls[fit.node])
         gpu = choose_gpu(agent.node_info(), need, wanted=spec.gpu)
-        job_id = agent.restore(art["name"], gpu=gpu, name=spec.worker)
+        # pinned to the digest the snapshot recorded: a replaced or altered artifact is refused by the agent
+        job_id = agent.restore(art["name"], gpu=gpu, name=spec.worker, digest=art.get("digest") or None)
     except NoPlacement as exc:
         if spec.pod and pinned not in urls and (now - created).total_seconds() < AGENT_GRACE_S:
             message = f"no thaw agent on {pinned} yet; waiting up to {AGENT_GRACE_S:.0f}s before starting cold"

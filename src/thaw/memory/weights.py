@@ -181,6 +181,10 @@ class WeightSet:
         return self.layout.nbytes
 
     def map(self, layout: Layout, fds: list[int], client: Client) -> None:
+        if layout.device != self.importer.identity():
+            wire.close_all(fds)
+            raise GmsError(f"the service at {client.path} serves {layout.device}, this worker runs on "
+                           f"{self.importer.identity()}", code="wrong_device")
         if layout.key != self.layout.key:
             wire.close_all(fds)
             raise GmsError(f"the service offers weight set {layout.key}, this worker mapped {self.layout.key}",

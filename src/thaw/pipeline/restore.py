@@ -16,14 +16,14 @@ from typing import Any
 
 from thaw.config import Settings
 from thaw.criu import RestoreOptions, find_criu, restore as criu_restore
-from thaw.errors import CanaryMismatch, RestoreError, ThawError
+from thaw.errors import CanaryMismatch, IntegrityError, RestoreError, ThawError
 from thaw.pipeline import control, gpu, instances
 from thaw.pipeline.instances import Instance
 from thaw.pipeline.phases import Phases, Progress
 from thaw.pipeline.snapshot import IMAGES
 from thaw.sandbox import netns
 from thaw.sandbox.layout import Layout
-from thaw.store import Manifest, Store, check_name, open_store
+from thaw.store import Manifest, Store, check_name, store_for
 from thaw.worker import protocol
 from thaw.worker.protocol import Action
 
@@ -46,19 +46,23 @@ class RestoreResult:
 
 def restore(settings: Settings, artifact: str, *, store: Store | None = None, gpu_target: int | str | None = None,
             name: str | None = None, verify_canary: bool = True, reply_timeout: float = 120.0,
-            progress: Progress | None = None) -> RestoreResult:
-    """Restore ``artifact`` as a new worker on this node; returns once it runs (and passed its canary)."""
+            expected_digest: str | None = None, progress: Progress | None = None) -> RestoreResult:
+    """Restore ``artifact`` as a new worker on this node; returns once it runs (and passed its canary).
+
+    With ``expected_digest`` only that exact artifact is restored (UntrustedArtifact otherwise),
+    checked before anything is fetched; the store's trust settings may also require a signature.
+    """
     check_name(artifact)
-    store = store or open_store(settings.store_url)
+    store = store or store_for(settings)
     phases = Phases(progress)
     with phases("fetch", f"fetching and verifying {artifact}"):
-        fetched = store.fetch(artifact, settings.staging_dir)
+        fetched = store.fetch(artifact, settings.staging_dir, expected_digest=expected_digest)
     try:
         manifest = fetched.manifest
         phases.timings.update({f"fetch_{k}": v for k, v in fetched.stats.items() if k.endswith("_s")})
         with phases("plan"):
             pairs = gpu.plan(manifest.gpus, gpu_target)  # refuses before anything is touched
-            layout = Layout.from_dict(manifest.sandbox)
+            layout = _layout(manifest)
         # "restoring" until the copy passed its canary: `recover` kills it if we die before (instances.py)
         inst = instances.create(settings, name or manifest.worker.name, argv=manifest.worker.argv,
                                 origin="restored", artifact=artifact, layout=layout.to_dict(),
@@ -169,6 +173,18 @@ def _inherited_fds(manifest: Manifest, inst: Instance, net_key: str) -> dict[str
         if path.startswith("/"):  # CRIU names regular files by their path without the leading '/'
             fds[path.lstrip("/")] = os.open(inst.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     return fds
+
+
+def _layout(manifest: Manifest) -> Layout:
+    """The sandbox to rebuild, or IntegrityError: the manifest may come from anyone who can write the store."""
+    stdio, net_key = manifest.sandbox.get("stdio", []), manifest.sandbox.get("net_key", netns.NET_KEY)
+    try:
+        if not isinstance(net_key, str) or not isinstance(stdio, list) or not all(isinstance(p, str) for p in stdio):
+            raise TypeError("net_key must be a string and stdio a list of paths")
+        return Layout.from_dict(manifest.sandbox)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise IntegrityError(f"artifact {manifest.name!r}: its sandbox layout is malformed ({type(exc).__name__}: "
+                             f"{str(exc)[:200]!r})", path=manifest.name) from exc
 
 
 def _become_subreaper() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from thaw import __version__
@@ -26,7 +27,7 @@ from thaw.pipeline.instances import Instance
 from thaw.pipeline.phases import Phases, Progress
 from thaw.sandbox import netns
 from thaw.sandbox.layout import Layout
-from thaw.store import Manifest, Store, check_name, open_store
+from thaw.store import Manifest, Store, check_name, store_for
 from thaw.store.manifest import MemoryResidual, ReleasedMemory, SourceInfo, WeightSetRef, WorkerInfo
 from thaw.worker.protocol import Action
 
@@ -45,7 +46,7 @@ def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | N
              progress: Progress | None = None) -> SnapshotResult:
     """Snapshot the worker named (or with id) ``worker`` into the artifact ``artifact``."""
     check_name(artifact)
-    store = store or open_store(settings.store_url)
+    store = store or store_for(settings)
     inst = instances.find(settings, worker)
     if store.exists(artifact):
         raise BusyError(f"an artifact named {artifact!r} already exists in {store.url}",
@@ -80,8 +81,8 @@ def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | N
                 inst.state = "snapshotted"
                 inst.save()
     timings = phases.finish()
-    return SnapshotResult(manifest=manifest.model_copy(update={"timings": {**manifest.timings, **timings}}),
-                          timings=timings, instance=inst)
+    # the manifest as published: its digest (over every field, timings too) is the one the store holds
+    return SnapshotResult(manifest=manifest, timings=timings, instance=inst)
 
 
 @dataclass
@@ -113,6 +114,7 @@ def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, A
             dump(DumpOptions(pid=pid, images_dir=staged.dir / IMAGES, work_dir=op_dir, leave_running=True,
                              external=layout.dump_externals() + [netns.dump_external(pid)]),
                  criu=criu)
+        _check_images(staged.dir / IMAGES)
         staged.published = Manifest(
             artifact_id=staged.artifact_id,
             name=artifact,
@@ -132,6 +134,13 @@ def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, A
     phases.add("publish", time.perf_counter() - t_publish)  # the store publishes as the stage block ends
     assert staged.published is not None
     return staged.published
+
+
+def _check_images(images: Path) -> None:
+    """CRIU reported success; an empty images directory would still be no snapshot at all."""
+    if not images.is_dir() or not any(p.is_file() for p in images.iterdir()):
+        raise CheckpointError(f"CRIU dump produced no image files in {images}: nothing to publish",
+                              hint="see the CRIU log in the worker's ops directory")
 
 
 def _roll_back(inst: Instance, attempt: _Attempt, timeout: float) -> None:

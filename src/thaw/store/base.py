@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from thaw.store.manifest import Manifest, check_name
+from thaw.errors import IntegrityError
+from thaw.store.manifest import FileEntry, Manifest, check_name
+from thaw.store.signing import Signer, Trust
 
 
 @dataclass
@@ -51,6 +53,10 @@ class Store(ABC):
 
     #: how to name this store in messages and manifests (e.g. dir:///var/lib/thaw/artifacts)
     url: str
+    #: signs every artifact this store publishes (THAW_SIGNING_KEY); None publishes unsigned artifacts
+    signer: Signer | None = None
+    #: what ``fetch`` and ``verify`` accept (THAW_TRUSTED_KEYS): by default any intact artifact
+    trust: Trust = Trust()
 
     @contextmanager
     def stage(self, name: str) -> Iterator[Staged]:
@@ -87,16 +93,51 @@ class Store(ABC):
         """The manifest of ``name``; ArtifactNotFound if there is none."""
 
     @abstractmethod
-    def fetch(self, name: str, staging_root: Path) -> Fetched:
-        """A local, verified copy of ``name`` (the store's own directory when it is local)."""
+    def check_complete(self, name: str) -> Manifest:
+        """The manifest of ``name`` once every file it lists is there with its size (no content is read)."""
+
+    def fetch(self, name: str, staging_root: Path, *, expected_digest: str | None = None) -> Fetched:
+        """A local, verified copy of ``name`` (the store's own directory when it is local).
+
+        Refused (UntrustedArtifact) before anything is staged unless the manifest has the
+        ``expected_digest`` (when given) and a signature this store's ``trust`` accepts.
+        """
+        manifest = self.manifest(name)
+        self.trust.check(manifest, expected_digest=expected_digest)
+        return self._fetch(manifest, Path(staging_root))
+
+    def verify(self, name: str, *, expected_digest: str | None = None) -> Manifest:
+        """Check ``name``'s digest and signature as ``fetch`` does, then every file against its manifest;
+        IntegrityError names the first bad one."""
+        manifest = self.manifest(name)
+        self.trust.check(manifest, expected_digest=expected_digest)
+        self._verify(manifest)
+        return manifest
 
     @abstractmethod
-    def verify(self, name: str) -> Manifest:
-        """Check every file of ``name`` against its manifest; IntegrityError names the first bad one."""
+    def _fetch(self, manifest: Manifest, staging_root: Path) -> Fetched:
+        """The local, verified copy of the artifact ``manifest`` describes (already checked against ``trust``)."""
 
     @abstractmethod
-    def delete(self, name: str) -> None:
-        """Remove ``name`` so that it disappears at once for every reader."""
+    def _verify(self, manifest: Manifest) -> None:
+        """Check every file of the artifact ``manifest`` describes."""
+
+    @abstractmethod
+    def delete(self, name: str) -> str:
+        """Remove ``name`` so that it disappears at once for every reader; returns what went ("artifact", or
+        "leftover" for a directory without a manifest that a store can tell is no publish in progress)."""
+
+    def _seal(self, staged: Staged, files: list[FileEntry], **fields: object) -> Manifest:
+        """The manifest to publish: the caller's, completed with the files, name and id, read back exactly as
+        a reader will read it (what no reader would accept is never published), then signed."""
+        assert staged.published is not None
+        if not files:
+            raise IntegrityError(f"nothing to publish: the staged artifact {staged.name!r} holds no files",
+                                 path=staged.dir, hint="the snapshot produced no images; see its log")
+        manifest = staged.published.model_copy(update={"files": files, "name": staged.name, "signature": None,
+                                                       "artifact_id": staged.artifact_id, **fields})
+        manifest = Manifest.parse(manifest.to_json(), where=f"the new manifest of {staged.name!r}", name=staged.name)
+        return self.signer.sign(manifest) if self.signer else manifest
 
     def abandon(self, name: str, artifact_id: str, staged_dir: Path) -> None:
         """Remove what an interrupted ``stage(name)`` (crashed writer) left behind; never a published artifact.

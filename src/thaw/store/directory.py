@@ -18,29 +18,41 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import time
 import uuid
 from pathlib import Path
 
 from thaw.errors import ArtifactNotFound, BusyError, ConfigError, IntegrityError
 from thaw.store.base import Fetched, Staged, Store
+from thaw.store.confined import DIR_MODE, Tree, new_private_dir, private_dir
 from thaw.store.digest import copy_verified, describe_tree, verify_tree
 from thaw.store.manifest import MANIFEST, Manifest, check_name
+from thaw.store.signing import Signer, Trust
 
 
 class DirectoryStore(Store):
     """Artifacts in a directory. ``copy=True`` (``dir:///path?fetch=copy``) fetches into node-local
     staging before a restore: for a shared volume (NFS, CephFS), where CRIU should read local disk
     or tmpfs rather than the network; each byte is read once, checked and written by parallel readers.
+
+    Reading in place trusts that nobody writes the artifact while CRIU reads it (it is verified
+    first, but CRIU opens the files again): right for a node's own store, which only root writes.
+    A volume that others can write is read with ``fetch=copy`` (docs/security.md).
     """
 
-    def __init__(self, root: Path | str, *, copy: bool = False) -> None:
+    def __init__(self, root: Path | str, *, copy: bool = False, signer: Signer | None = None,
+                 trust: Trust | None = None) -> None:
         self.root = Path(root).absolute()
         self.copy = copy
+        self.signer = signer
+        self.trust = trust or Trust()
         self.url = f"dir://{self.root}" + ("?fetch=copy" if copy else "")
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
             for sub in (".staging", ".trash"):
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
+                # artifacts in flight are process memory: 0700; on a shared volume another node's root may own it
+                private_dir(self.root / sub, what="store", check_owner=False)
         except PermissionError as exc:
             raise ConfigError("store", f"cannot write to {self.root}: {exc.strerror}",
                               hint="choose a writable directory (--store) or run as root") from exc
@@ -49,15 +61,12 @@ class DirectoryStore(Store):
 
     def _staging_dir(self) -> Path:
         d = self.root / ".staging" / uuid.uuid4().hex
-        d.mkdir()
+        d.mkdir(mode=DIR_MODE)
         return d
 
     def _publish(self, staged: Staged) -> Manifest:
-        assert staged.published is not None
         t0 = time.perf_counter()
-        files = describe_tree(staged.dir)
-        manifest = staged.published.model_copy(update={"files": files, "name": staged.name,
-                                                        "artifact_id": staged.artifact_id})
+        manifest = self._seal(staged, describe_tree(staged.dir, make_private=True))
         manifest.write(staged.dir)
         _fsync_tree(staged.dir)
         staged.stats["digest_s"] = time.perf_counter() - t0
@@ -75,35 +84,46 @@ class DirectoryStore(Store):
     def list(self) -> list[Manifest]:
         out = []
         for d in self.root.iterdir():
-            if d.name.startswith(".") or not (d / MANIFEST).is_file():
+            if d.name.startswith("."):
                 continue
             try:
-                out.append(Manifest.read(d))
-            except IntegrityError:
-                continue  # listed by `thaw verify`, never offered for restore
+                out.append(Manifest.read(d, name=check_name(d.name)))
+            except (IntegrityError, ConfigError):
+                continue  # not an artifact, or a damaged one: named by `thaw verify`, never offered for restore
         return sorted(out, key=lambda m: m.created_at, reverse=True)
 
     def path(self, name: str) -> Path:
         check_name(name)
         d = self.root / name
-        if not (d / MANIFEST).is_file():
+        if not os.path.lexists(d / MANIFEST):
             raise ArtifactNotFound(f"no artifact named {name!r} in {self.url}", hint="`thaw ls` lists the artifacts")
         return d
 
     def manifest(self, name: str) -> Manifest:
-        return Manifest.read(self.path(name))
+        return Manifest.read(self.path(name), name=name)
 
-    def fetch(self, name: str, staging_root: Path) -> Fetched:
+    def check_complete(self, name: str) -> Manifest:
         d = self.path(name)
+        manifest = Manifest.read(d, name=name)
+        try:
+            with Tree.open(d) as tree:
+                for entry in manifest.files:
+                    if (size := tree.size(entry.path)) != entry.size:
+                        raise IntegrityError(f"{entry.path} has {size} bytes, the manifest says {entry.size}")
+        except IntegrityError as exc:
+            raise IntegrityError(f"artifact {name!r} is incomplete: {exc.message}", path=d,
+                                 hint=f"it was half-deleted or damaged; `thaw rm {name}` removes it") from exc
+        return manifest
+
+    def _fetch(self, manifest: Manifest, staging_root: Path) -> Fetched:
+        d = self.root / manifest.name
         t0 = time.perf_counter()
-        manifest = Manifest.read(d)
         if not self.copy:
             verify_tree(d, manifest)
             dt = time.perf_counter() - t0
             return Fetched(manifest, d, in_place=True,
                            stats={"verify_s": dt, "read_gbps": manifest.size / dt / 1e9 if dt > 0 else 0.0})
-        local = Path(staging_root) / f"{name}-{manifest.artifact_id[:8]}-{uuid.uuid4().hex[:8]}"
-        local.mkdir(parents=True)
+        local = new_private_dir(staging_root, prefix=f"{manifest.name}.{manifest.artifact_id[:8]}.")
         try:
             copy_verified(d, local, manifest)
             manifest.write(local)
@@ -115,17 +135,30 @@ class DirectoryStore(Store):
                        stats={"fetch_s": dt, "bytes": manifest.size,
                               "read_gbps": manifest.size / dt / 1e9 if dt > 0 else 0.0})
 
-    def verify(self, name: str) -> Manifest:
-        d = self.path(name)
-        manifest = Manifest.read(d)
-        verify_tree(d, manifest)
-        return manifest
+    def _verify(self, manifest: Manifest) -> None:
+        verify_tree(self.root / manifest.name, manifest)
 
-    def delete(self, name: str) -> None:
-        d = self.path(name)
+    def delete(self, name: str) -> str:
+        """Remove the artifact ``name``, or a leftover directory of that name without a manifest.
+
+        A leftover (a half-deleted artifact, a hand-made copy) is no publish in progress: publishing
+        is one rename of a directory that already holds its manifest. Symlinks and files are left alone.
+        """
+        check_name(name)
+        d = self.root / name
+        try:
+            st = os.lstat(d)
+        except FileNotFoundError:
+            raise ArtifactNotFound(f"no artifact named {name!r} in {self.url}",
+                                   hint="`thaw ls` lists the artifacts") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise ArtifactNotFound(f"{d} is not an artifact (not a directory): thaw leaves it alone",
+                                   hint="remove it by hand if it should not be there")
+        kind = "artifact" if os.path.lexists(d / MANIFEST) else "leftover"
         trash = self.root / ".trash" / uuid.uuid4().hex
         os.rename(d, trash)  # gone for every reader at once; the slow removal happens after
         shutil.rmtree(trash, ignore_errors=True)
+        return kind
 
     def sweep(self, older_than_s: float = 0.0) -> int:
         """Remove staging and trash debris left by crashed writers; returns how many entries went."""

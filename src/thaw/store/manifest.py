@@ -2,52 +2,166 @@
 
 Versioned (``schema_version``) and validated on read; a reader refuses a schema it
 does not know rather than guess. Every file of the artifact is listed with its size
-and digest (xxh3-128), also per chunk, so that stores can check chunks on the fly
-while they move them in parallel.
+and SHA-256 digest, also per chunk, so that stores can check chunks on the fly while
+they move them in parallel.
+
+A manifest comes from the store, and whoever can write the store may have crafted it:
+``parse`` refuses anything that could steer a reader outside the artifact (absolute
+paths, ``..``, control characters, duplicates) or let bytes pass unchecked (a chunk
+list that does not cover the file), before any store acts on it.
+
+The artifact's digest (``Manifest.digest``) is the SHA-256 of the canonical JSON of the
+whole manifest except its signature: the canary, name, id, timings, sandbox layout and
+GPUs are covered as well as every file (through the file digests, which cover every
+chunk). Changing any of it changes the digest, which is what a signature signs and what
+``thaw restore NAME@DIGEST`` pins (docs/security.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import xxhash
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from thaw.errors import ConfigError, IntegrityError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
-DIGEST_ALGORITHM = "xxh3_128"
+DIGEST_ALGORITHM = "sha256"
 CHUNK_SIZE = 64 << 20  # per-chunk digests at this granularity: the unit of parallel transfer
+#: bounds a manifest may not leave: each reader holds one chunk per thread in memory
+MIN_CHUNK_SIZE, MAX_CHUNK_SIZE = 64 << 10, 256 << 20
+MAX_FILE_SIZE = 1 << 44
+#: a manifest larger than this is refused before it is parsed (a 10 TiB artifact needs ~12 MiB)
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_PATH_BYTES, MAX_COMPONENT_BYTES, MAX_DEPTH = 1024, 255, 16
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+#: artifact and worker names: 1-128 of a-z 0-9 . _ - , starting with a letter or digit, no '..'
+NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,127}"
+_NAME = re.compile(NAME_PATTERN)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_FILE_DIGEST = re.compile(rf"{DIGEST_ALGORITHM}:[0-9a-f]{{64}}")
+_ARTIFACT_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def check_name(name: str, *, what: str = "artifact name") -> str:
     """Return ``name`` if it is a safe artifact name, else raise ConfigError saying why."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    # fullmatch, not match with '$': '$' also matches before a trailing newline
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise ConfigError(
             what,
-            f"{name!r} is not a valid name",
+            f"{_quote(name)} is not a valid name",
             hint="use 1-128 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' or '/'",
         )
     return name
 
 
-class FileEntry(BaseModel):
+def check_digest(digest: str) -> str:
+    """Return ``digest`` if it has the form of an artifact digest (``sha256:<64 hex>``), else raise ConfigError."""
+    if not isinstance(digest, str) or not _FILE_DIGEST.fullmatch(digest):
+        raise ConfigError("digest", f"{_quote(digest)} is not an artifact digest",
+                          hint=f"expected {DIGEST_ALGORITHM}:<64 hex digits>, as `thaw inspect` or `thaw ls --json` show")
+    return digest
+
+
+def parse_reference(ref: str) -> tuple[str, str | None]:
+    """``NAME`` or ``NAME@sha256:HEX`` -> (name, expected digest or None), both checked."""
+    name, at, digest = ref.partition("@")
+    return check_name(name), (check_digest(digest) if at else None)
+
+
+def check_path(path: str) -> str:
+    """Return ``path`` if it names a file inside an artifact, else raise ValueError saying why.
+
+    Relative, '/'-separated, normalised (no empty, '.' or '..' component), printable, of bounded
+    length, and not the manifest itself: such a path can only name a file below the artifact's
+    directory, whatever that directory holds.
+    """
+    if check_relative(path) == MANIFEST:
+        raise ValueError(f"{MANIFEST} is the manifest itself, not a file of the artifact")
+    return path
+
+
+def check_relative(path: str) -> str:
+    """``check_path`` without the manifest rule: any path that stays below a directory."""
+    if not isinstance(path, str) or not path:
+        raise ValueError("a file path must be a non-empty string")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in path):
+        raise ValueError(f"file path {_quote(path)} contains a control character")
+    try:
+        size = len(path.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"file path {_quote(path)} is not valid UTF-8") from None
+    if path.startswith("/"):
+        raise ValueError(f"file path {_quote(path)} is absolute: it must be relative to the artifact")
+    parts = path.split("/")
+    if ".." in parts:
+        raise ValueError(f"file path {_quote(path)} leaves the artifact ('..')")
+    if any(p in ("", ".") for p in parts):
+        raise ValueError(f"file path {_quote(path)} is not normalised (empty or '.' component)")
+    if size > MAX_PATH_BYTES or len(parts) > MAX_DEPTH or any(len(p.encode()) > MAX_COMPONENT_BYTES for p in parts):
+        raise ValueError(f"file path {_quote(path)} is too long or too deep")
+    return path
+
+
+def file_digest(size: int, chunks: list[str]) -> str:
+    """The digest of a whole file from its size and its chunks' digests (a two-level hash)."""
+    h = hashlib.sha256(f"{size}\n".encode())
+    for c in chunks:
+        h.update(bytes.fromhex(c))
+    return f"{DIGEST_ALGORITHM}:{h.hexdigest()}"
+
+
+def chunk_count(size: int, chunk_size: int) -> int:
+    return -(-size // chunk_size)
+
+
+def _quote(value: object, limit: int = 120) -> str:
+    # repr() escapes control characters (no terminal escapes reach a user's screen) and quotes the value
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class _Strict(BaseModel):
+    # everything in a manifest is covered by its digest: an unknown field is refused, not silently dropped
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class FileEntry(_Strict):
     model_config = ConfigDict(frozen=True)
 
-    path: str  # relative to the artifact directory, '/'-separated
-    size: int
-    digest: str  # "<algorithm>:<hex>" of the whole file
-    chunks: list[str] = Field(default_factory=list)  # hex digests of each CHUNK_SIZE piece
+    path: str  # relative to the artifact directory, '/'-separated (check_path)
+    size: int = Field(ge=0, le=MAX_FILE_SIZE)
+    digest: str  # "sha256:<hex>" over the size and the chunk digests (file_digest)
+    chunks: list[str] = Field(default_factory=list)  # hex SHA-256 of each chunk_size piece
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return check_path(v)
+
+    @field_validator("digest")
+    @classmethod
+    def _digest(cls, v: str) -> str:
+        if not _FILE_DIGEST.fullmatch(v):
+            raise ValueError(f"{_quote(v)} is not a {DIGEST_ALGORITHM} file digest")
+        return v
+
+    @field_validator("chunks")
+    @classmethod
+    def _chunks(cls, v: list[str]) -> list[str]:
+        if not all(isinstance(c, str) and _HEX64.fullmatch(c) for c in v):
+            raise ValueError(f"chunk digests must be {DIGEST_ALGORITHM} hex digests")
+        return v
 
 
-class SourceInfo(BaseModel):
+class SourceInfo(_Strict):
     host: str
     kernel: str
     criu_version: str = ""
@@ -55,7 +169,7 @@ class SourceInfo(BaseModel):
     cuda_driver: str = ""
 
 
-class WorkerInfo(BaseModel):
+class WorkerInfo(_Strict):
     name: str
     argv: list[str] = Field(default_factory=list)
     pid: int = 0  # host pid at snapshot time
@@ -64,7 +178,7 @@ class WorkerInfo(BaseModel):
     freeze_report: dict[str, Any] = Field(default_factory=dict)  # what the freeze hooks reported
 
 
-class ReleasedMemory(BaseModel):
+class ReleasedMemory(_Strict):
     tag: str
     bytes: int
 
@@ -75,6 +189,16 @@ class WeightFileRef(BaseModel):
     path: str  # absolute, on every node that restores (a model volume, like the worker's libraries)
     size: int
     digest: str  # the store's two-level file digest
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        # outside the artifact by design (the node's model volume, checked against ``digest`` when loaded),
+        # but absolute and normalised: a manifest never steers it with '..' or control characters
+        if not v.startswith("/"):
+            raise ValueError(f"weight file {_quote(v)} must be an absolute path")
+        check_relative(v[1:])
+        return v
 
 
 class WeightSetRef(BaseModel):
@@ -137,10 +261,18 @@ class MemoryResidual(BaseModel):
                 "device_mapped_before_lock": b.device_mapped}
 
 
-class Manifest(BaseModel):
-    """The manifest of one artifact. Written last: an artifact without one is not an artifact."""
+class Signature(_Strict):
+    """An ed25519 signature of the artifact digest (thaw.store.signing), by the key ``key_id`` names."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(frozen=True)
+
+    algorithm: Literal["ed25519"] = "ed25519"
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    value: str = Field(pattern=r"^[A-Za-z0-9+/=]{1,128}$")  # base64
+
+
+class Manifest(_Strict):
+    """The manifest of one artifact. Written last: an artifact without one is not an artifact."""
 
     schema_version: int = SCHEMA_VERSION
     artifact_id: str
@@ -154,53 +286,134 @@ class Manifest(BaseModel):
     weights: list[WeightSetRef] = Field(default_factory=list)
     #: the worker's host memory by kind before the GPU lock and after the checkpoint (pipeline/residual.py)
     residual: MemoryResidual | None = None
-    digest_algorithm: str = DIGEST_ALGORITHM
-    chunk_size: int = CHUNK_SIZE
+    digest_algorithm: Literal["sha256"] = DIGEST_ALGORITHM
+    chunk_size: int = Field(default=CHUNK_SIZE, ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE)
     files: list[FileEntry] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict)
+    #: over ``digest``; the only field the digest leaves out
+    signature: Signature | None = None
+
+    @field_validator("artifact_id")
+    @classmethod
+    def _artifact_id(cls, v: str) -> str:
+        # names the artifact's data in object stores (<name>/<artifact_id>/...): never a path of any kind
+        if v and not _ARTIFACT_ID.fullmatch(v):
+            raise ValueError(f"artifact_id {_quote(v)} is not 32 hex digits")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        try:
+            return check_name(v)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+
+    @model_validator(mode="after")
+    def _files_consistent(self) -> Manifest:
+        seen: set[str] = set()
+        dirs: set[str] = set()
+        for entry in self.files:
+            if entry.path in seen:
+                raise ValueError(f"file {_quote(entry.path)} is listed twice")
+            seen.add(entry.path)
+            parts = entry.path.split("/")
+            dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+            want = chunk_count(entry.size, self.chunk_size)
+            if len(entry.chunks) != want:
+                raise ValueError(f"file {_quote(entry.path)} has {entry.size} bytes, which need {want} chunk "
+                                 f"digest(s) of {self.chunk_size} bytes, but {len(entry.chunks)} are listed")
+            if file_digest(entry.size, entry.chunks) != entry.digest:
+                raise ValueError(f"the chunk digests of {_quote(entry.path)} do not match its file digest")
+        if clash := sorted(seen & dirs):
+            raise ValueError(f"{_quote(clash[0])} is listed as a file and used as a directory")
+        return self
 
     @property
     def size(self) -> int:
         return sum(f.size for f in self.files)
 
+    def canonical(self) -> bytes:
+        """The bytes the digest covers: every field but the signature, as sorted, compact JSON."""
+        data = self.model_dump(mode="json", exclude={"signature"})
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
     @property
     def digest(self) -> str:
-        """One digest for the whole artifact: over the file list (paths, sizes, digests)."""
-        h = xxhash.xxh3_128()
-        for f in sorted(self.files, key=lambda f: f.path):
-            h.update(f"{f.path}\0{f.size}\0{f.digest}\n".encode())
-        return f"{DIGEST_ALGORITHM}:{h.hexdigest()}"
+        """One digest for the whole artifact: the manifest (everything but its signature) and so every file."""
+        return f"{DIGEST_ALGORITHM}:{hashlib.sha256(self.canonical()).hexdigest()}"
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
 
     def write(self, directory: Path) -> None:
-        (Path(directory) / MANIFEST).write_text(self.to_json())
+        fd = os.open(Path(directory) / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(self.to_json())
 
     @classmethod
-    def parse(cls, text: str | bytes, *, where: str = "manifest") -> Manifest:
-        """Validate a manifest; refuse unknown schemas and malformed content with IntegrityError."""
+    def parse(cls, text: str | bytes, *, where: str = "manifest", name: str | None = None) -> Manifest:
+        """Validate a manifest; refuse unknown schemas and malformed content with IntegrityError.
+
+        ``name`` is the name the manifest was found under: a manifest that names another
+        artifact (a renamed or copied artifact) is refused, so that a signed artifact cannot
+        be replayed under a name it was not signed for.
+        """
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise IntegrityError(f"{where} is larger than {MAX_MANIFEST_BYTES} bytes: not a thaw manifest", path=where)
         try:
-            raw = json.loads(text)
-        except ValueError as exc:
-            raise IntegrityError(f"{where} is not valid JSON: {exc}", path=where) from exc
+            raw = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+        except (ValueError, RecursionError) as exc:
+            raise IntegrityError(f"{where} is not valid JSON: {_quote(str(exc), 200)}", path=where) from None
         version = raw.get("schema_version") if isinstance(raw, dict) else None
         if version != SCHEMA_VERSION:
             raise IntegrityError(
-                f"{where} has schema version {version!r}; this thaw reads version {SCHEMA_VERSION} only "
+                f"{where} has schema version {_quote(version, 40)}; this thaw reads version {SCHEMA_VERSION} only "
                 "(upgrade thaw, or take a new snapshot)",
                 path=where,
             )
         try:
-            return cls.model_validate(raw)
+            manifest = cls.model_validate(raw)
         except ValidationError as exc:
-            raise IntegrityError(f"{where} is malformed: {exc}", path=where) from exc
+            raise IntegrityError(f"{where} is malformed: {_summary(exc)}", path=where) from None
+        except RecursionError:
+            raise IntegrityError(f"{where} is malformed: nested too deeply", path=where) from None
+        if not manifest.artifact_id or not manifest.files:
+            raise IntegrityError(f"{where} is malformed: " + ("no artifact_id" if not manifest.artifact_id
+                                                              else "it lists no files"), path=where)
+        if name is not None and manifest.name != name:
+            raise IntegrityError(
+                f"{where} belongs to artifact {manifest.name!r}, but was found under {name!r}: artifacts cannot be "
+                "renamed or copied to another name (the name is part of the signed digest)",
+                path=where, hint=f"restore it under its own name, or `thaw rm {name}` and take a new snapshot")
+        return manifest
 
     @classmethod
-    def read(cls, directory: Path) -> Manifest:
+    def read(cls, directory: Path, *, name: str | None = None) -> Manifest:
+        """The manifest in ``directory`` (opened without following a symlink); ``name`` as for ``parse``."""
+        from thaw.store.confined import read_small_file
+
         path = Path(directory) / MANIFEST
-        try:
-            text = path.read_bytes()
-        except FileNotFoundError as exc:
-            raise IntegrityError(f"{path} is missing: not a complete artifact", path=path) from exc
-        return cls.parse(text, where=str(path))
+        return cls.parse(read_small_file(path, MAX_MANIFEST_BYTES + 1), where=str(path), name=name)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {_quote(key, 60)}")
+        out[key] = value
+    return out
+
+
+def _summary(exc: ValidationError, limit: int = 3) -> str:
+    """Where and what, without echoing whole hostile inputs back."""
+    errors = exc.errors(include_url=False, include_input=False)
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in errors[:limit]]
+    more = f" (and {len(errors) - limit} more)" if len(errors) > limit else ""
+    return "; ".join(parts) + more

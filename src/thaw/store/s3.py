@@ -21,7 +21,9 @@ manifest's chunks: each chunk is re-hashed as it is read and compared with the d
 computed before the upload (the file did not change under us), each part carries its
 Content-MD5, and the ETag the server returns must be that MD5 where the server reports
 one (the server stored what we sent). Downloads are ranged GETs of one chunk each, each
-checked against the manifest's chunk digest before it is written into node-local staging.
+checked against the manifest's chunk digest before it is written into a private (0700)
+staging directory through no-follow opens (confined.Tree). New artifacts are written in a
+private directory under the node's scratch directory (thaw's own home, never a shared $TMPDIR).
 """
 
 from __future__ import annotations
@@ -31,11 +33,9 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,10 +43,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from thaw.errors import ArtifactNotFound, BusyError, ConfigError, IntegrityError, StorageError, ThawError
+from thaw.errors import ArtifactNotFound, BusyError, ConfigError, IntegrityError
 from thaw.store.base import Fetched, Staged, Store
+from thaw.store.confined import Tree, new_private_dir
 from thaw.store.digest import chunk_digest, describe_tree
-from thaw.store.manifest import CHUNK_SIZE, MANIFEST, FileEntry, Manifest, check_name
+from thaw.store.s3_calls import S3Calls, make_client, Refused
+from thaw.store.manifest import (CHUNK_SIZE, MANIFEST, MAX_CHUNK_SIZE, MAX_MANIFEST_BYTES, MIN_CHUNK_SIZE,
+                                 FileEntry, Manifest, check_name)
+from thaw.store.signing import Signer, Trust
 
 #: S3 refuses multipart parts below 5 MiB (except the last one)
 MIN_PART_SIZE = 5 << 20
@@ -71,7 +75,7 @@ class _Piece:
     first_chunk: int
 
 
-class S3Store(Store):
+class S3Store(S3Calls, Store):
     def __init__(
         self,
         bucket: str,
@@ -83,6 +87,8 @@ class S3Store(Store):
         chunk_size: int = CHUNK_SIZE,
         scratch: Path | str | None = None,
         client: Any = None,
+        signer: Signer | None = None,
+        trust: Trust | None = None,
     ) -> None:
         if not bucket:
             raise ConfigError("store", "an s3:// URL needs a bucket", hint="s3://bucket/prefix?endpoint=...")
@@ -91,14 +97,17 @@ class S3Store(Store):
         self.endpoint = endpoint
         self.workers = max(1, workers)
         self.chunk_size = chunk_size
-        #: node-local directory where artifacts are written before upload
-        self.scratch = Path(scratch) if scratch else Path(tempfile.gettempdir()) / "thaw-s3-scratch"
+        #: node-local directory where artifacts are written before upload (under thaw's home: Settings.scratch_dir)
+        self.scratch = Path(scratch) if scratch else None
+        self.signer = signer
+        self.trust = trust or Trust()
         query = f"?endpoint={endpoint}" if endpoint else ""
         self.url = f"s3://{bucket}/{self.prefix}{query}"
-        self._client = client or _make_client(endpoint, region, self.workers)
+        self._client = client or make_client(endpoint, region, self.workers)
 
     @classmethod
-    def from_url(cls, url: str, *, scratch: Path | str | None = None, client: Any = None) -> S3Store:
+    def from_url(cls, url: str, *, scratch: Path | str | None = None, client: Any = None,
+                 signer: Signer | None = None, trust: Trust | None = None) -> S3Store:
         """``s3://bucket/prefix?endpoint=URL&region=R&workers=N&chunk_mib=M``."""
         parts = urlsplit(url)
         if parts.scheme != "s3":
@@ -113,10 +122,10 @@ class S3Store(Store):
             chunk_size = int(float(query["chunk_mib"]) * (1 << 20)) if "chunk_mib" in query else CHUNK_SIZE
         except ValueError as exc:
             raise ConfigError("store", f"bad number in {url!r}: {exc}") from exc
-        if chunk_size < (1 << 20):
-            raise ConfigError("store", "chunk_mib must be at least 1")
+        if not max(MIN_CHUNK_SIZE, 1 << 20) <= chunk_size <= MAX_CHUNK_SIZE:
+            raise ConfigError("store", f"chunk_mib must be between 1 and {MAX_CHUNK_SIZE >> 20}")
         return cls(parts.netloc, parts.path, endpoint=query.get("endpoint"), region=query.get("region"),
-                   workers=workers, chunk_size=chunk_size, scratch=scratch, client=client)
+                   workers=workers, chunk_size=chunk_size, scratch=scratch, client=client, signer=signer, trust=trust)
 
     # ---- keys -------------------------------------------------------------------------
 
@@ -129,9 +138,10 @@ class S3Store(Store):
     # ---- publish ----------------------------------------------------------------------
 
     def _staging_dir(self) -> Path:
-        d = self.scratch / f"stage-{uuid.uuid4().hex}"
-        d.mkdir(parents=True)
-        return d
+        if self.scratch is None:
+            raise ConfigError("store", f"{self.url} has no scratch directory to write new artifacts in",
+                              hint="open it with thaw.store.store_for(settings) or open_store(url, scratch=...)")
+        return new_private_dir(self.scratch, prefix="stage-")
 
     def _publish(self, staged: Staged) -> Manifest:
         """Upload every file under the artifact id, then the manifest, conditionally."""
@@ -140,10 +150,8 @@ class S3Store(Store):
             raise BusyError(f"an artifact named {staged.name!r} already exists in {self.url}",
                             hint="pick another name, or `thaw rm` the old one first")
         t0 = time.perf_counter()
-        files = _describe(staged.dir, self.chunk_size, self.workers)
-        manifest = staged.published.model_copy(update={
-            "files": files, "name": staged.name, "artifact_id": staged.artifact_id, "chunk_size": self.chunk_size,
-        })
+        files = describe_tree(staged.dir, chunk_size=self.chunk_size, workers=self.workers, make_private=True)
+        manifest = self._seal(staged, files, chunk_size=self.chunk_size)
         t1 = time.perf_counter()
         data_prefix = self._data_prefix(staged.name, staged.artifact_id)
         try:
@@ -183,9 +191,10 @@ class S3Store(Store):
                     "create_multipart_upload", Bucket=self.bucket, Key=key)["UploadId"]
         etags: dict[str, list[tuple[int, str]]] = {path: [] for path in multipart}
         lock = threading.Lock()
+        tree = Tree.open(root)
 
         def send(piece: _Piece) -> None:
-            data = _read_range(root / piece.entry.path, piece.offset, piece.length)
+            data = _read_range(tree, piece.entry.path, piece.offset, piece.length)
             _check_chunks(manifest, piece, data, what="changed while it was uploaded")
             md5 = hashlib.md5(data)
             key = data_prefix + piece.entry.path
@@ -212,6 +221,7 @@ class S3Store(Store):
                            UploadId=upload_id, MultipartUpload={"Parts": parts})
                 multipart[path] = ""
         finally:
+            tree.close()
             for path, upload_id in multipart.items():
                 if upload_id:
                     self._call_quietly("abort_multipart_upload", Bucket=self.bucket,
@@ -223,7 +233,7 @@ class S3Store(Store):
         try:
             self._call("put_object", Bucket=self.bucket, Key=self._manifest_key(manifest.name), Body=body,
                        ContentMD5=md5, ContentType="application/json", IfNoneMatch="*", expect=_CONFLICT)
-        except _Refused as exc:
+        except Refused as exc:
             raise BusyError(f"another publisher created {manifest.name!r} in {self.url} first",
                             hint="pick another name, or `thaw rm` the old one first") from exc
 
@@ -256,25 +266,38 @@ class S3Store(Store):
         check_name(name)
         key = self._manifest_key(name)
         try:
-            body = self._call("get_object", Bucket=self.bucket, Key=key, expect=_MISSING)["Body"].read()
-        except _Refused as exc:
+            out = self._call("get_object", Bucket=self.bucket, Key=key, expect=_MISSING)
+        except Refused as exc:
             raise ArtifactNotFound(f"no artifact named {name!r} in {self.url}",
                                    hint="`thaw ls` lists the artifacts") from exc
-        return Manifest.parse(body, where=f"s3://{self.bucket}/{key}")
+        where = f"s3://{self.bucket}/{key}"
+        if out.get("ContentLength", 0) > MAX_MANIFEST_BYTES:  # refused unread: it may be anything
+            raise IntegrityError(f"{where} is larger than {MAX_MANIFEST_BYTES} bytes: not a thaw manifest", path=where)
+        return Manifest.parse(out["Body"].read(MAX_MANIFEST_BYTES + 1), where=where, name=name)
 
-    def fetch(self, name: str, staging_root: Path) -> Fetched:
-        """Download ``name`` into ``staging_root`` with parallel ranged reads, every chunk checked."""
+    def check_complete(self, name: str) -> Manifest:
         manifest = self.manifest(name)
-        target = Path(staging_root) / f"{name}.{manifest.artifact_id[:12]}.{uuid.uuid4().hex[:8]}"
-        target.mkdir(parents=True)
+        prefix = self._data_prefix(name, manifest.artifact_id)
+        sizes = {o["Key"][len(prefix):]: o["Size"]
+                 for page in self._pages("list_objects_v2", Bucket=self.bucket, Prefix=prefix)
+                 for o in page.get("Contents", [])}
+        for entry in manifest.files:
+            if sizes.get(entry.path) != entry.size:
+                found = "is missing" if entry.path not in sizes else f"has {sizes[entry.path]} bytes"
+                raise IntegrityError(f"artifact {name!r} is incomplete: {entry.path} {found} (the manifest says "
+                                     f"{entry.size} bytes)", path=prefix + entry.path,
+                                     hint=f"it was half-deleted or damaged; `thaw rm {name}` removes it")
+        return manifest
+
+    def _fetch(self, manifest: Manifest, staging_root: Path) -> Fetched:
+        """Download the artifact into a new private directory with parallel ranged reads, every chunk checked."""
+        target = new_private_dir(staging_root, prefix=f"{manifest.name}.{manifest.artifact_id[:12]}.")
         try:
             t0 = time.perf_counter()
-            for entry in manifest.files:
-                path = target / entry.path
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(path, "wb") as f:
-                    f.truncate(entry.size)
-            self._download(manifest, lambda piece, data: _write_range(target / piece.entry.path, piece.offset, data))
+            with Tree.open(target) as tree:
+                for entry in manifest.files:
+                    tree.create_file(entry.path, entry.size)
+                self._download(manifest, lambda piece, data: tree.write_at(piece.entry.path, piece.offset, data))
             manifest.write(target)
             dt = time.perf_counter() - t0
         except BaseException:
@@ -285,20 +308,14 @@ class S3Store(Store):
             "workers": float(self.workers),
         })
 
-    def verify(self, name: str) -> Manifest:
-        manifest = self.manifest(name)
+    def _verify(self, manifest: Manifest) -> None:
         self._download(manifest, lambda piece, data: None)
-        return manifest
 
     def _download(self, manifest: Manifest, sink: Callable[[_Piece, bytes], None]) -> None:
         prefix = self._data_prefix(manifest.name, manifest.artifact_id)
         pieces: list[_Piece] = []
-        for entry in manifest.files:
-            n = len(entry.chunks)
-            if entry.size and n != -(-entry.size // manifest.chunk_size):
-                raise IntegrityError(f"artifact {manifest.name!r}: {entry.path} lists {n} chunk digests "
-                                     f"for {entry.size} bytes", path=entry.path)
-            for i in range(n):
+        for entry in manifest.files:  # the chunk lists cover every byte: Manifest validates that
+            for i in range(len(entry.chunks)):
                 off = i * manifest.chunk_size
                 pieces.append(_Piece(entry, i, off, min(manifest.chunk_size, entry.size - off), i))
 
@@ -308,7 +325,7 @@ class S3Store(Store):
             try:
                 out = self._call("get_object", Bucket=self.bucket, Key=key, Range=f"bytes={piece.offset}-{last}",
                                  expect=_MISSING + ("InvalidRange", "416"))
-            except _Refused as exc:
+            except Refused as exc:
                 if exc.code in _MISSING:
                     raise IntegrityError(f"artifact {manifest.name!r}: file {piece.entry.path} is missing "
                                          f"(s3://{self.bucket}/{key})", path=piece.entry.path) from exc
@@ -325,11 +342,16 @@ class S3Store(Store):
 
     # ---- delete and sweep ---------------------------------------------------------------
 
-    def delete(self, name: str) -> None:
-        manifest = self.manifest(name)
+    def delete(self, name: str) -> str:
+        try:
+            artifact_id: str | None = self.manifest(name).artifact_id
+        except IntegrityError:
+            artifact_id = None  # unreadable: its data (under an id we cannot trust) is left to sweep()
         # the manifest first: the artifact disappears for every reader at once
         self._call("delete_object", Bucket=self.bucket, Key=self._manifest_key(name))
-        self._delete_prefix(self._data_prefix(name, manifest.artifact_id))
+        if artifact_id:
+            self._delete_prefix(self._data_prefix(name, artifact_id))
+        return "artifact"
 
     def abandon(self, name: str, artifact_id: str, staged_dir: Path) -> None:
         """Remove a crashed publish's uploads (files and open multipart uploads) unless its manifest landed."""
@@ -376,7 +398,7 @@ class S3Store(Store):
                     stale.append(obj["Key"])
         self._delete_keys(stale)
         n += len(stale)
-        if self.scratch.is_dir():
+        if self.scratch is not None and self.scratch.is_dir():
             for d in self.scratch.iterdir():
                 if time.time() - d.stat().st_mtime >= older_than_s:
                     shutil.rmtree(d, ignore_errors=True)
@@ -393,84 +415,6 @@ class S3Store(Store):
             batch = [{"Key": k} for k in keys[i:i + 1000]]
             self._call("delete_objects", Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
-    # ---- boto3 ----------------------------------------------------------------------------
-
-    def _call(self, op: str, *, expect: tuple[str, ...] = (), **kwargs: Any) -> Any:
-        """Call a boto3 operation and map its errors to ours; S3 error codes in ``expect`` raise ``_Refused``."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return getattr(self._client, op)(**kwargs)
-        except ClientError as exc:
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code", ""))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            message = f"{self.url}: {op} {kwargs.get('Key', '')} failed: {code} {err.get('Message', '')}".strip()
-            if code in ("NoSuchBucket",):
-                error: ThawError = ConfigError("store", f"no bucket {self.bucket!r} at {self.endpoint or 'S3'}")
-            elif code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                error = ConfigError("store", message, hint="check the AWS_* credentials the agent runs with")
-            else:
-                error = StorageError(message)
-            if code in expect or str(status) in expect:
-                raise _Refused(code or str(status), error) from exc
-            raise error from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"{self.url}: {op} failed: {exc}",
-                               hint="is the object store reachable (endpoint, network, credentials)?") from exc
-
-    def _call_quietly(self, op: str, **kwargs: Any) -> None:
-        try:
-            self._call(op, **kwargs)
-        except ThawError:
-            pass  # best-effort clean-up; sweep() catches what is left
-
-    def _pages(self, op: str, **kwargs: Any) -> Iterable[dict[str, Any]]:
-        token_in, token_out = {
-            "list_objects_v2": ("ContinuationToken", "NextContinuationToken"),
-            "list_multipart_uploads": ("KeyMarker", "NextKeyMarker"),
-        }[op]
-        extra: dict[str, Any] = {}
-        while True:
-            page = self._call(op, **kwargs, **extra)
-            yield page
-            if not page.get("IsTruncated"):
-                return
-            extra = {token_in: page[token_out]}
-            if op == "list_multipart_uploads":
-                extra["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
-
-
-class _Refused(ThawError):
-    """An S3 error the caller said it expects (``code``); ``error`` is our mapping of it."""
-
-    def __init__(self, code: str, error: ThawError) -> None:
-        super().__init__(str(error))
-        self.code = code
-        self.error = error
-        self.reason = error.reason
-
-
-def _make_client(endpoint: str | None, region: str | None, workers: int) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    config = Config(
-        max_pool_connections=workers + 4,
-        retries={"mode": "standard", "max_attempts": 5},
-        # custom endpoints (MinIO, Ceph, test servers) rarely have per-bucket DNS names
-        s3={"addressing_style": "path" if endpoint else "auto"},
-        connect_timeout=10,
-        read_timeout=120,
-    )
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region or
-                                          os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-                                          or "us-east-1", config=config)
-
-
-def _describe(root: Path, chunk_size: int, workers: int) -> list[FileEntry]:
-    return describe_tree(root, chunk_size=chunk_size, workers=workers)
-
 
 def _check_chunks(manifest: Manifest, piece: _Piece, data: bytes, *, what: str) -> None:
     view = memoryview(data)
@@ -484,18 +428,10 @@ def _check_chunks(manifest: Manifest, piece: _Piece, data: bytes, *, what: str) 
                                  f"(expected {piece.entry.chunks[i]}, got {got})", path=piece.entry.path)
 
 
-def _read_range(path: Path, offset: int, length: int) -> bytes:
-    with open(path, "rb", buffering=0) as f:
-        return os.pread(f.fileno(), length, offset) if length else b""
-
-
-def _write_range(path: Path, offset: int, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY)
+def _read_range(tree: Tree, rel: str, offset: int, length: int) -> bytes:
+    fd = tree.open_file(rel)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view, offset = view[n:], offset + n
+        return os.pread(fd, length, offset) if length else b""
     finally:
         os.close(fd)
 
