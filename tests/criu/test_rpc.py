@@ -231,3 +231,11 @@ def test_a_failed_restore_reports_criu_s_reason_and_not_the_rlimit_line(tmp_path
     assert failed.value.criu_message in failed.value.log_tail
     assert RLIMIT in (tmp_path / "work" / "restore.log").read_text()
     assert RLIMIT not in str(failed.value)
+
+
+def test_an_inet_socket_that_this_criu_cannot_dump_gets_the_reason_and_the_fix() -> None:
+    from thaw.criu.rpc import explain
+
+    hint = explain("sockets: Can't get 1:16 opt: Operation not supported")
+    assert hint is not None and "Linux >= 6.16" in hint and "--park-at-listen" in hint
+    assert explain("External socket is used") is None

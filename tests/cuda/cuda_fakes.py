@@ -104,6 +104,8 @@ class FakeCuda:
         return 0
 
     def cuCheckpointProcessGetRestoreThreadId(self, pid: int, out: Any) -> int:
+        if pid not in self.states:
+            return 1  # a process without CUDA state has no restore thread (CRIU's CUDA plugin relies on it)
         out._obj.value = pid + 1
         return self._injected("cuCheckpointProcessGetRestoreThreadId", pid)
 

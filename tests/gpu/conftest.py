@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -28,6 +29,21 @@ WORKER = Path(__file__).parent / "workers" / "graph_worker.py"
 def settings() -> Settings:
     root = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")
     home = root / f"thaw-gpu-{uuid.uuid4().hex[:8]}"
+    s = Settings(home=home)
+    yield s
+    for inst in pipeline.list_instances(s):
+        try:
+            pipeline.stop(s, inst)
+        except ThawError:
+            pass
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def disk_settings() -> Settings:
+    """Settings with the home on disk, not under /dev/shm: sandboxes then get a /dev/shm of their own, which
+    concurrent restores of workers with multiprocessing "spawn" semaphores need (sandbox/layout.py)."""
+    home = Path(tempfile.mkdtemp(prefix="thaw-gpu-", dir="/var/tmp"))
     s = Settings(home=home)
     yield s
     for inst in pipeline.list_instances(s):

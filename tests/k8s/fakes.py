@@ -127,9 +127,10 @@ class FakeAgent:
         self.jobs[job_id] = {"id": job_id, "kind": kind, "state": "running", "request": request}
         return job_id
 
-    def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True) -> str:
+    def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True,
+                 canary_http: list[dict[str, Any]] | None = None) -> str:
         self._call("snapshot", worker, artifact, leave_running)
-        return self._job("snapshot", worker=worker, artifact=artifact)
+        return self._job("snapshot", worker=worker, artifact=artifact, canary_http=canary_http)
 
     def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None,
                 digest: str | None = None) -> str:

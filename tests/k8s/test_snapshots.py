@@ -30,6 +30,15 @@ def advance(body, step):
     return body
 
 
+def test_the_http_canary_of_the_spec_reaches_the_agent():
+    cluster, agent, connect = world(pod("worker-0"))
+    canary = [{"prompt": "Hello", "max_tokens": 8}, {"method": "GET", "path": "/health"}]
+    snapshots.reconcile(snapshot(canaryHttp=canary), cluster, connect, now=T0)
+    assert agent.jobs["job-1"]["request"]["canary_http"] == canary
+    snapshots.reconcile(snapshot("plain"), cluster, connect, now=T0)
+    assert agent.jobs["job-2"]["request"]["canary_http"] is None, "no canary: the agent's default"
+
+
 def test_starts_a_snapshot_job_on_the_pods_node_with_the_worker_named_by_the_pod():
     cluster, agent, connect = world(pod("worker-0", annotations={"thaw.dev/worker": "llm"}))
     step = snapshots.reconcile(snapshot(), cluster, connect, now=T0)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -41,3 +43,31 @@ def launch_worker(settings: Settings, tmp_path: Path) -> Callable[..., Instance]
         return inst
 
     return launch
+
+
+@pytest.fixture
+def outside_server(tmp_path: Path) -> Iterator[Path]:
+    """A unix socket server outside any sandbox that accepts connections and holds them open."""
+    path = tmp_path / "outside.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not done.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    yield path
+    done.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()

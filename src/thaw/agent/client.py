@@ -90,8 +90,9 @@ class AgentClient:
         return self._call("GET", "/metrics", raw=True)
 
     # ---- workers ----
-    def launch(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: str = "/") -> Worker:
-        req = _request(LaunchRequest, name=name, argv=argv, env=env or {}, cwd=cwd)
+    def launch(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: str = "/",
+               park_at_listen: Any = None) -> Worker:
+        req = _request(LaunchRequest, name=name, argv=argv, env=env or {}, cwd=cwd, park_at_listen=park_at_listen)
         return Worker.model_validate(self._call("POST", "/v1/workers", json=req))
 
     def workers(self, *, include_gone: bool = False) -> list[Worker]:
@@ -109,9 +110,9 @@ class AgentClient:
 
     # ---- operations (jobs) ----
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool = False,
-                 ready_timeout: float = 60.0) -> Job:
+                 ready_timeout: float = 60.0, canary_http: list[Any] | None = None) -> Job:
         req = _request(SnapshotRequest, worker=worker, artifact=artifact, leave_running=leave_running,
-                       ready_timeout=ready_timeout)
+                       ready_timeout=ready_timeout, canary_http=canary_http or [])
         return Job.model_validate(self._call("POST", "/v1/snapshots", json=req))
 
     def restore(self, artifact: str, *, name: str | None = None, gpu: int | str | None = None,

@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from thaw.errors import ConfigError
-from thaw.store.manifest import check_digest, check_name
+from thaw.listen.spec import ParkAtListen
+from thaw.store.manifest import HttpCanaryRequest, check_digest, check_name
 
 API_VERSION = "v1"
 
@@ -42,6 +43,9 @@ class LaunchRequest(_Request):
     env: dict[str, str] = Field(default_factory=dict,
                                 description="environment of the worker; the agent's own environment is NOT inherited")
     cwd: str = Field(default="/", description="absolute working directory")
+    park_at_listen: ParkAtListen | None = Field(
+        default=None, description="an unmodified Python server: park it at its first listening socket "
+                                  "(thaw run --park-at-listen; docs/integrations.md)")
 
     @field_validator("name")
     @classmethod
@@ -63,6 +67,10 @@ class SnapshotRequest(_Request):
     artifact: str
     leave_running: bool = Field(default=False, description="keep the original serving after the snapshot")
     ready_timeout: float = Field(default=60.0, gt=0, le=3600, description="seconds to wait for the quiesce point")
+    canary_http: list[HttpCanaryRequest] = Field(
+        default_factory=list, max_length=64,
+        description="requests the original answers after the snapshot; every restored copy must answer them alike "
+                    "(thaw snapshot --canary-http)")
 
     @field_validator("worker")
     @classmethod
@@ -73,6 +81,12 @@ class SnapshotRequest(_Request):
     @classmethod
     def _check_artifact(cls, v: str) -> str:
         return _name(v, "artifact name")
+
+    @field_validator("canary_http", mode="before")
+    @classmethod
+    def _openai_style(cls, v: object) -> object:
+        # {"prompt": ...} and {"messages": ...} are accepted as in a --canary-http file
+        return [HttpCanaryRequest.of(r) if isinstance(r, dict) else r for r in v] if isinstance(v, list) else v
 
 
 class RestoreRequest(_Request):
@@ -202,6 +216,7 @@ class CanaryReport(BaseModel):
     expected: Any = None
     got: Any = None
     differences: list[str] = Field(default_factory=list)
+    http_requests: int = Field(default=0, description="HTTP canary requests the copy answered as the original did")
 
 
 class RestoreResult(BaseModel):

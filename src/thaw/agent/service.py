@@ -151,7 +151,7 @@ class Agent:
                                 hint="pick another name, or stop it first")
             try:
                 inst = pipeline.launch(self.settings, req.argv, name=req.name, env={**BASE_ENV, **req.env},
-                                       cwd=cwd)
+                                       cwd=cwd, park=req.park_at_listen)
             except ThawError as exc:
                 self.audit.record("launch", "failed", caller=caller, worker=req.name, reason=exc.reason,
                                   message=str(exc))
@@ -325,7 +325,7 @@ class Agent:
     def _run_snapshot(self, run: _Running, inst: Instance, req: SnapshotRequest) -> dict[str, Any]:
         res = pipeline.snapshot(self.settings, inst.id, req.artifact, store=run.store,
                                 leave_running=req.leave_running, ready_timeout=req.ready_timeout,
-                                progress=self._progress(run))
+                                canary_http=req.canary_http, progress=self._progress(run))
         m = res.manifest
         write_s = res.timings.get("dump", 0.0) + res.timings.get("publish", 0.0)
         gbps = run.store.stage_stats.get("write_gbps") or (m.size / write_s / 1e9 if write_s > 0 else None)
@@ -346,7 +346,7 @@ class Agent:
             self.metrics.canary.labels("mismatch").inc()
             raise
         inst, m = res.instance, res.manifest
-        checked = res.canary_expected is not None
+        checked = res.canary_checked
         self.metrics.canary.labels("match" if checked else "skipped").inc()
         with self._completed_lock:
             self._completed.add(inst.id)
@@ -357,7 +357,7 @@ class Agent:
         self.metrics.artifact_bytes.labels("restore").observe(m.size)
         self.metrics.observe_transfer("read", m.size, gbps)
         canary = CanaryReport(checked=checked, match=True if checked else None, expected=res.canary_expected,
-                              got=res.canary_got)
+                              got=res.canary_got, http_requests=len(res.http_canary_got or []))
         return RestoreResult(worker=self.view(inst), artifact=m.name, artifact_id=m.artifact_id, digest=m.digest,
                              bytes=m.size, timings=res.timings, read_gbps=gbps,
                              canary=canary).model_dump(mode="json") | {"worker_id": inst.id}

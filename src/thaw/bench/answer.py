@@ -79,9 +79,9 @@ def ask(spec: Answer, *, control_dir: Path, pid: int, alive: Callable[[], bool])
     if spec.kind != "http" or spec.path is None:
         raise ValueError("ask() is for HTTP answers")
     if spec.port is not None:
-        from thaw.sandbox.netns import run_inside
+        from thaw.sandbox.netns import run_in
 
-        return run_inside(pid, lambda: _poll(spec, f"http://127.0.0.1:{spec.port}", None, alive))
+        return run_in(pid, lambda: _poll(spec, f"http://127.0.0.1:{spec.port}", None, alive))
     sock = control_dir / (spec.socket or "http.sock")
     if len(os.fsencode(sock)) > UNIX_PATH_MAX:  # nobody can bind or reach it: say so, not "no answer"
         raise ConfigError("--answer-socket", f"{sock} is longer than the {UNIX_PATH_MAX} bytes a unix socket path "

@@ -59,21 +59,37 @@ def run(
     name: Annotated[str, typer.Option("--name", "-n", help="the worker's name (used by snapshot, release, stop)")],
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait until the worker parks at its quiesce point")] = False,
     ready_timeout: Annotated[float, typer.Option(help="seconds to wait for the quiesce point with --wait")] = 600.0,
+    park_at_listen: Annotated[bool, typer.Option("--park-at-listen", help="an unmodified Python server: park it at its first TCP listening socket, before the bind (docs/integrations.md)")] = False,
+    park_port: Annotated[Optional[int], typer.Option("--park-port", help="park at the bind of this TCP port (implies --park-at-listen)", show_default=False)] = None,
+    park_path: Annotated[Optional[str], typer.Option("--park-path", help="park at the bind of this unix socket path, '@name' for an abstract one (implies --park-at-listen)", show_default=False)] = None,
+    park_nth: Annotated[int, typer.Option("--park-nth", help="park at the n-th matching bind")] = 1,
+    park_min_warmup: Annotated[float, typer.Option("--park-min-warmup", help="seconds: a bind sooner after start is 'early': not parked, reported")] = 2.0,
+    park_expect_gpu: Annotated[str, typer.Option("--park-expect-gpu", help="auto | yes | no: a bind before any process holds a GPU is 'early' (auto: where the sandbox sees a GPU)")] = "auto",
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Start a worker in a snapshot-able sandbox: [bold]thaw run --name NAME -- CMD [ARGS...][/].
 
     The worker runs in new pid, mount and network namespaces. It warms up, then calls
-    thaw.worker.quiesce() and parks until you snapshot or release it.
+    thaw.worker.quiesce() and parks until you snapshot or release it. A server that knows
+    nothing of thaw (a FastAPI app, vLLM, SGLang) runs with [bold]--park-at-listen[/]: thaw parks
+    it inside its first bind of a listening socket, which proceeds once it is thawed or released.
     """
     from thaw import pipeline
+    from thaw.listen import ParkAtListen
 
     argv = list(ctx.args)
     if not argv:
         fail("no command given", "thaw run --name NAME -- CMD [ARGS...]", code=2)
+    park = None
+    if park_at_listen or park_port is not None or park_path is not None:
+        try:
+            park = ParkAtListen(port=park_port, path=park_path, nth=park_nth, min_warmup_s=park_min_warmup,
+                                expect_gpu=park_expect_gpu)
+        except ValueError as exc:
+            fail(f"--park-at-listen: {exc}", "thaw run --help", code=2)
     settings = _settings(home, None)
-    inst = pipeline.launch(settings, argv, name=name)
+    inst = pipeline.launch(settings, argv, name=name, park=park)
     if wait:
         with progress(not json_out) as cb:
             cb("warm-up", None, f"waiting for {name} to reach its quiesce point")
@@ -147,6 +163,7 @@ def snapshot(
     artifact: Annotated[str, typer.Option("--artifact", "-a", help="name of the new artifact")],
     leave_running: Annotated[bool, typer.Option("--leave-running", help="keep the original worker and let it serve")] = False,
     ready_timeout: Annotated[float, typer.Option(help="seconds to wait for the worker's quiesce point")] = 600.0,
+    canary_http: Annotated[Optional[Path], typer.Option("--canary-http", help="JSONL of requests (OpenAI-style {\"prompt\": ...} / {\"messages\": ...} at temperature 0, or {\"method\", \"path\", \"body\"}) the original answers after the snapshot; every restored copy must answer alike", show_default=False)] = None,
     home: HomeOpt = None,
     store: StoreOpt = None,
     agent: AgentOpt = None,
@@ -156,10 +173,13 @@ def snapshot(
     """Snapshot a parked worker into an artifact (GPU state, process tree, canary)."""
     from thaw import pipeline
     from thaw.cli.remote import agent_for, follow
+    from thaw.pipeline.http_canary import parse
 
+    requests = parse(canary_http.read_text(), where=str(canary_http)) if canary_http else []
     if client := agent_for(agent, local=local):
         result = follow(client, client.snapshot(worker, artifact, leave_running=leave_running,
-                                                ready_timeout=ready_timeout), json_out=json_out)
+                                                ready_timeout=ready_timeout, canary_http=requests),
+                        json_out=json_out)
         if result is not None:
             console.print(f"[green]snapshot[/] [bold]{result['artifact']}[/] ({human_bytes(result['bytes'])}, "
                           f"{result['digest']}) through the agent: " + _phases(result.get("timings", {})))
@@ -167,7 +187,7 @@ def snapshot(
     settings = _settings(home, store)
     with _unwind_on_sigterm(), progress(not json_out) as cb:
         res = pipeline.snapshot(settings, worker, artifact, store=_store(settings), leave_running=leave_running,
-                                ready_timeout=ready_timeout, progress=cb)
+                                ready_timeout=ready_timeout, canary_http=requests, progress=cb)
     if json_out:
         emit_json({"manifest": json.loads(res.manifest.to_json()), "digest": res.manifest.digest, "timings": res.timings})
         return
@@ -219,6 +239,8 @@ def restore(
                    "canary": "passed" if res.canary_checked else "not checked"})
         return
     check = "canary passed" if res.canary_checked else "no canary"
+    if res.http_canary_got:
+        check += f" ({len(res.http_canary_got)} HTTP requests answered as the original did)"
     console.print(f"[green]restored[/] [bold]{inst.name}[/] ({inst.id}), pid {inst.host_pid}, {check}, "
                   f"in {seconds(res.timings['total'])}: " + _phases(res.timings))
     console.print(f"control directory: {inst.dir}")
@@ -312,6 +334,11 @@ def inspect(
     console.print(f"worker {safe(m.worker.name)}: {safe(' '.join(m.worker.argv), limit=1000)}")
     console.print(f"canary: {'recorded' if m.worker.canary is not None else 'none'}; "
                   f"hooks: {safe(', '.join(m.worker.hooks) or 'none')}")
+    if m.worker.http_canary is not None:
+        console.print(f"HTTP canary: {len(m.worker.http_canary.exchanges)} requests to "
+                      f"{safe(m.worker.http_canary.serves)}")
+    if m.gpu_pids:
+        console.print(f"GPU state of processes {', '.join(map(str, m.gpu_pids))} (pids inside the sandbox)")
     for g in m.gpus:
         used = g.get("used_bytes")
         amount = f" ({human_bytes(used)} used)" if isinstance(used, int) and not isinstance(used, bool) and used else ""

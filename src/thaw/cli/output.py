@@ -40,10 +40,16 @@ def friendly(fn: F) -> F:
 
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}")
+    # an error may quote what it refused (a manifest's field names, a worker's log): never let that text
+    # steer the terminal; line breaks stay (CRIU's log tail, a worker's last lines)
+    err.print(f"[bold red]error:[/] {escape(_no_controls(message))}")
     if hint:
-        err.print(f"[dim]hint: {escape(hint)}[/]")
+        err.print(f"[dim]hint: {escape(_no_controls(hint))}[/]")
     raise typer.Exit(code)
+
+
+def _no_controls(text: str) -> str:
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
 
 
 def escape(text: str) -> str:

@@ -32,6 +32,15 @@ HARMLESS = (
     "Can't keep kdat cache on non-tempfs",
 )
 
+# Errors whose cause thaw knows, and what to do about them (CriuError's hint)
+KNOWN_CAUSES = (
+    # Linux 6.16 refuses SO_PASSCRED/SO_PASSSEC on inet sockets; CRIU 4.1 reads both from every socket it dumps
+    # (checkpoint-restore/criu#2705, fixed after 4.1)
+    ("Can't get 1:16 opt", "this CRIU cannot dump a TCP or UDP socket on Linux >= 6.16 (criu#2705): the worker "
+     "must hold none when it is snapshotted: no listening socket before it parks (--park-at-listen stashes the one "
+     "it parks at), no connection to another service left open, no torch.distributed TCP store"),
+)
+
 
 @dataclass
 class DumpOptions:
@@ -41,6 +50,12 @@ class DumpOptions:
     leave_running: bool = False
     external: list[str] = field(default_factory=list)
     timeout_s: int = 120
+    #: a file that is open but no longer reachable by its path while another link to it exists: a POSIX
+    #: semaphore of a multiprocessing "spawn" context (glibc creates it as sem.XXXXXX, links it to its name and
+    #: unlinks the first; the name stays while the semaphore may be shared). CRIU links it back under
+    #: link_remap.N for the dump ("Can't create link remap ... Use link-remap option" otherwise); in the
+    #: sandbox's own /dev/shm that link is dumped with the tmpfs, and CRIU removes it after a leave-running dump
+    link_remap: bool = True
 
 
 @dataclass
@@ -60,6 +75,7 @@ def dump(opts: DumpOptions, *, criu: Criu | None = None, log_name: str = "dump.l
     o = req.opts
     o.pid = opts.pid
     o.leave_running = opts.leave_running
+    o.link_remap = opts.link_remap
     o.external.extend(opts.external)
     o.timeout = opts.timeout_s
     with _dirs(opts.images_dir, opts.work_dir) as (img_fd, work_fd):
@@ -165,7 +181,9 @@ def _call(req: object, operation: str, log: Path | None, *, criu: Criu | None, t
             # "Dumping FAILED."; the first real error line of its log says what went wrong
             if any(h in msg for h in HARMLESS) or msg.rstrip(".").endswith("FAILED"):
                 msg = first_error(log) or msg
-            raise CriuError(operation, msg, errno=resp.cr_errno, log_tail=log_tail(log))
+            error = CriuError(operation, msg, errno=resp.cr_errno, log_tail=log_tail(log))
+            error.hint = explain(msg)
+            raise error
         return resp
     finally:
         ours.close()
@@ -176,6 +194,11 @@ def _call(req: object, operation: str, log: Path | None, *, criu: Criu | None, t
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+def explain(message: str) -> str | None:
+    """What to do about a CRIU error thaw knows the cause of (KNOWN_CAUSES), else None."""
+    return next((hint for pattern, hint in KNOWN_CAUSES if pattern in message), None)
 
 
 def first_error(log: Path | None) -> str:

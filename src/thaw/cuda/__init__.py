@@ -9,6 +9,7 @@ without NVIDIA.
 * :mod:`thaw.cuda.checkpointing` — lock / checkpoint / restore / unlock of another process;
 * :mod:`thaw.cuda.process` — which processes hold a GPU (/proc);
 * :mod:`thaw.cuda.steps` — the pipeline's GPU steps (imports pydantic; not loaded here);
+* :mod:`thaw.cuda.tree` — the same for every GPU process of a worker's tree (not loaded here);
 * :mod:`thaw.cuda.worker_hooks` — torch freeze/thaw hooks for the worker.
 
 The state machine and the ordering rules are in docs/cuda.md.

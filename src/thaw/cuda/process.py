@@ -76,6 +76,61 @@ def gpu_processes(root_pid: int) -> list[int]:
     return result
 
 
+def command_line(pid: int) -> str:
+    """``pid``'s command line, NUL-separated arguments joined by spaces (for messages); "" when gone."""
+    try:
+        raw = (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return ""
+    return " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)
+
+
+def parent_pid(pid: int) -> int:
+    """``pid``'s parent (0 when gone)."""
+    values = _status_field(pid, "PPid:")
+    return values[0] if values else 0
+
+
+def namespace_pid(pid: int) -> int:
+    """The pid ``pid`` has inside its own (innermost) pid namespace: the last ``NSpid`` value.
+
+    CRIU restores a tree with the pids it had inside its pid namespace, so this is the
+    name of a process that survives a snapshot and a restore; the host pid does not.
+    """
+    values = _status_field(pid, "NSpid:")
+    if not values:
+        raise WorkerError(f"process {pid} does not exist (it exited?)")
+    return values[-1]
+
+
+def host_pids(root_pid: int, ns_pids: list[int]) -> dict[int, int]:
+    """Host pids of the processes of ``root_pid``'s tree that have the namespace pids ``ns_pids``.
+
+    Returns ``{ns pid: host pid}`` for those found; a restore compares it with what it needs.
+    """
+    wanted = set(ns_pids)
+    found: dict[int, int] = {}
+    for pid in descendants(root_pid):
+        try:
+            inner = namespace_pid(pid)
+        except WorkerError:
+            continue  # exited while we looked
+        if inner in wanted:
+            found[inner] = pid
+    return found
+
+
+def _status_field(pid: int, name: str) -> list[int]:
+    try:
+        with open(PROC / str(pid) / "status") as status:
+            for line in status:
+                if line.startswith(name):
+                    return [int(v) for v in line.split()[1:]]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return []
+
+
 def _children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in PROC.iterdir():

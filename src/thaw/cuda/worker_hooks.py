@@ -15,6 +15,13 @@ declares GPU memory imported from another process (:func:`declare_imported`): su
 process checkpoints fine but cannot be restored (probe, second run: restore fails with
 801, the process stays stuck).
 
+It also shuts down torch inductor's compile-worker pool
+(``torch._inductor.async_compile.shutdown_compile_workers()``, torch 2.2 … 2.13): a
+``torch/_inductor/compile_worker`` subprocess and one child per compile thread, which
+map /dev/nvidia0 and /dev/nvidiactl without CUDA state of their own (H200, issue 16) so
+that CRIU cannot dump them, and which hold a copy of torch each (an image the size of
+the pool). Inductor starts a new pool at its next compile; nothing needs undoing.
+
 The thaw hook synchronises and reports the GPU the driver now runs the worker on.
 After a restore onto another GPU, torch's cached ``get_device_properties().uuid``
 still names the old GPU while ``cuDeviceGetUuid`` names the new one (probe), so the
@@ -37,12 +44,13 @@ from thaw.errors import ConfigError, CudaError, WorkerError
 HOOK = "thaw.cuda.torch"
 
 _imported: dict[str, int] = {}
-_options = {"empty_cache": True}
+_options = {"empty_cache": True, "stop_compile_pool": True}
 
 
-def install(*, empty_cache: bool = True) -> None:
+def install(*, empty_cache: bool = True, stop_compile_pool: bool = True) -> None:
     """Register the freeze and thaw hooks (again: re-registering replaces them)."""
     _options["empty_cache"] = empty_cache
+    _options["stop_compile_pool"] = stop_compile_pool
     thaw.worker.on_freeze(_freeze, name=HOOK)
     thaw.worker.on_thaw(_thaw, name=HOOK)
     thaw.worker.on_frozen(_refuse_imported, name=HOOK)
@@ -77,15 +85,30 @@ def _refuse_imported(ctx: thaw.worker.HookContext) -> None:
 
 
 def _freeze(ctx: thaw.worker.HookContext) -> dict[str, Any]:
+    stopped = stop_compile_pool() if _options["stop_compile_pool"] else {}
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_initialized():
-        return {"gpus": []}
+        return {"gpus": [], **stopped}
     used = _devices_in_use(torch)
     for index in used:
         torch.cuda.synchronize(index)
     if _options["empty_cache"]:
         torch.cuda.empty_cache()
-    return {"gpus": [_describe(torch, index) for index in used], "host": trim_host(torch)}
+    return {"gpus": [_describe(torch, index) for index in used], "host": trim_host(torch), **stopped}
+
+
+def stop_compile_pool() -> dict[str, Any]:
+    """Shut down torch inductor's compile-worker pools, waiting for their processes; a report for the manifest.
+
+    Nothing happens when inductor never ran in this process (its module is not
+    imported, or no pool was started). Inductor starts a new pool at its next compile.
+    """
+    async_compile = sys.modules.get("torch._inductor.async_compile")
+    pools = len(getattr(async_compile, "_pool_set", ()) or ())
+    if async_compile is None or not pools:
+        return {}
+    async_compile.shutdown_compile_workers()
+    return {"compile_pools_stopped": pools}
 
 
 def trim_host(torch: Any = None) -> dict[str, int]:

@@ -21,8 +21,10 @@ class HttpAgent:
         self.url = url
         self._client = AgentClient(base_url=url, token=token, timeout=timeout)
 
-    def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True) -> str:
-        return _mapped(lambda: self._client.snapshot(worker, artifact, leave_running=leave_running).id)
+    def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True,
+                 canary_http: list[dict[str, Any]] | None = None) -> str:
+        return _mapped(lambda: self._client.snapshot(worker, artifact, leave_running=leave_running,
+                                                     canary_http=canary_http).id)
 
     def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None,
                 digest: str | None = None) -> str:

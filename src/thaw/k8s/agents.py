@@ -33,8 +33,10 @@ PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed
 class AgentPort(Protocol):
     """What the operator calls on a node's agent (thaw.agent.client.AgentClient provides it)."""
 
-    def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True) -> str:
-        """Start a snapshot job of ``worker`` into ``artifact``; returns the job id."""
+    def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True,
+                 canary_http: list[dict[str, Any]] | None = None) -> str:
+        """Start a snapshot job of ``worker`` into ``artifact`` (with an HTTP canary: thaw.pipeline.http_canary);
+        returns the job id."""
         ...
 
     def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None,

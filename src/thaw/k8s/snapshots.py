@@ -60,6 +60,7 @@ class SnapshotSpec:
     leave_running: bool
     retention: str
     timeout: float
+    canary_http: tuple[dict[str, Any], ...] = ()  # requests the original answers; every restored copy must alike
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> SnapshotSpec:
@@ -67,7 +68,8 @@ class SnapshotSpec:
         return cls(namespace=meta["namespace"], name=meta["name"], pod=spec["podName"], worker=spec.get("worker"),
                    artifact=spec.get("artifact") or default_artifact(meta["namespace"], meta["name"]),
                    leave_running=bool(spec.get("leaveRunning", True)), retention=spec.get("retention", "Delete"),
-                   timeout=float(spec.get("timeoutSeconds", 1800)))
+                   timeout=float(spec.get("timeoutSeconds", 1800)),
+                   canary_http=tuple(spec.get("canaryHttp") or ()))
 
 
 def default_artifact(namespace: str, name: str) -> str:
@@ -153,7 +155,8 @@ def _start(spec: SnapshotSpec, body: dict[str, Any], status: dict[str, Any], clu
     worker = spec.worker or ((pod.get("metadata") or {}).get("annotations") or {}).get(WORKER) or spec.pod
     step = Step()
     try:
-        job_id = agent_for(cluster, connect, node).snapshot(worker, spec.artifact, leave_running=spec.leave_running)
+        job_id = agent_for(cluster, connect, node).snapshot(worker, spec.artifact, leave_running=spec.leave_running,
+                                                            canary_http=list(spec.canary_http) or None)
     except BusyError as exc:  # another operation holds the worker (or the artifact name): wait for it
         return retry_later(pending(conds, "AgentBusy", f"the agent on {node} is busy: {exc}", now), str(exc), retry)
     except Exception as exc:

@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any
 
-from thaw.errors import QuiesceTimeout, WorkerError
+from thaw.errors import ListenedEarly, QuiesceTimeout, WorkerError
 from thaw.pipeline.instances import Instance
 from thaw.worker import protocol
 from thaw.worker.protocol import Action, Reply
@@ -21,6 +21,7 @@ def wait_ready(inst: Instance, timeout: float) -> protocol.ReadyMarker:
         marker = inst.ready()
         if marker is not None and marker.pidns == inst.pidns:
             return marker
+        _refuse_early_listen(inst)
         if not inst.alive():
             raise WorkerError(f"worker {inst.name!r} exited before reaching its quiesce point",
                               hint=f"its log ends with:\n{inst.log_tail()}")
@@ -30,6 +31,20 @@ def wait_ready(inst: Instance, timeout: float) -> protocol.ReadyMarker:
                 hint="does it call thaw.worker.quiesce() after warm-up? raise --ready-timeout if warm-up is slow",
             )
         time.sleep(0.01)
+
+
+def _refuse_early_listen(inst: Instance) -> None:
+    """A server run with --park-at-listen that listened before its warm-up never parks: say so, do not wait."""
+    raw = protocol.read_json(inst.dir / protocol.PARK_REPORT)
+    if not raw:
+        return
+    report = protocol.decode_park_report(raw)
+    raise ListenedEarly(
+        f"worker {inst.name!r} opened its listening socket ({report.serves}) {report.reason}: thaw did not park it "
+        "and will not snapshot it cold; it serves unparked",
+        hint="make the server load and warm up its model before it listens (e.g. in a FastAPI lifespan handler, or "
+             "before uvicorn.run), or relax the check with --park-min-warmup / --park-expect-gpu no",
+    )
 
 
 def send(inst: Instance, action: Action, *, timeout: float, info: dict[str, Any] | None = None,

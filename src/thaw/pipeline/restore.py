@@ -1,5 +1,8 @@
 """``thaw restore``: verify → CRIU restore in fresh namespaces → CUDA restore → unlock → thaw hooks → canary → go.
 
+A worker snapshotted with an HTTP canary is let go and must then answer the recorded
+requests as the original did (pipeline/http_canary.py) before it counts as running.
+
 A failure at any step kills what was restored and leaves the artifact untouched
 (restore only ever reads it). Each restore gets new pid, mount and network
 namespaces, so the same artifact can be restored many times at once on one node.
@@ -17,7 +20,7 @@ from typing import Any
 from thaw.config import Settings
 from thaw.criu import RestoreOptions, find_criu, restore as criu_restore
 from thaw.errors import CanaryMismatch, IntegrityError, RestoreError, ThawError
-from thaw.pipeline import control, gpu, instances
+from thaw.pipeline import control, gpu, http_canary, instances
 from thaw.pipeline.instances import Instance
 from thaw.pipeline.phases import Phases, Progress
 from thaw.pipeline.snapshot import IMAGES
@@ -38,10 +41,12 @@ class RestoreResult:
     canary_expected: Any = None
     canary_got: Any = None
     thaw_report: dict[str, Any] = field(default_factory=dict)
+    #: the answers the copy gave to the HTTP canary (None: the artifact has none, or it was not checked)
+    http_canary_got: list[Any] | None = None
 
     @property
     def canary_checked(self) -> bool:
-        return self.canary_expected is not None
+        return self.canary_expected is not None or self.http_canary_got is not None
 
 
 def restore(settings: Settings, artifact: str, *, store: Store | None = None, gpu_target: int | str | None = None,
@@ -114,7 +119,7 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
     protocol.link_sandbox(settings.run_dir, inst.ns_key, inst.dir)
     if manifest.gpus:
         with phases("gpu_restore", "CUDA restore + unlock"):
-            gpu_timings = gpu.restore(pid, pairs)
+            gpu_timings = gpu.restore_tree(pid, manifest.gpu_pids, pairs)
         phases.timings.update(gpu_timings)
     expected = manifest.worker.canary if verify_canary else None
     info = {"restore_id": inst.id, "artifact": manifest.name, "artifact_id": manifest.artifact_id,
@@ -131,11 +136,16 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
             )
         with phases("go"):
             control.send(inst, Action.GO, timeout=reply_timeout, info={"canary": "passed"})
+    http_got = None
+    if verify_canary and manifest.worker.http_canary is not None:
+        # let go, it binds its socket in this copy's network namespace; it counts as running once it answers alike
+        with phases("canary_http", "the restored worker answers the HTTP canary"):
+            http_got = http_canary.check(manifest.worker.http_canary, pid, who=f"restored worker {inst.id!r}")
     inst.state, inst.owner_pid = "running", 0
     inst.save()
     timings = phases.finish()
     return RestoreResult(instance=inst, manifest=manifest, timings=timings, canary_expected=expected,
-                         canary_got=reply.canary, thaw_report=reply.data)
+                         canary_got=reply.canary, thaw_report=reply.data, http_canary_got=http_got)
 
 
 def _prefetch_weights(settings: Settings, manifest: Manifest, pairs: Any) -> None:

@@ -13,7 +13,9 @@ uses the standard library only and keeps its work short:
 5. link ``<run dir>/ns/<pid-namespace inode>`` to the control directory, so the
    worker SDK finds it;
 6. reopen stdio inside the namespace (descriptors opened outside point at mounts the
-   dump cannot see) and exec the worker.
+   dump cannot see) and exec the worker, with the spec's ``worker_env`` added to its
+   environment only (``thaw run --park-at-listen``: this process must not load the
+   server's start-up hook).
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ def main(argv: list[str]) -> None:
     link_control_dir(spec["run_dir"], spec["control_dir"])
     reopen_stdio(spec["log"])
     os.chdir(spec.get("cwd") or "/")
+    os.environ.update(spec.get("worker_env") or {})
     try:
         os.execvp(cmd[0], cmd)
     except OSError as exc:

@@ -22,8 +22,11 @@ class Launched:
 
 
 def launch(argv: list[str], *, control_dir: Path, run_dir: Path, layout: Layout, env: dict[str, str],
-           cwd: Path | None = None, timeout: float = 30.0) -> Launched:
-    """Start ``argv`` as pid 1 of a new sandbox with ``layout``; return once it runs there."""
+           cwd: Path | None = None, timeout: float = 30.0, worker_env: dict[str, str] | None = None) -> Launched:
+    """Start ``argv`` as pid 1 of a new sandbox with ``layout``; return once it runs there.
+
+    ``worker_env`` is added to the environment of ``argv`` alone, not of the sandbox's init.
+    """
     if not argv:
         raise ConfigError("command", "no command given", hint="thaw run --name NAME -- CMD [ARGS...]")
     spec = {
@@ -34,6 +37,7 @@ def launch(argv: list[str], *, control_dir: Path, run_dir: Path, layout: Layout,
         "control_dir": str(control_dir),
         "log": str(control_dir / protocol.WORKER_LOG),
         "cwd": str(cwd or Path.cwd()),
+        "worker_env": dict(worker_env or {}),
     }
     flags = ["--pid", "--fork", "--mount", "--propagation", "private"] + (["--net"] if layout.private_net else [])
     cmd = ["unshare", *flags, sys.executable, "-m", "thaw.sandbox.init", json.dumps(spec), "--", *argv]

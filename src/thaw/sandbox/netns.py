@@ -23,6 +23,7 @@ CLONE_NEWNET = 0x40000000
 NET_KEY = "thaw-netns"
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
 T = TypeVar("T")
 
 
@@ -54,37 +55,37 @@ def dump_external(pid: int) -> str:
     return f"net[{os.stat(f'/proc/{pid}/ns/net').st_ino}]:{NET_KEY}"
 
 
-def run_inside(pid: int, call: Callable[[], T]) -> T:
-    """``call()`` on a short-lived thread inside ``pid``'s network namespace; its result, or its exception.
+def run_in(pid: int, fn: Callable[[], T]) -> T:
+    """Call ``fn`` on a short-lived thread that has joined ``pid``'s network namespace; return what it returns.
 
-    ``setns(CLONE_NEWNET)`` moves only the calling thread, and sockets keep the namespace they
-    were made in: whatever ``call`` connects to (``127.0.0.1:PORT``) is the sandbox's loopback.
+    ``setns(CLONE_NEWNET)`` moves the calling thread only, and every socket that thread
+    creates belongs to that namespace for its whole life: ``fn`` reaches ``127.0.0.1``
+    of the sandbox (e.g. a server the sandbox listens with) and nothing else of thaw
+    ever runs there. ``fn``'s exception is raised here.
     """
     result: dict[str, object] = {}
+    try:
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    except OSError as exc:
+        raise HostError(f"cannot open the network namespace of pid {pid}: {exc}",
+                        hint="the worker may have exited; thaw needs root to enter it") from exc
 
-    def enter() -> None:
+    def enter_and_call() -> None:
         try:
-            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err))
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            result["cannot_enter"] = exc
-            return
-        try:
-            result["value"] = call()
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise HostError(f"cannot enter the network namespace of pid {pid}: {os.strerror(err)}",
+                                hint="thaw needs root (CAP_SYS_ADMIN) to reach a sandbox's network")
+            result["value"] = fn()
         except BaseException as exc:  # reported to the caller's thread below
             result["error"] = exc
 
-    t = threading.Thread(target=enter, name="thaw-netns-enter")
-    t.start()
-    t.join()
-    if "cannot_enter" in result:
-        raise HostError(f"cannot enter the network namespace of pid {pid}: {result['cannot_enter']}",
-                        hint="thaw needs root (CAP_SYS_ADMIN) to reach a sandbox's loopback")
+    try:
+        t = threading.Thread(target=enter_and_call, name=f"thaw-netns-{pid}")
+        t.start()
+        t.join()
+    finally:
+        os.close(fd)
     if "error" in result:
         raise result["error"]  # type: ignore[misc]
     return result["value"]  # type: ignore[return-value]

@@ -169,6 +169,49 @@ class SourceInfo(_Strict):
     cuda_driver: str = ""
 
 
+class HttpCanaryRequest(BaseModel):
+    """One request of an HTTP canary (``--canary-http``): sent to the original after the snapshot and to every
+    restored copy before it counts as ready. ``compare`` names the parts of the JSON answer that must be
+    equal (dotted paths such as ``choices.0.text``); empty: the whole answer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Literal["GET", "POST"] = "POST"
+    path: str = Field(pattern=r"^/[!-~]*$", max_length=2048, description="absolute path and query, e.g. /v1/completions")
+    body: Any = Field(default=None, description="JSON body (POST)")
+    compare: list[str] = Field(default_factory=list, max_length=32)
+    timeout_s: float = Field(default=60.0, gt=0, le=600)
+
+    @classmethod
+    def of(cls, raw: dict[str, Any]) -> HttpCanaryRequest:
+        """A request from its JSON form: ``{"method", "path", "body", "compare", "timeout_s"}``, or OpenAI-style
+        ``{"prompt": ...}`` (``POST /v1/completions``) / ``{"messages": ...}`` (``POST /v1/chat/completions``),
+        which get ``temperature: 0`` unless they set it and compare the answer's ``choices`` (its ids and
+        timestamps differ on every answer). Raises ValueError (pydantic's ValidationError is one)."""
+        if "path" in raw or "method" in raw:
+            return cls.model_validate(raw)
+        if "prompt" in raw or "messages" in raw:
+            body = dict(raw)
+            extra = {k: body.pop(k) for k in ("compare", "timeout_s") if k in body}
+            body.setdefault("temperature", 0)
+            path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+            return cls.model_validate({"path": path, "body": body, "compare": ["choices"], **extra})
+        raise ValueError('a request needs "path" (any request) or "prompt" / "messages" (an OpenAI-style one)')
+
+
+class HttpExchange(_Strict):
+    request: HttpCanaryRequest
+    status: int
+    answer: Any = None  # the compared part of the answer, as the original gave it
+
+
+class HttpCanary(_Strict):
+    """What the original answered to the HTTP canary, and where it serves (``tcp://…`` or ``unix://…``)."""
+
+    serves: str
+    exchanges: list[HttpExchange]
+
+
 class WorkerInfo(_Strict):
     name: str
     argv: list[str] = Field(default_factory=list)
@@ -176,6 +219,8 @@ class WorkerInfo(_Strict):
     canary: Any = None  # the canary outputs recorded at quiesce time
     hooks: list[str] = Field(default_factory=list)
     freeze_report: dict[str, Any] = Field(default_factory=dict)  # what the freeze hooks reported
+    serves: str | None = None  # where the worker said it would serve (quiesce(serves=...), --park-at-listen)
+    http_canary: HttpCanary | None = None  # --canary-http: replayed against every restored copy
 
 
 class ReleasedMemory(_Strict):
@@ -282,6 +327,9 @@ class Manifest(_Strict):
     worker: WorkerInfo
     sandbox: dict[str, Any] = Field(default_factory=dict)  # the layout restore must rebuild (sandbox.Layout)
     gpus: list[dict[str, Any]] = Field(default_factory=list)  # one record per GPU the worker used
+    #: the processes whose GPU state the images hold, by their pid inside the sandbox (CRIU restores the
+    #: same pids there); empty with ``gpus`` set: the root alone (artifacts taken before this was recorded)
+    gpu_pids: list[int] = Field(default_factory=list)
     memory_released: list[ReleasedMemory] = Field(default_factory=list)
     weights: list[WeightSetRef] = Field(default_factory=list)
     #: the worker's host memory by kind before the GPU lock and after the checkpoint (pipeline/residual.py)

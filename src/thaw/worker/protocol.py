@@ -9,6 +9,7 @@ small JSON files in the worker's *control directory*, each written atomically
         ready.json      worker → thaw  it reached its quiesce point (ReadyMarker)
         command.json    thaw → worker  what to do next (Command)
         reply.json      worker → thaw  the outcome of the command with the same id (Reply)
+        park.json       worker → thaw  a server run with --park-at-listen listened too early (ParkReport)
         worker.log      the worker's stdout and stderr
 
 The worker finds its control directory through ``$THAW_RUN_DIR/ns/<pid-namespace inode>``,
@@ -38,6 +39,7 @@ PROTOCOL_VERSION = 1
 READY = "ready.json"
 COMMAND = "command.json"
 REPLY = "reply.json"
+PARK_REPORT = "park.json"
 WORKER_LOG = "worker.log"
 
 #: environment variable naming the run directory (holds ``ns/<inode>`` links)
@@ -65,6 +67,23 @@ class ReadyMarker:
     canary: Any = None  # the canary's outputs recorded at quiesce time, if the worker has one
     hooks: list[str] = field(default_factory=list)
     protocol: int = PROTOCOL_VERSION
+    at: float = 0.0
+    #: where the worker will serve once it goes on (``tcp://0.0.0.0:8000``, ``unix:///path``): thaw's HTTP canary
+    serves: str | None = None
+
+
+@dataclass(frozen=True)
+class ParkReport:
+    """Written by the start-up hook of ``thaw run --park-at-listen`` when the server listened before warming up.
+
+    The server was *not* parked (it serves as it would without thaw); thaw refuses to
+    wait for it or snapshot it, quoting ``reason``.
+    """
+
+    state: str  # "early"
+    serves: str  # the address it bound
+    reason: str  # why that was too early, e.g. "0.3 s after the process started (the minimum warm-up is 2 s)"
+    pid: int = 0  # the process that bound it, inside the sandbox
     at: float = 0.0
 
 
@@ -113,8 +132,12 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-def encode(obj: ReadyMarker | Command | Reply) -> dict[str, Any]:
+def encode(obj: ReadyMarker | Command | Reply | ParkReport) -> dict[str, Any]:
     return asdict(obj)
+
+
+def decode_park_report(raw: dict[str, Any]) -> ParkReport:
+    return ParkReport(**_known(ParkReport, raw))
 
 
 def decode_ready(raw: dict[str, Any]) -> ReadyMarker:

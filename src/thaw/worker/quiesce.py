@@ -91,6 +91,7 @@ def quiesce(
     *,
     canary: Callable[[], Any] | None = None,
     timeout: float | None = None,
+    serves: str | None = None,
 ) -> Outcome:
     """Announce readiness, park, and return once thaw says how to go on.
 
@@ -98,18 +99,21 @@ def quiesce(
     token ids for fixed prompts). It runs once here, and its result is stored with the
     snapshot; after a restore it runs again and thaw compares the two before the copy
     takes traffic. ``timeout`` (seconds) bounds the wait; on expiry the worker is
-    released. Outside thaw this returns RELEASED at once (``managed=False``).
+    released. ``serves`` says where the worker will listen once it goes on
+    (``tcp://0.0.0.0:8000``, ``unix:///run/app.sock``): thaw replays HTTP canary
+    requests there (``thaw snapshot --canary-http``). Outside thaw this returns
+    RELEASED at once (``managed=False``).
     """
     run_dir = os.environ.get(protocol.ENV_RUN_DIR)
     if not run_dir:
         return Outcome(Kind.RELEASED, {"reason": "not running under thaw"}, managed=False)
-    return _Parked(Path(run_dir), name or _default_name(), canary).wait(timeout)
+    return _Parked(Path(run_dir), name or _default_name(), canary, serves).wait(timeout)
 
 
 class _Parked:
     """The state of a parked worker: which commands it has handled and whether it is frozen."""
 
-    def __init__(self, run_dir: Path, name: str, canary: Callable[[], Any] | None) -> None:
+    def __init__(self, run_dir: Path, name: str, canary: Callable[[], Any] | None, serves: str | None) -> None:
         self.run_dir = run_dir
         self.name = name
         self.canary = canary
@@ -132,6 +136,7 @@ class _Parked:
             canary=recorded,
             hooks=hooks.registered()["freeze"],
             at=protocol.now(),
+            serves=serves,
         )
         protocol.write_json_atomic(ctl / protocol.READY, protocol.encode(marker))
 
