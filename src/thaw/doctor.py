@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from thaw.config import Settings
+from thaw.criu.locate import FAST_TREE, Criu
 from thaw.errors import ThawError
 from thaw.sandbox.layout import root_mount_id
 
@@ -101,9 +102,9 @@ def _criu(settings: Settings) -> list[Check]:
     try:
         with tempfile.TemporaryDirectory(prefix="thaw-doctor-") as d:
             check(Path(d), criu=criu)
-        return [found, Check("criu check", True, "Looks good")]
+        return [found, _page_fill(criu), Check("criu check", True, "Looks good")]
     except ThawError as exc:
-        return [found, Check("criu check", False, exc.message.splitlines()[0], _criu_check_fix())]
+        return [found, _page_fill(criu), Check("criu check", False, exc.message.splitlines()[0], _criu_check_fix())]
 
 
 def _criu_check_fix() -> str:
@@ -142,6 +143,17 @@ def _python_headers() -> Check:
                  "apt-get install python3-dev: torch.compile's C++ wrappers include Python.h", required=False)
 
 
+def _page_fill(criu: Criu) -> Check:
+    """Whether this CRIU fills restored memory with several threads (docs/performance.md, "CRIU page fill")."""
+    if criu.parallel_fill:
+        return Check("criu page fill", True, "parallel, huge pages (fast CRIU)", required=False)
+    if FAST_TREE.is_dir():
+        hint = f"fast CRIU is installed: THAW_CRIU={FAST_TREE} uses it"
+    else:
+        hint = "scripts/install-criu-fast.sh builds fast CRIU (parallel fill)"
+    return Check("criu page fill", True, f"stock, one thread; {hint}", required=False)
+
+
 def _store(settings: Settings) -> Check:
     url = settings.store_url
     if "://" in url and not url.startswith("dir://"):
@@ -165,7 +177,8 @@ def _thp(knob: str = THP_KNOB) -> Check:
         return Check("huge pages", True, "transparent huge pages not available", required=False)
     mode = text.split("[")[1].split("]")[0] if "[" in text else text.strip()
     detail = f"THP {mode}" + ("" if mode == "always" else
-                              ": restores fill memory with 4 KiB page faults (about half the speed of 'always')")
+                              ": stock CRIU fills restored memory with 4 KiB page faults (about half the speed "
+                              "of 'always'; fast CRIU makes huge pages itself)")
     return Check("huge pages", True, detail,
                  "" if mode == "always" else "on dedicated GPU nodes: thaw agent serve --thp always "
                  "(affects every process of the node)", required=False)

@@ -429,6 +429,7 @@ def _mount_subapps() -> None:
         ("thaw.cli.operator", "operator", "The Kubernetes operator."),
         ("thaw.cli.gms", "gms", "The GPU memory service: weights kept on the node, outside every snapshot."),
         ("thaw.cli.keys", "keys", "Signing keys for artifacts (ed25519)."),
+        ("thaw.cli.bench", "bench", "Measure cold starts and restores of a worker (thaw bench --name N -- CMD)."),
     ):
         try:
             sub = __import__(module, fromlist=["app"]).app
@@ -438,6 +439,7 @@ def _mount_subapps() -> None:
 
 
 _mount_subapps()
+app.command("cost")(__import__("thaw.cli.cost", fromlist=["cost"]).cost)
 
 if __name__ == "__main__":
     app()

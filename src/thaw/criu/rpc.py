@@ -67,6 +67,9 @@ class RestoreOptions:
     join_ns: list[tuple[str, str]] = field(default_factory=list)  # (ns, file)
     inherit_fds: dict[str, int] = field(default_factory=dict)  # key -> fd in this process
     timeout_s: int = 300
+    #: a command CRIU runs under (it execs CRIU in the end), e.g. to start CRIU inside a pod's cgroup
+    #: so that the tree it restores is born there (thaw.sandbox.incgroup)
+    wrapper: list[str] = field(default_factory=list)
 
 
 def dump(opts: DumpOptions, *, criu: Criu | None = None, log_name: str = "dump.log") -> float:
@@ -101,7 +104,7 @@ def restore(opts: RestoreOptions, *, criu: Criu | None = None, log_name: str = "
         _common(o, img_fd, work_fd, log_name)
         t0 = time.perf_counter()
         resp = _call(req, "restore", opts.work_dir / log_name, criu=criu, timeout=opts.timeout_s + 30,
-                     pass_fds=tuple(opts.inherit_fds.values()))
+                     pass_fds=tuple(opts.inherit_fds.values()), wrapper=opts.wrapper)
         return resp.restore.pid, time.perf_counter() - t0
 
 
@@ -143,12 +146,12 @@ class _dirs:
 
 
 def _call(req: object, operation: str, log: Path | None, *, criu: Criu | None, timeout: float,
-          pass_fds: tuple[int, ...] = ()) -> object:
+          pass_fds: tuple[int, ...] = (), wrapper: list[str] | None = None) -> object:
     criu = criu or find_criu()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         proc = subprocess.Popen(
-            [*criu.argv, "swrk", str(theirs.fileno())],
+            [*(wrapper or []), *criu.argv, "swrk", str(theirs.fileno())],
             pass_fds=(theirs.fileno(), *pass_fds),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -166,6 +169,8 @@ def _call(req: object, operation: str, log: Path | None, *, criu: Criu | None, t
         ours.send(req.SerializeToString())
         try:
             data = ours.recv(1 << 20)
+        except ConnectionResetError:  # CRIU (or the wrapper it runs under) exited without a word
+            data = b""
         except socket.timeout as exc:
             proc.kill()
             raise CriuError(operation, f"no answer within {timeout:.0f}s", log_tail=log_tail(log)) from exc

@@ -132,6 +132,26 @@ def link_control_dir(run_dir: str, control_dir: str) -> None:
     link_sandbox(run_dir, sandbox_key(), control_dir)
 
 
+def drop_capabilities() -> None:
+    """No capability for the worker: bounding, ambient, effective, permitted and inheritable sets emptied.
+
+    A pod's worker is started by a privileged entrypoint (it needs CAP_SYS_ADMIN for this sandbox), but
+    the worker needs none, and a restore must give back exactly the sets it had: CRIU can give only what
+    the agent holds ("Unable to restore capabilities" on the real node, where the pod had caps the agent
+    has not).
+    """
+    pr_capbset_drop, pr_cap_ambient, pr_cap_ambient_clear_all, sys_capset = 24, 47, 4, 126
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        _libc.prctl(pr_capbset_drop, cap, 0, 0, 0)
+    _libc.prctl(pr_cap_ambient, pr_cap_ambient_clear_all, 0, 0, 0)
+    header = struct.pack("Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = ctypes.create_string_buffer(24)  # two all-zero __user_cap_data_struct
+    if _libc.syscall(sys_capset, ctypes.c_char_p(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
 def reopen_stdio(log: str) -> None:
     fd = os.open("/dev/null", os.O_RDONLY)
     os.dup2(fd, 0)
@@ -157,6 +177,8 @@ def main(argv: list[str]) -> None:
     link_control_dir(spec["run_dir"], spec["control_dir"])
     reopen_stdio(spec["log"])
     os.chdir(spec.get("cwd") or "/")
+    if spec.get("drop_caps"):
+        drop_capabilities()
     os.environ.update(spec.get("worker_env") or {})
     try:
         os.execvp(cmd[0], cmd)
