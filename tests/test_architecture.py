@@ -36,6 +36,29 @@ def test_the_architecture_doc_table_is_the_layers_contract() -> None:
     assert in_doc == in_contract
 
 
+def test_the_architecture_doc_table_names_what_each_package_imports() -> None:
+    # the "uses" column is the imports as grimp (import-linter's graph) finds them: thaw.errors, which every
+    # floor may use, may be left out; "everything below" (the CLI) is checked by the layers contract alone
+    import grimp
+
+    graph = grimp.build_graph("thaw", cache_dir=None)
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    rows = re.findall(r"^\| \d+ \| `thaw\.([a-z0-9_]+)` \| [^|]*\| ([^|]*) \|$", doc, flags=re.M)
+    wrong = {}
+    for name, uses in rows:
+        if uses.strip() == "everything below":
+            continue
+        said = {w for w in re.sub(r"\([^)]*\)", "", uses).replace("—", "").replace(",", " ").split()}
+        package = f"thaw.{name}"
+        modules = {m for m in graph.modules if m == package or m.startswith(package + ".")}
+        imported = {i.split(".")[1] for m in modules for i in graph.find_modules_directly_imported_by(m)
+                    if i.startswith("thaw.") and i not in modules}
+        if said - {"errors"} != imported - {"errors"}:
+            wrong[package] = {"not imported": sorted(said - imported - {"errors"}),
+                              "not in the table": sorted(imported - said - {"errors"})}
+    assert wrong == {}
+
+
 #: reading the environment for a setting: only thaw.config (thaw's settings) and the worker SDK (what thaw
 #: hands a worker) do. A copy handed to a child process (dict(os.environ)) is not a read.
 ALLOWED = {
@@ -45,6 +68,7 @@ ALLOWED = {
     "demo/worker.py": "the demo's worker program reads its own knob",
     "store/testing.py": "a throwaway S3 server for tests gets credentials",
     "store/s3_calls.py": "boto3's region convention (AWS_REGION)",
+    "doctor.py": "the compiler check looks where torch.compile will ($CXX), not at a setting of thaw's",
     "listen/hook.py": "the park-at-listen hook runs inside the worker's processes, before thaw's settings exist there",
 }
 

@@ -101,6 +101,10 @@ class OperatorSettings(BaseSettings):
     agent_token_file: Path | None = Field(default=None, description="file with the agents' bearer token")
     delete_timeout: float = Field(default=600.0, description="seconds to keep trying to delete a snapshot's artifact")
     liveness: str | None = Field(default=None, description="kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    peering: str | None = Field(default=None, description="leader election among replicas through this "
+                                                          "ClusterKopfPeering object (none: one replica)")
+    peering_lifetime: int = Field(default=30, ge=5, le=3600,
+                                  description="seconds before a silent leader is replaced")
     kubeconfig: Path | None = Field(default=None, validation_alias="KUBECONFIG",
                                     description="kubeconfig to use outside a cluster")
     in_cluster: bool = Field(default=False, validation_alias="KUBERNETES_SERVICE_HOST",
@@ -138,6 +142,8 @@ class Settings(BaseSettings):
     store: str | None = Field(default=None, description="artifact store URL; default <home>/artifacts")
     staging: Path | None = Field(default=None, description="node-local staging for fetched artifacts")
     criu: str | None = Field(default=None, description="CRIU binary or portable tree")
+    cgroup_root: Path = Field(default=Path("/sys/fs/cgroup"), description="where the node's cgroup tree is "
+                              "mounted (a restore into a pod joins the pod's cgroups under it)")
     node: str = Field(default_factory=socket.gethostname, description="this node's name")
     keep_mounts: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                                         description="extra mounts kept in sandboxes")

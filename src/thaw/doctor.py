@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from thaw import proc
 from thaw.config import Settings
+from thaw.criu.locate import FAST_TREE, Criu
 from thaw.errors import ThawError
 
 MIN_DRIVER = 580
+PROC_FIX = "mount it: mount -t proc proc /proc (in a chroot: mount /proc, /sys and /dev inside it before entering)"
 # capabilities CRIU needs to dump and restore other processes (capability(7) bit numbers)
 CAPS = {"CAP_SYS_ADMIN": 21, "CAP_SYS_PTRACE": 19, "CAP_NET_ADMIN": 12, "CAP_CHECKPOINT_RESTORE": 40}
 
@@ -28,7 +32,8 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    return [_root(), _caps(), _kernel(), _unshare(), *_criu(settings), _store(settings), _thp(), _nvidia()]
+    return [_root(), _caps(), _kernel(), _root_dir(), _unshare(), *_criu(settings), _compiler(), _python_headers(),
+            _store(settings), _thp(), _nvidia()]
 
 
 def _root() -> Check:
@@ -38,6 +43,8 @@ def _root() -> Check:
 
 
 def _caps() -> Check:
+    if not proc.mounted():
+        return Check("capabilities", False, "cannot read /proc/self/status: /proc is not mounted", PROC_FIX)
     eff = proc.effective_capabilities()
     missing = [name for name, bit in CAPS.items() if not eff >> bit & 1]
     return Check("capabilities", not missing, "all present" if not missing else "missing " + ", ".join(missing),
@@ -46,9 +53,28 @@ def _caps() -> Check:
 
 def _kernel() -> Check:
     release = os.uname().release
+    if not proc.mounted():
+        return Check("kernel", False, f"Linux {release}; /proc is not mounted", PROC_FIX)
     ok = proc.checkpoint_restore_kernel()  # CRIU needs CONFIG_CHECKPOINT_RESTORE and namespaces
     return Check("kernel", ok, f"Linux {release}" + (", CHECKPOINT_RESTORE" if ok else ", no CHECKPOINT_RESTORE"),
                  "use a kernel built with CONFIG_CHECKPOINT_RESTORE=y and namespaces")
+
+
+def _root_dir() -> Check:
+    """CRIU dumps a worker only when its root is its mount namespace's root ("The root task has
+    another root than mntns"): it is on a machine or in a container, not inside a plain chroot."""
+    name = "root directory"
+    try:
+        # pid 1 shares our mount namespace and has its root: unless we see another mount at /
+        chrooted = (proc.ns_inode(1, "mnt") == proc.ns_inode("self", "mnt")
+                    and proc.root_mount_id() != proc.root_mount_id(proc.path(1, "mountinfo")))
+    except OSError:  # /proc missing (see the kernel check), or pid 1 not ours to look at
+        return Check(name, True, "not checked (pid 1 cannot be read here)", required=False)
+    if chrooted:
+        return Check(name, False, "/ is a chroot, not the root of this mount namespace",
+                     "enter the root with pivot_root, not chroot (a container, systemd-nspawn, or unshare --mount "
+                     "then pivot_root): CRIU cannot snapshot a worker inside a chroot")
+    return Check(name, True, "the mount namespace's root")
 
 
 def _unshare() -> Check:
@@ -68,10 +94,56 @@ def _criu(settings: Settings) -> list[Check]:
     try:
         with tempfile.TemporaryDirectory(prefix="thaw-doctor-") as d:
             check(Path(d), criu=criu)
-        return [found, Check("criu check", True, "Looks good")]
+        return [found, _page_fill(criu), Check("criu check", True, "Looks good")]
     except ThawError as exc:
-        return [found, Check("criu check", False, exc.message.splitlines()[0],
-                             "see CRIU's message; run as root on a kernel with CHECKPOINT_RESTORE")]
+        return [found, _page_fill(criu), Check("criu check", False, exc.message.splitlines()[0], _criu_check_fix())]
+
+
+def _criu_check_fix() -> str:
+    if not proc.mounted():
+        return PROC_FIX
+    if os.geteuid() != 0:
+        return "run as root"
+    return "CRIU's message above names what this host lacks (kernel options, capabilities, mounts)"
+
+
+def _compiler() -> Check:
+    """A C++ compiler that works: torch.compile builds its kernels' C++ wrappers with it (the demo's worker does)."""
+    cxx = os.environ.get("CXX") or "g++"  # torch._inductor's choice: $CXX, else g++
+    fix = "apt-get install g++ (or set CXX): torch.compile compiles C++ with it"
+    path = shutil.which(cxx)
+    if path is None:
+        return Check("c++ compiler", False, f"{cxx} not found", fix, required=False)
+    with tempfile.TemporaryDirectory(prefix="thaw-doctor-") as d:
+        (Path(d) / "probe.cpp").write_text("int main() { return 0; }\n")
+        try:
+            run = subprocess.run([path, "-c", "probe.cpp", "-o", "probe.o"], cwd=d, capture_output=True, text=True,
+                                 timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return Check("c++ compiler", False, f"{path} does not run: {exc}", fix, required=False)
+    if run.returncode != 0:
+        first = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[0]
+        return Check("c++ compiler", False, f"{path} cannot compile: {first}", fix, required=False)
+    return Check("c++ compiler", True, f"{path} compiles")
+
+
+def _python_headers() -> Check:
+    """Python.h for this interpreter: torch.compile's C++ wrappers include it."""
+    header = Path(sysconfig.get_path("include")) / "Python.h"
+    ok = header.exists()
+    return Check("python headers", ok, str(header) if ok else f"no {header}",
+                 "apt-get install python3-dev: torch.compile's C++ wrappers include Python.h", required=False)
+
+
+def _page_fill(criu: Criu) -> Check:
+    """Whether this CRIU fills restored memory with several threads (docs/performance.md, "CRIU page fill")."""
+    if criu.parallel_fill:
+        return Check("criu page fill", True, "parallel, huge pages (fast CRIU)", required=False)
+    if FAST_TREE.is_dir():
+        hint = f"fast CRIU is installed: THAW_CRIU={FAST_TREE} uses it"
+    else:
+        hint = "scripts/install-criu-fast.sh builds fast CRIU (parallel fill)"
+    return Check("criu page fill", True, f"stock, one thread; {hint}", required=False)
 
 
 def _store(settings: Settings) -> Check:
@@ -97,7 +169,8 @@ def _thp(knob: str = THP_KNOB) -> Check:
         return Check("huge pages", True, "transparent huge pages not available", required=False)
     mode = text.split("[")[1].split("]")[0] if "[" in text else text.strip()
     detail = f"THP {mode}" + ("" if mode == "always" else
-                              ": restores fill memory with 4 KiB page faults (about half the speed of 'always')")
+                              ": stock CRIU fills restored memory with 4 KiB page faults (about half the speed "
+                              "of 'always'; fast CRIU makes huge pages itself)")
     return Check("huge pages", True, detail,
                  "" if mode == "always" else "on dedicated GPU nodes: thaw agent serve --thp always "
                  "(affects every process of the node)", required=False)

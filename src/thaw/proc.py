@@ -133,6 +133,27 @@ def environ(pid: int) -> dict[str, str]:
     return out
 
 
+def children(pid: int) -> list[int]:
+    """The children of ``pid``'s main thread (``task/PID/children``)."""
+    return [int(k) for k in path(pid, "task", str(pid), "children").read_text().split()]
+
+
+def ns_pid(pid: int | str) -> int:
+    """The pid of a process in its own (innermost) pid namespace (last field of NSpid); -1 if not shown."""
+    nspid = status_field(pid, "NSpid")
+    return int(nspid.split()[-1]) if nspid else -1
+
+
+def cgroups(pid: int | str) -> dict[str, str]:
+    """``/proc/PID/cgroup`` as {hierarchy: path}: v1 lines by their controller list ("cpu,cpuacct",
+    "name=systemd"), the v2 line as ""."""
+    out = {}
+    for line in path(pid, "cgroup").read_text().splitlines():
+        _, controllers, where = line.split(":", 2)
+        out[controllers] = where
+    return out
+
+
 # --- open files and mappings -------------------------------------------------------------------
 
 
@@ -223,10 +244,76 @@ def in_netns(netns: int, *, env: str) -> list[int]:
 # --- the host ------------------------------------------------------------------------------------
 
 
+def mounted() -> bool:
+    """Whether a procfs is mounted at /proc (in a bare chroot it is not)."""
+    return (PROC / "self" / "status").exists()
+
+
 def mountpoints(mountinfo: str | Path = PROC / "self" / "mountinfo") -> list[str]:
     """The mountpoints of this mount namespace, in mount order."""
     with open(mountinfo) as f:
         return [_unescape(line.split()[4]) for line in f]
+
+
+def cgroup_mounts(root: Path, mountinfo: str | Path = PROC / "self" / "mountinfo") -> dict[str, Path]:
+    """{hierarchy: mountpoint} of the cgroup file systems at or under ``root`` (v2 as "")."""
+    out: dict[str, Path] = {}
+    with open(mountinfo) as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            fstype, point, super_opts = fields[sep + 1], Path(_unescape(fields[4])), fields[-1]
+            if not (point == root or root in point.parents):
+                continue
+            if fstype == "cgroup2":
+                out[""] = point
+            elif fstype == "cgroup":
+                names = [o for o in super_opts.split(",") if o not in ("rw", "ro") and not o.startswith("release_agent")
+                         and o not in ("xattr", "noprefix", "clone_children", "cpuset_v2_mode", "nsdelegate")]
+                out[",".join(names)] = point
+    return out
+
+
+def root_mount_id(mountinfo: str | Path = PROC / "self" / "mountinfo") -> str | None:
+    """The id of the mount a process sees at its ``/`` (the top one), or None when its root is no mount."""
+    with open(mountinfo) as f:
+        ids = [line.split()[0] for line in f if _unescape(line.split()[4]) == "/"]
+    return ids[-1] if ids else None
+
+
+def cap_last_cap() -> int:
+    """The highest capability number this kernel knows."""
+    return int((PROC / "sys" / "kernel" / "cap_last_cap").read_text())
+
+
+def mounts() -> list[tuple[str, str, str]]:
+    """(source, mount point, file system type) of every mount this process sees, in mount order."""
+    out = []
+    for line in (PROC / "self" / "mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            out.append((_unescape(fields[0]), _unescape(fields[1]), fields[2]))
+    return out
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (``model name`` of cpuinfo), or None where cpuinfo does not say."""
+    for line in (PROC / "cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def memory_total() -> int | None:
+    """The host's memory in bytes (MemTotal of meminfo)."""
+    for line in (PROC / "meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+#: writing 3 drops the page cache, dentries and inodes (root only)
+DROP_CACHES = PROC / "sys" / "vm" / "drop_caches"
 
 
 def checkpoint_restore_kernel() -> bool:

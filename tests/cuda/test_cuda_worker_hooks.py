@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from thaw.cuda import worker_hooks
@@ -106,3 +108,21 @@ def test_the_freeze_hook_shuts_down_inductors_compile_pool_which_restarts_at_the
     assert result["after"] == [], "no compile worker is left for CRIU to dump"
     assert len(result["again"]) == 3, "inductor starts a new pool when it next needs one"
     assert result["still_ok"]
+
+
+def test_trimming_gives_freed_heap_back_before_the_dump() -> None:
+    """Freed heap pages stay resident (and would be dumped) until malloc_trim gives them back."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json\n"
+        "from thaw.cuda.worker_hooks import trim_host, _rss\n"
+        "chunks = [bytearray(3000) for _ in range(60000)]\n"  # ~180 MB of small blocks on the heap
+        "keep = chunks[::1000]\n"  # a few survivors, so the heap's top is not simply released
+        "del chunks\n"
+        "print(json.dumps(trim_host()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    report = json.loads(out.stdout)
+    assert report["rss_before"] - report["rss_after"] > 100 * 2**20, report

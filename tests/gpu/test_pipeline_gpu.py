@@ -67,7 +67,7 @@ def test_restore_onto_the_other_gpu(settings) -> None:
     orig = start_worker(settings)
     recorded = orig.ready().canary
     snap = pipeline.snapshot(settings, orig.id, "moved")
-    source_uuid = snap.manifest.gpus[0]["uuid"]
+    source_uuid = snap.manifest.gpus[0].uuid
     target = next(g for g in gpus if g.uuid != source_uuid)
     moved = pipeline.restore(settings, "moved", gpu_target=target.index)
     assert get(moved.instance, "/infer") == recorded
@@ -107,7 +107,7 @@ def test_restore_refused_before_anything_when_gpu_memory_is_short(settings) -> N
 
     orig = start_worker(settings, filler_gib="4")
     snap = pipeline.snapshot(settings, orig.id, "big")
-    index = snap.manifest.gpus[0]["index"]
+    index = snap.manifest.gpus[0].index
     free, _ = torch.cuda.mem_get_info(index)
     # leave 1 GiB on the recorded GPU: less than the worker needs
     hog = torch.empty(free - (1 << 30), dtype=torch.uint8, device=f"cuda:{index}")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import copy
 import itertools
+import uuid
 from typing import Any
 
-from thaw.api.models import AgentStatus, Job
+from thaw.api.models import AgentStatus, Job, PodRef
 from thaw.errors import AgentUnavailable, ArtifactNotFound
 from thaw.k8s.status import PodPatch
 from thaw.model import GpuInfo, GpuRecord, Manifest, SourceInfo, WorkerInfo
@@ -34,8 +35,13 @@ def pod(name: str, *, namespace: str = "ml", node: str | None = "node-a", phase:
     if node:
         spec["nodeName"] = node
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}", "annotations": annotations or {}},
+            "metadata": {"name": name, "namespace": namespace, "uid": pod_uid(name), "annotations": annotations or {}},
             "spec": spec, "status": {"phase": phase}}
+
+
+def pod_uid(name: str) -> str:
+    """A pod's metadata.uid: a UUID, as the API server makes (the agent's PodRef checks its form)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"pod/{name}"))
 
 
 def snapshot(name: str = "snap", *, namespace: str = "ml", pod_name: str = "worker-0", status: dict | None = None,
@@ -131,14 +137,21 @@ class FakeAgent:
         return job_id
 
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True,
-                 canary_http: list[dict[str, Any]] | None = None) -> str:
+                 canary_http: list[dict[str, Any]] | None = None, pod: PodRef | None = None,
+                 key: str | None = None) -> str:
         self._call("snapshot", worker, artifact, leave_running)
-        return self._job("snapshot", worker=worker, artifact=artifact, canary_http=canary_http)
+        return self._keyed(key) or self._job("snapshot", worker=worker, artifact=artifact, canary_http=canary_http,
+                                             pod=pod.model_dump() if pod else None, key=key)
 
     def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None,
-                digest: str | None = None) -> str:
+                digest: str | None = None, pod: PodRef | None = None, key: str | None = None) -> str:
         self._call("restore", artifact, gpu, name)
-        return self._job("restore", artifact=artifact, gpu=gpu, name=name, digest=digest)
+        return self._keyed(key) or self._job("restore", artifact=artifact, gpu=gpu, name=name, digest=digest,
+                                             pod=pod.model_dump() if pod else None, key=key)
+
+    def _keyed(self, key: str | None) -> str | None:
+        """What the real agent does with an idempotency key: the job it started before (agent tests check it)."""
+        return next((j for j, job in self.jobs.items() if key and job["request"].get("key") == key), None)
 
     def job(self, job_id: str) -> Job:
         self._call("job", job_id)

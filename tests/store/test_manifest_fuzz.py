@@ -149,6 +149,16 @@ def test_stores_refuse_hostile_manifests_with_typed_errors_and_write_nothing_out
         assert not (root / "staging").exists() or list((root / "staging").iterdir()) == []
 
 
+def test_an_error_that_quotes_a_hostile_field_name_cannot_steer_the_terminal(tmp_path: Path) -> None:
+    """Found by the fuzzer below: an unknown field named ESC was quoted raw in 'malformed: ...'."""
+    valid = json.loads(json.dumps(BASE))
+    valid["\x1b[2J"] = None
+    _artifact(tmp_path, valid)
+    result = CliRunner().invoke(app, ["inspect", "a1", "--store", str(tmp_path / "store"),
+                                      "--home", str(tmp_path / "home")])
+    assert result.exit_code == 1 and "\x1b" not in result.output
+
+
 @given(hostile_manifests())
 @settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
 def test_the_cli_shows_or_refuses_hostile_manifests_without_a_traceback(doc: dict) -> None:

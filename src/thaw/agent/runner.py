@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from thaw.agent import pods
 from thaw.agent.audit import AuditLog
 from thaw.agent.holds import Holds
 from thaw.agent.jobs import JobBook, new_job_id
@@ -31,6 +32,7 @@ from thaw.api.models import (
 from thaw.errors import BusyError, CanaryMismatch, ThawError
 from thaw.ops import LocalOperations
 from thaw.pipeline import Instance, canary
+from thaw.sandbox.pod import Anchor
 
 #: a job's work: given its progress callback, its result
 Work = Callable[[Callable[[str, float | None, str], None]], JobResult]
@@ -58,7 +60,7 @@ class JobRunner:
         job = self._accept(JobKind.SNAPSHOT, req.model_dump(mode="json"), caller, worker=inst.id,
                            artifact=req.artifact, precheck=lambda: self._refuse_taken(req.artifact),
                            holds={"worker": inst.id, "worker_label": inst.name, "artifact": req.artifact,
-                                  "exclusive": True})
+                                  "exclusive": True}, key=req.idempotency_key)
         self.book.journal(job.id, worker_id=inst.id)  # which recovery record is this job's (service.recover)
 
         def work(progress: Callable[[str, float | None, str], None]) -> JobResult:
@@ -70,14 +72,16 @@ class JobRunner:
 
         return self._launch(job, work)
 
-    def restore(self, req: RestoreRequest, caller: dict[str, Any]) -> Job:
+    def restore(self, req: RestoreRequest, caller: dict[str, Any], *, into: Anchor | None = None) -> Job:
+        """``into``: the pod entrypoint to restore into (its namespaces, cgroup and root), on its own GPU."""
         job = self._accept(JobKind.RESTORE, req.model_dump(mode="json"), caller, worker=req.name,
-                           artifact=req.artifact, holds={"artifact": req.artifact})
+                           artifact=req.artifact, holds={"artifact": req.artifact}, key=req.idempotency_key)
 
         def work(progress: Callable[[str, float | None, str], None]) -> JobResult:
+            gpu = req.gpu if req.gpu is not None or into is None else pods.gpu_of(into)
             try:
-                result = self.ops.restore(req.artifact, name=req.name, gpu=req.gpu, verify_canary=req.verify_canary,
-                                          digest=req.digest, progress=progress)
+                result = self.ops.restore(req.artifact, name=req.name, gpu=gpu, verify_canary=req.verify_canary,
+                                          digest=req.digest, progress=progress, into=into)
             except CanaryMismatch:
                 self.metrics.canary.labels("mismatch").inc()
                 raise
@@ -109,7 +113,8 @@ class JobRunner:
     # ---- accepting and running -----------------------------------------------------------------
 
     def _accept(self, kind: JobKind, request: dict[str, Any], caller: dict[str, Any], *, worker: str | None,
-                artifact: str | None, holds: dict[str, Any], precheck: Callable[[], None] | None = None) -> Job:
+                artifact: str | None, holds: dict[str, Any], precheck: Callable[[], None] | None = None,
+                key: str | None = None) -> Job:
         if self._closing:
             raise BusyError(f"agent on {self.node} is shutting down")
         job_id = new_job_id()
@@ -118,7 +123,7 @@ class JobRunner:
             if precheck:
                 precheck()
             job = self.book.create(kind, worker=worker, artifact=artifact, request=request, caller=caller,
-                                   node=self.node, job_id=job_id)
+                                   node=self.node, job_id=job_id, key=key)
         except BaseException:
             self.holds.drop(job_id)
             raise

@@ -16,14 +16,18 @@ empties node-local staging.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from thaw import __version__, pipeline
+from thaw.agent import pods
 from thaw.agent.audit import AuditLog
 from thaw.agent.holds import Holds
 from thaw.agent.jobs import JobBook
@@ -39,6 +43,8 @@ from thaw.api.models import (
     JobKind,
     LaunchRequest,
     Recovery,
+    RestoreRequest,
+    SnapshotRequest,
     Worker,
 )
 from thaw.config import Settings
@@ -49,6 +55,8 @@ from thaw.model.manifest import check_digest
 from thaw.ops import LocalOperations, views
 from thaw.pipeline import Instance, Recovered
 from thaw.store import Store, store_for
+
+log = logging.getLogger("thaw.agent")
 
 #: the environment a launched worker gets besides what the request names (never the agent's own)
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
@@ -84,6 +92,7 @@ class Agent:
         self.started_at = datetime.now(UTC)
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
+        self._keys_lock = threading.Lock()  # one start per idempotency key
 
     # ---- life cycle ---------------------------------------------------------------------
 
@@ -194,16 +203,38 @@ class Agent:
     def job_list(self, limit: int = 100) -> list[Job]:
         return self.book.list(limit=limit)
 
-    def submit_snapshot(self, req: Any, caller: dict[str, Any]) -> Job:
-        return self.jobs.snapshot(self._find(req.worker), req, caller)
+    def submit_snapshot(self, req: SnapshotRequest, caller: dict[str, Any]) -> Job:
+        with self._keyed(req.idempotency_key, JobKind.SNAPSHOT, req.artifact) as replay:
+            if replay is not None:
+                return replay
+            inst = pods.adopt(self.settings, req.pod) if req.pod else self._find(req.worker)
+            return self.jobs.snapshot(inst, req, caller)
 
-    def submit_restore(self, req: Any, caller: dict[str, Any]) -> Job:
-        if req.name is not None and any(i.name == req.name and i.alive() for i in self._instances()):
-            raise BusyError(f"a worker named {req.name!r} is already running on {self.settings.node}",
-                            hint="pick another name for the restored worker")
-        # 404 now rather than a failed job later; a wrong digest or signature too (fetch checks it again)
-        self.store.trust.check(self.store.manifest(req.artifact), expected_digest=req.digest)
-        return self.jobs.restore(req, caller)
+    def submit_restore(self, req: RestoreRequest, caller: dict[str, Any]) -> Job:
+        with self._keyed(req.idempotency_key, JobKind.RESTORE, req.artifact) as replay:
+            if replay is not None:
+                return replay
+            if req.name is not None and any(i.name == req.name and i.alive() for i in self._instances()):
+                raise BusyError(f"a worker named {req.name!r} is already running on {self.settings.node}",
+                                hint="pick another name for the restored worker")
+            # 404 now rather than a failed job later; a wrong digest or signature too (fetch checks it again)
+            self.store.trust.check(self.store.manifest(req.artifact), expected_digest=req.digest)
+            anchor = pods.anchor_of(req.pod) if req.pod else None  # 404 now if the pod is not (yet) here
+            return self.jobs.restore(req, caller, into=anchor)
+
+    @contextmanager
+    def _keyed(self, key: str | None, kind: JobKind, artifact: str) -> Iterator[Job | None]:
+        """Held while a start is accepted: the job an earlier start with this idempotency key began, if any."""
+        if key is None:
+            yield None
+            return
+        with self._keys_lock:
+            job = self.book.by_key(key)
+            if job is not None and (job.kind, job.artifact) != (kind, artifact):
+                raise BusyError(f"idempotency key {key!r} started a {job.kind.value} of {job.artifact!r} (job "
+                                f"{job.id}), not a {kind.value} of {artifact!r}",
+                                hint="use a new key for a new request")
+            yield job
 
     def submit_verify(self, name: str, caller: dict[str, Any], digest: str | None = None) -> Job:
         self.store.manifest(check_name(name))
@@ -242,7 +273,13 @@ class Agent:
     def _reap_loop(self) -> None:
         # restored workers are re-parented to this process (child subreaper): collect those that exit
         while not self._stop.wait(self.config.reap_interval_s):
-            for inst in self._instances():
+            try:
+                everyone = self._instances()
+                pods.untie(everyone)
+            except (OSError, ThawError) as exc:  # an unreadable instance record: reap what can be, retry next round
+                log.warning("reaper: %s", exc)
+                continue
+            for inst in everyone:
                 for pid in (inst.host_pid, inst.holder_pid):
                     if pid > 0:
                         try:

@@ -34,6 +34,7 @@ from thaw.api.models import (
     Inspection,
     Job,
     LaunchRequest,
+    PodRef,
     Recovery,
     RestoreRequest,
     SnapshotRequest,
@@ -105,15 +106,20 @@ class AgentClient:
     # ---- operations (jobs) ----
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool = False,
                  ready_timeout: float = 60.0,
-                 canary_http: Sequence[HttpCanaryRequest | dict[str, Any]] | None = None) -> Job:
+                 canary_http: Sequence[HttpCanaryRequest | dict[str, Any]] | None = None,
+                 pod: PodRef | None = None, key: str | None = None) -> Job:
+        """``pod``: the pod whose worker to snapshot; ``key``: an idempotency key."""
         req = _request(SnapshotRequest, worker=worker, artifact=artifact, leave_running=leave_running,
-                       ready_timeout=ready_timeout, canary_http=list(canary_http or []))
+                       ready_timeout=ready_timeout, canary_http=list(canary_http or []), pod=pod,
+                       idempotency_key=key)
         return Job.model_validate(self._call("POST", "/v1/snapshots", json=req))
 
     def restore(self, artifact: str, *, name: str | None = None, gpu: GpuTarget | None = None,
-                verify_canary: bool = True, digest: str | None = None) -> Job:
+                verify_canary: bool = True, digest: str | None = None, pod: PodRef | None = None,
+                key: str | None = None) -> Job:
+        """``pod``: the pod to restore into; ``key``: an idempotency key."""
         req = _request(RestoreRequest, artifact=artifact, name=name, gpu=gpu, verify_canary=verify_canary,
-                       digest=digest)
+                       digest=digest, pod=pod, idempotency_key=key)
         return Job.model_validate(self._call("POST", "/v1/restores", json=req))
 
     def verify(self, artifact: str, *, digest: str | None = None) -> Job:

@@ -95,9 +95,17 @@ def restore(
 def list_artifacts(home: HomeOpt = None, store: StoreOpt = None, agent: AgentOpt = None, local: LocalOpt = False,
                    json_out: JsonOpt = False) -> None:
     """List the artifacts in the store (the agent's store when an agent runs)."""
-    rows = operations(home, store, agent, local).artifacts()
+    ops = operations(home, store, agent, local)
+    rows = ops.artifacts()
     if json_out:
         emit_json([a.model_dump(mode="json") for a in rows])
+        return
+    # the store listed, then its artifacts: an empty listing still says where it looked
+    where = safe(ops.store_name)
+    count = len(rows)
+    console.print(f"{count} artifact{'' if count == 1 else 's'} in {where}" if count else f"no artifacts in {where}",
+                  soft_wrap=True)
+    if not rows:
         return
     table = Table("NAME", "WORKER", "SIZE", "CREATED", "FROM NODE", "GPUS", "DIGEST")
     for a in rows:  # every text from a manifest is untrusted: printed escaped (safe)

@@ -58,6 +58,12 @@ def run(
     liveness: Annotated[str | None, typer.Option(
         help="serve a liveness probe here, e.g. http://0.0.0.0:8080/healthz [env THAW_LIVENESS]",
         show_default=False)] = None,
+    peering: Annotated[str | None, typer.Option(
+        help="leader election among replicas through this ClusterKopfPeering object "
+             "[default: none, one replica] [env THAW_PEERING]", show_default=False)] = None,
+    peering_lifetime: Annotated[int | None, typer.Option(
+        help="seconds before a silent leader is replaced [default: 30] [env THAW_PEERING_LIFETIME]",
+        show_default=False)] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every handler call")] = False,
 ) -> None:
     """Run the operator until stopped."""
@@ -67,7 +73,8 @@ def run(
 
     given = {"namespaces": namespace or None, "kubeconfig": kubeconfig, "poll": poll,
              "agent_namespace": agent_namespace, "agent_selector": agent_selector, "agent_port": agent_port,
-             "agent_token_file": agent_token_file, "delete_timeout": delete_timeout, "liveness": liveness}
+             "agent_token_file": agent_token_file, "delete_timeout": delete_timeout, "liveness": liveness,
+             "peering": peering, "peering_lifetime": peering_lifetime}
     settings = load(OperatorSettings, **given)
     run_operator(OperatorConfig.of(settings), kubeconfig=settings.kubeconfig, in_cluster=settings.in_cluster,
                  verbose=verbose)

@@ -1,9 +1,14 @@
 """Finding a CRIU >= 4 to run: the host's, or a portable tree (loader + libraries).
 
 Order: the ``criu`` setting (``THAW_CRIU``: a criu binary, a wrapper, or a portable tree's root), then the
-portable tree scripts/install-criu.sh installs (/opt/thaw/criu), then ``criu`` on PATH.
+portable tree scripts/install-criu.sh installs (/opt/thaw/criu), then the fast one
+scripts/install-criu-fast.sh installs (/opt/thaw/criu-fast), then ``criu`` on PATH.
 A host CRIU older than 4 is skipped with a note: Debian 12's 3.17 fails on current
 kernels ("vdso: Unexpected rt vDSO area bounds").
+
+"Fast CRIU" (scripts/install-criu-fast.sh, /opt/thaw/criu-fast) is CRIU with thaw's page-fill
+patch; its ``criu --version`` says "Page fill: parallel". Where both trees are installed it is
+used only when ``$THAW_CRIU`` names it; `thaw doctor` says whether the CRIU in use has it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from pathlib import Path
 from thaw.errors import HostError
 
 DEFAULT_TREE = Path("/opt/thaw/criu")
+FAST_TREE = Path("/opt/thaw/criu-fast")  # where scripts/install-criu-fast.sh installs by default
 MIN_MAJOR = 4
+PAGE_FILL_LINE = re.compile(r"^Page fill:\s*parallel", re.MULTILINE)  # printed by the page-fill patch
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,7 @@ class Criu:
     argv: tuple[str, ...]
     version: str
     source: str  # where it was found, for `thaw doctor`
+    parallel_fill: bool = False  # built with thaw's page-fill patch (scripts/install-criu-fast.sh)
 
     @property
     def major(self) -> int:
@@ -54,13 +62,14 @@ def _is_elf(path: Path) -> bool:
         return f.read(4) == b"\x7fELF"
 
 
-def _version(argv: tuple[str, ...]) -> str | None:
+def _version(argv: tuple[str, ...]) -> tuple[str, bool] | None:
+    """CRIU's version and whether it has the parallel page fill, from ``criu --version``."""
     try:
         out = subprocess.run([*argv, "--version"], check=False, capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     m = re.search(r"Version:\s*([0-9][0-9.]*)", out)
-    return m.group(1) if m else None
+    return (m.group(1), PAGE_FILL_LINE.search(out) is not None) if m else None
 
 
 @lru_cache(maxsize=8)
@@ -71,6 +80,7 @@ def find_criu(override: str | None = None) -> Criu:
     if override:
         candidates.append(("THAW_CRIU", Path(override)))
     candidates.append(("portable tree", DEFAULT_TREE))
+    candidates.append(("fast portable tree", FAST_TREE))
     if which := shutil.which("criu"):
         candidates.append(("PATH", Path(which)))
     for source, path in candidates:
@@ -78,14 +88,15 @@ def find_criu(override: str | None = None) -> Criu:
         if argv is None:
             tried.append(f"{path} ({source}): not found")
             continue
-        version = _version(argv)
-        if version is None:
+        found = _version(argv)
+        if found is None:
             tried.append(f"{path} ({source}): does not run")
             continue
+        version, parallel_fill = found
         if int(version.split(".")[0]) < MIN_MAJOR:
             tried.append(f"{path} ({source}): version {version} < {MIN_MAJOR}")
             continue
-        return Criu(argv=argv, version=version, source=f"{path} ({source})")
+        return Criu(argv=argv, version=version, source=f"{path} ({source})", parallel_fill=parallel_fill)
     raise HostError(
         "no CRIU >= 4 found: " + "; ".join(tried),
         hint="run scripts/install-criu.sh (a portable CRIU 4 tree in /opt/thaw/criu) or set THAW_CRIU",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from pathlib import Path
 
 from thaw.k8s.config import OperatorConfig
@@ -28,5 +30,8 @@ def run(config: OperatorConfig, *, kubeconfig: Path | None = None, in_cluster: b
     handlers.register(registry, config)
     memo = handlers.Memo(cluster=KubeCluster(client.ApiClient(cfg), config.agents),
                          connect=http_connector(config.token()), config=config, kube_config=cfg)
-    kopf.run(registry=registry, memo=memo, standalone=True, clusterwide=not config.namespaces,
-             namespaces=list(config.namespaces), liveness_endpoint=config.liveness)
+    # with peering, distinct random priorities: kopf pauses every replica that sees one of a higher (or equal)
+    # priority; without, one standalone replica
+    kopf.run(registry=registry, memo=memo, clusterwide=not config.namespaces, namespaces=list(config.namespaces),
+             liveness_endpoint=config.liveness, standalone=config.peering is None, peering_name=config.peering,
+             priority=1 + secrets.randbelow(2**30) if config.peering else None)

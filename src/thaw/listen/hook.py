@@ -201,14 +201,13 @@ def _expects_gpu(setting: str) -> bool:
 
 def _sandbox_holds_gpu() -> bool:
     # the sandbox has a /proc of its own pid namespace: every process listed is the worker's
+    from thaw import proc  # noqa: PLC0415
     from thaw.cuda import process  # noqa: PLC0415 - /proc only; libcuda is never loaded here
     from thaw.errors import ThawError  # noqa: PLC0415
 
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in proc.pids():
         try:
-            if process.process_uses_gpu(int(entry)):
+            if process.process_uses_gpu(pid):
                 return True
         except ThawError:
             continue  # gone, or not ours to read

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from thaw.errors import ConfigError
 from thaw.gpuid import format_uuid, normalize_uuid, parse_uuid
@@ -88,11 +88,11 @@ class GpuRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    index: int
+    index: int = Field(ge=0)
     uuid: GpuUuid
     name: str
-    memory_total: int
-    used_bytes: int | None = None
+    memory_total: int = Field(ge=0)
+    used_bytes: int | None = Field(default=None, ge=0)  # a manifest is untrusted: a byte count or nothing
     compute_capability: str = ""
 
     @property

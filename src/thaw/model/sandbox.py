@@ -47,6 +47,9 @@ class SandboxRecord(SandboxLayout):
     net_key: str = Field(default=NET_KEY, description="CRIU's key of the external network namespace")
     stdio: list[str] = Field(default_factory=list,
                              description="host paths of the worker's stdout/stderr (a restore opens its own log)")
+    run_dir: str | None = Field(default=None, max_length=4096,
+                                description="a pod worker's THAW_RUN_DIR, which its memory holds: a restore into a "
+                                            "pod needs the same one (pipeline/placement.py)")
 
     @property
     def layout(self) -> SandboxLayout:

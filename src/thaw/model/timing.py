@@ -35,6 +35,7 @@ class Phase(str, Enum):
     FETCH = "fetch"
     PLAN = "plan"
     WEIGHTS_PREFETCH = "weights_prefetch"
+    JOIN_POD = "join_pod"  # a restore into a pod opens its namespaces, log FIFO and a clone of its root
     CRIU_RESTORE = "criu_restore"
     GPU_RESTORE = "gpu_restore"
     THAW_HOOKS = "thaw_hooks"

@@ -35,6 +35,8 @@ class Operations(Protocol):
 
     #: where the operations run, for messages ("this process", "the agent at /run/thaw/agent.sock")
     where: str
+    #: the store they use, for messages (its URL here; "the store of the agent at ..." through one)
+    store_name: str
 
     def launch(self, name: str, argv: list[str], *, env: dict[str, str], cwd: Path,
                park: ParkAtListen | None = None) -> Worker:
@@ -46,6 +48,10 @@ class Operations(Protocol):
         ...
 
     def workers(self, *, include_gone: bool = False) -> list[Worker]: ...
+
+    def worker(self, ref: str) -> Worker:
+        """One worker by id or name, alive or not (WorkerNotFound when there is none)."""
+        ...
 
     def release(self, worker: str) -> Worker:
         """Let a parked worker go on serving without a snapshot."""

@@ -23,6 +23,7 @@ from thaw.model import GpuTarget, check_name
 from thaw.model.manifest import HttpCanaryRequest
 from thaw.ops import views
 from thaw.ops.base import Progress
+from thaw.sandbox.pod import Anchor
 from thaw.store import Store, store_for
 
 
@@ -33,6 +34,7 @@ class LocalOperations:
         self.settings = settings
         self._store = store
         self.where = "this process"
+        self.store_name = settings.store_url
 
     @property
     def store(self) -> Store:
@@ -54,6 +56,9 @@ class LocalOperations:
     def workers(self, *, include_gone: bool = False) -> list[Worker]:
         return [views.worker(i) for i in pipeline.list_instances(self.settings) if include_gone or i.alive()]
 
+    def worker(self, ref: str) -> Worker:
+        return views.worker(pipeline.find(self.settings, ref, alive=False))
+
     def release(self, worker: str) -> Worker:
         return views.worker(pipeline.release(self.settings, worker))
 
@@ -71,9 +76,11 @@ class LocalOperations:
         return views.snapshot_result(snap, leave_running=leave_running)
 
     def restore(self, artifact: str, *, name: str | None, gpu: GpuTarget | None, verify_canary: bool,
-                digest: str | None, progress: Progress) -> RestoreResult:
+                digest: str | None, progress: Progress, into: Anchor | None = None) -> RestoreResult:
+        """``into`` (the agent's, for a pod): restore into that pod entrypoint's namespaces, cgroup and root."""
         restored = pipeline.restore(self.settings, artifact, store=self.store, gpu_target=gpu, name=name,
-                                    verify_canary=verify_canary, expected_digest=digest, progress=progress)
+                                    verify_canary=verify_canary, expected_digest=digest, progress=progress,
+                                    into=into)
         return views.restore_result(restored)
 
     # ---- artifacts ----

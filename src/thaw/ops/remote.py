@@ -18,7 +18,7 @@ from thaw.api.models import (
     VerifyResult,
     Worker,
 )
-from thaw.errors import QuiesceTimeout, ThawError, WorkerError, rebuild
+from thaw.errors import AgentError, QuiesceTimeout, ThawError, WorkerError, rebuild
 from thaw.listen import ParkAtListen
 from thaw.model import GpuTarget, check_name
 from thaw.model.manifest import HttpCanaryRequest
@@ -36,6 +36,7 @@ class AgentOperations:
     def __init__(self, client: AgentClient) -> None:
         self.client = client
         self.where = f"the agent at {client.where}"
+        self.store_name = f"the store of {self.where}"
 
     # ---- workers ----
     def launch(self, name: str, argv: list[str], *, env: dict[str, str], cwd: Path,
@@ -60,6 +61,12 @@ class AgentOperations:
 
     def workers(self, *, include_gone: bool = False) -> list[Worker]:
         return self.client.workers(include_gone=include_gone)
+
+    def worker(self, ref: str) -> Worker:
+        try:
+            return self.client.worker(check_name(ref, what="worker name"))
+        except AgentError as exc:
+            raise exc.original() from None  # WorkerNotFound as itself
 
     def release(self, worker: str) -> Worker:
         return self.client.release(check_name(worker, what="worker name"))

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from thaw import proc
 from thaw.errors import CanaryMismatch, CheckpointError, ConfigError, WorkerError
 from thaw.sandbox import netns
 from thaw.model.manifest import HttpCanary, HttpCanaryRequest, HttpExchange
@@ -167,7 +168,7 @@ def _address(serves: str, pid: int) -> tuple[str, str | None]:
     if serves.startswith("unix:@"):
         return "http://worker", "\0" + serves[len("unix:@"):]
     if serves.startswith("unix://"):
-        path = f"/proc/{pid}/root{serves[len('unix://'):]}"  # the sandbox's own view of its files
+        path = f"{proc.path(pid, 'root')}{serves[len('unix://'):]}"  # the sandbox's own view of its files
         if len(path.encode()) > 107:
             raise ConfigError(FIELD, f"the worker's socket path is too long to connect to ({path})",
                               hint="unix socket paths are limited to 107 bytes")

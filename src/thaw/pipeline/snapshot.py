@@ -49,6 +49,7 @@ from thaw.pipeline import control, gpu, http_canary, instances, recovery, residu
 from thaw.pipeline.instances import Instance, SnapshotAttempt
 from thaw.pipeline.phases import Phases, Progress
 from thaw.sandbox import netns
+from thaw.sandbox.pod import run_dir_of
 from thaw.store import Store, store_for
 from thaw.worker.protocol import Action
 
@@ -194,7 +195,8 @@ def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, A
                               thaw_version=__version__, **gpu.identity()),
             worker=WorkerInfo(name=inst.name, argv=inst.argv, pid=pid, canary=ready.canary, hooks=ready.hooks,
                               freeze_report=report, serves=ready.serves, http_canary=http),
-            sandbox=SandboxRecord(**layout.model_dump(), net_key=netns.NET_KEY, stdio=sorted(set(stdio))),
+            sandbox=SandboxRecord(**layout.model_dump(), net_key=netns.NET_KEY, stdio=sorted(set(stdio)),
+                                  run_dir=run_dir_of(pid) if inst.anchor_pid else None),  # see placement.in_pod
             gpus=gpus,
             gpu_pids=gpu.namespace_pids(gpu_pids),
             memory_released=[ReleasedMemory(**r) for r in _released(report)],

@@ -18,6 +18,8 @@ WORKER_NAME = "THAW_WORKER_NAME"
 GMS_DIR = "THAW_GMS_DIR"
 #: fill reacquired discard-policy memory with a pattern (thaw.memory): 1/true, 0/false, or a 32-bit word
 MEMORY_POISON = "THAW_MEMORY_POISON"
+#: a pod's annotations as its downward API volume shows them (thaw.sandbox.entrypoint)
+POD_INFO = "THAW_POD_INFO"
 
 
 def run_dir() -> Path | None:
@@ -38,3 +40,9 @@ def gms_dir() -> Path | None:
 def memory_poison() -> str:
     """The raw THAW_MEMORY_POISON value ("" when unset); thaw.memory interprets it."""
     return os.environ.get(MEMORY_POISON, "").strip().lower()
+
+
+def pod_info() -> Path | None:
+    """Where a pod's entrypoint reads the pod's annotations, when the pod says so."""
+    value = os.environ.get(POD_INFO)
+    return Path(value) if value else None
