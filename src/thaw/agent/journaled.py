@@ -59,7 +59,7 @@ class JournaledStore(Store):
     def abandon(self, name: str, artifact_id: str, staged_dir: Path) -> None:
         self.inner.abandon(name, artifact_id, staged_dir)
 
-    def _staging_dir(self) -> Path:  # never called: stage() is delegated whole
+    def _staging_dir(self, name: str, artifact_id: str) -> Path:  # never called: stage() is delegated whole
         raise NotImplementedError
 
     def _publish(self, staged: Staged) -> Manifest:  # never called: stage() is delegated whole

@@ -398,6 +398,13 @@ class Agent:
                               job=job.id, reason="agent_restarted", message=message)
             recovered.append(self.book.get(job.id))
         self._empty_staging()
+        try:  # the store's staging left by dead writers of this node (a killed `thaw snapshot --local` too)
+            swept = self.store.sweep()
+            if swept:
+                self.audit.record("sweep", "succeeded", caller={"via": "agent start"},
+                                  message=f"{swept} staging entries of dead writers removed")
+        except (ThawError, OSError):
+            pass  # `thaw gc` reports what it cannot remove
         return [j for j in recovered if j is not None]
 
     def _recover_snapshot(self, job: Job, journal: dict[str, Any], phase: str) -> list[str]:

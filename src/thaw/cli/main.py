@@ -19,6 +19,7 @@ from rich.table import Table
 
 from thaw.cli.output import console, emit_json, err, fail, friendly, human_bytes, progress, safe, seconds
 from thaw.config import Settings
+from thaw.errors import ThawError
 
 app = typer.Typer(
     name="thaw",
@@ -47,9 +48,29 @@ def _settings(home: Path | None, store: str | None) -> Settings:
 
 
 def _store(settings: Settings):
+    """The store ``settings`` name, after removing what crashed operations left in its staging and the node's."""
+    from thaw.pipeline.cleanup import sweep
     from thaw.store import store_for
 
-    return store_for(settings)
+    store = store_for(settings)
+    try:
+        sweep(settings, store)
+    except (ThawError, OSError) as exc:  # a clean-up that fails must not fail the command: `thaw gc` says more
+        err.print(f"[yellow]warning:[/] could not sweep staging debris: {safe(str(exc))}")
+    return store
+
+
+def _duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        fail(f"--older-than: {text!r} is not a duration", "e.g. 3600, 90m, 24h or 7d", code=2)
+    if value < 0:
+        fail(f"--older-than: {text!r} is negative", "e.g. 3600, 90m, 24h or 7d", code=2)
+    return value
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -126,10 +147,26 @@ def ps(
 
 @app.command()
 @friendly
-def gc(home: HomeOpt = None) -> None:
-    """Kill restored copies left behind by a restore that died before it finished (e.g. SIGKILL)."""
-    recovered = _recover(_settings(home, None))
-    console.print(f"recovered {len(recovered)} interrupted restore(s)")
+def gc(
+    older_than: Annotated[str, typer.Option("--older-than", help="also remove what no owner on this node can "
+                                            "claim once older than this: other nodes' or earlier boots' staging, "
+                                            "unfinished S3 uploads, directories of workers gone (90m, 24h, 7d)")]
+    = "24h",
+    home: HomeOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Clean up after crashes: kill restored copies whose restore died (e.g. SIGKILL), remove staging debris of
+    dead snapshots and fetches, abort interrupted uploads, and prune old instance directories."""
+    from thaw.pipeline.cleanup import sweep
+    from thaw.store import store_for
+
+    age = _duration(older_than)
+    settings = _settings(home, store)
+    recovered = _recover(settings)
+    swept = sweep(settings, store_for(settings), older_than_s=age)
+    console.print(f"recovered {len(recovered)} interrupted restore(s); removed {len(swept.staging)} node staging "
+                  f"entries, {swept.store_entries} store staging entries and uploads, "
+                  f"{len(swept.instances)} instance directories older than {older_than}")
 
 
 def _recover(settings: Settings) -> list:

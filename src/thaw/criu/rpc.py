@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from thaw import faults
 from thaw.criu import messages
 from thaw.criu.locate import Criu, find_criu
 from thaw.errors import CriuError
@@ -39,6 +40,8 @@ KNOWN_CAUSES = (
     ("Can't get 1:16 opt", "this CRIU cannot dump a TCP or UDP socket on Linux >= 6.16 (criu#2705): the worker "
      "must hold none when it is snapshotted: no listening socket before it parks (--park-at-listen stashes the one "
      "it parks at), no connection to another service left open, no torch.distributed TCP store"),
+    ("No space left on device", "the artifact store or its staging is full: free space there, or snapshot to "
+     "another store (--store); nothing was published and the worker is parked as before"),
 )
 
 
@@ -164,11 +167,14 @@ def _call(req: object, operation: str, log: Path | None, *, criu: Criu | None, t
     try:
         ours.settimeout(timeout)
         ours.send(req.SerializeToString())
+        faults.point(f"criu.{operation}", child=proc.pid)  # CRIU at work: what a crash now leaves is tested
         try:
             data = ours.recv(1 << 20)
         except socket.timeout as exc:
             proc.kill()
             raise CriuError(operation, f"no answer within {timeout:.0f}s", log_tail=log_tail(log)) from exc
+        except ConnectionResetError:  # CRIU died (killed, OOM) with our request unanswered
+            data = b""
         if not data:
             stderr = proc.communicate(timeout=10)[1].decode(errors="replace")
             raise CriuError(operation, f"criu exited without answering: {stderr.strip()[-500:]}",

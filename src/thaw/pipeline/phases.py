@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from thaw import faults
+
 #: progress callback: (phase, fraction done or None, detail)
 Progress = Callable[[str, float | None, str], None]
 
@@ -17,7 +19,9 @@ def no_progress(phase: str, fraction: float | None, detail: str) -> None:
 class Phases:
     """Collects phase durations; ``summary()`` lists them and what no phase accounts for."""
 
-    def __init__(self, progress: Progress | None = None) -> None:
+    def __init__(self, progress: Progress | None = None, *, operation: str = "") -> None:
+        #: names the fault points of this operation's phases (``snapshot.dump``; thaw.faults)
+        self.operation = operation
         self.started = time.perf_counter()
         self.timings: dict[str, float] = {}
         self.progress = progress or no_progress
@@ -25,6 +29,7 @@ class Phases:
     @contextmanager
     def __call__(self, name: str, detail: str = "") -> Iterator[None]:
         self.progress(name, None, detail)
+        faults.point(f"{self.operation}.{name}")
         t0 = time.perf_counter()
         try:
             yield

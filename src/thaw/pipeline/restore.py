@@ -59,7 +59,7 @@ def restore(settings: Settings, artifact: str, *, store: Store | None = None, gp
     """
     check_name(artifact)
     store = store or store_for(settings)
-    phases = Phases(progress)
+    phases = Phases(progress, operation="restore")
     with phases("fetch", f"fetching and verifying {artifact}"):
         fetched = store.fetch(artifact, settings.staging_dir, expected_digest=expected_digest)
     try:

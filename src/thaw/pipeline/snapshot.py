@@ -62,7 +62,7 @@ def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | N
     if store.exists(artifact):
         raise BusyError(f"an artifact named {artifact!r} already exists in {store.url}",
                         hint="pick another name, or `thaw rm` the old one first")
-    phases = Phases(progress)
+    phases = Phases(progress, operation="snapshot")
     with inst.operation(f"snapshot to {artifact}"):
         with phases("quiesce", "waiting for the worker's quiesce point"):
             ready = control.wait_ready(inst, ready_timeout)
