@@ -15,7 +15,8 @@ After every ``check_every`` cycles and at the end it counts what could leak, and
 result fails on any growth over the figures taken after the first cycle:
 
 * processes: sandboxes of this thaw home (their environment names its run directory);
-* mounts: entries of this process's mount table (thaw restores in new mount namespaces);
+* mounts: mounts of the host's mount table under the thaw home (thaw mounts only inside sandboxes;
+  the whole table is reported too, not judged: other work on the host mounts and unmounts);
 * namespaces: network namespaces this process or a sandbox of this home holds;
 * descriptors: this process's open descriptors;
 * files: entries of the home's staging, the store's .staging and .trash, artifacts;
@@ -47,6 +48,7 @@ import httpx
 from thaw import pipeline
 from thaw.config import Settings
 from thaw.criu import find_criu
+from thaw.pipeline import cleanup
 from thaw.store import open_store
 
 HERE = Path(__file__).resolve().parent
@@ -119,6 +121,8 @@ def soak(home: Path, cycles: int, check_every: int, progress: Any = print) -> di
     for name in store.list():  # what is left by design: gen1 and at most one second generation
         if name.name != "gen1":
             store.delete(name.name)
+    before_gc = counts(settings, store)
+    swept = cleanup.sweep(settings, store, older_than_s=0)  # `thaw gc --older-than 0`: every stopped copy's dir
     final = counts(settings, store)
     leaks = _leaks(baseline or final, final)
     criu = find_criu(settings.criu)
@@ -139,6 +143,8 @@ def soak(home: Path, cycles: int, check_every: int, progress: Any = print) -> di
         "wall_s": round(time.perf_counter() - t_start, 1),
         "failures": failures,
         "baseline_after_cycle_1": baseline,
+        "before_gc": before_gc,
+        "gc_pruned_instance_dirs": len(swept.instances),
         "final": final,
         "samples": samples,
         "leaks": leaks,
@@ -222,14 +228,22 @@ def counts(settings: Settings, store: Any) -> dict[str, int]:
     root = Path(settings.store_url)
     return {
         "processes": len(sandboxes),
-        "mounts": sum(1 for _ in open("/proc/self/mountinfo")),
+        "mounts": _mounts_under(settings.home),
+        "host_mounts": sum(1 for _ in open("/proc/self/mountinfo")),
         "netns": len(netns),
         "fds": len(os.listdir("/proc/self/fd")),
         "staging_entries": _entries(settings.staging_dir),
         "store_staging_entries": _entries(root / ".staging") + _entries(root / ".trash"),
         "artifacts": len(store.list()),
+        "instance_dirs": _entries(settings.instances_dir),
         "rss_kib": _rss_kib(),
     }
+
+
+def _mounts_under(home: Path) -> int:
+    prefix = str(home).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        return sum(1 for line in f if line.split()[4].startswith(prefix) or line.split()[3].startswith(prefix))
 
 
 def _entries(d: Path) -> int:
@@ -257,6 +271,8 @@ def _leaks(baseline: dict[str, int], final: dict[str, int]) -> dict[str, str]:
     for key in ("processes", "mounts", "netns", "fds", "staging_entries", "store_staging_entries"):
         if final[key] > baseline[key]:
             out[key] = f"{baseline[key]} after the first cycle, {final[key]} at the end"
+    if final["instance_dirs"]:
+        out["instance_dirs"] = f"{final['instance_dirs']} left after thaw gc --older-than 0"
     if final["artifacts"] != 1:
         out["artifacts"] = f"{final['artifacts']} left, expected only gen1"
     return out
