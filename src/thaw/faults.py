@@ -27,6 +27,8 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
+from collections.abc import Callable
 
 from thaw.errors import ThawError
 
@@ -40,14 +42,21 @@ class InjectedFault(ThawError):
     reason = "injected"
 
 
-def point(name: str, *, child: int | None = None) -> None:
-    """Act as ``THAW_FAULT`` says for the point ``name`` (``child``: a process the point runs, e.g. CRIU)."""
+def point(name: str, *, child: int | None = None, once: Callable[[], bool] | None = None) -> None:
+    """Act as ``THAW_FAULT`` says for the point ``name`` (``child``: a process the point runs, e.g. CRIU).
+
+    ``once``: the point is reached when this turns true (polled for up to 30 s), e.g. once CRIU has
+    opened the directories it was given and started its log: a fault before that tests nothing more.
+    """
     spec = os.environ.get(ENV)
     if not spec:
         return
     action = _actions(spec).get(name)
     if action is None:
         return
+    deadline = time.monotonic() + 30
+    while once is not None and not once() and time.monotonic() < deadline:
+        time.sleep(0.001)
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "kill-child":

@@ -116,17 +116,18 @@ def test_criu_killed_under_an_operation_is_a_clear_failure_that_leaves_nothing(t
     thaw.run_worker("w", "--wait")
     if point == "criu.restore":
         thaw.ok("snapshot", "w", "--artifact", "a1", "--local")
-        failed = thaw.fails("restore", "a1", "--name", "copy", "--local", message="criu restore failed",
-                            THAW_FAULT=f"{point}:kill-child")
+        failed = thaw("restore", "a1", "--name", "copy", "--local", THAW_FAULT=f"{point}:kill-child")
+        assert failed.stderr.startswith("error: restore of 'a1' failed: criu restore failed: ")
         assert processes_of(thaw.home) == []
         again = ["restore", "a1", "--name", "copy", "--local"]
     else:
-        failed = thaw.fails("snapshot", "w", "--artifact", "a1", "--local", message="criu dump failed",
-                            THAW_FAULT=f"{point}:kill-child")
+        failed = thaw("snapshot", "w", "--artifact", "a1", "--local", THAW_FAULT=f"{point}:kill-child")
+        assert failed.stderr.startswith("error: snapshot of 'w' failed: criu dump failed: ")
         original = the_original(thaw)
         assert original["alive"] and original["parked"]
         again = ["snapshot", "w", "--artifact", "a1", "--local"]
-    assert "criu exited without answering" in failed.stderr
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert "criu exited without answering" in failed.stderr.splitlines()[0]
     assert artifacts(thaw) == (["a1"] if point == "criu.restore" else [])
     assert staging_left(thaw) == []
     thaw.ok(*again)

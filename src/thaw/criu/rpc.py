@@ -167,7 +167,8 @@ def _call(req: object, operation: str, log: Path | None, *, criu: Criu | None, t
     try:
         ours.settimeout(timeout)
         ours.send(req.SerializeToString())
-        faults.point(f"criu.{operation}", child=proc.pid)  # CRIU at work: what a crash now leaves is tested
+        # CRIU at work (its log started: it holds its directories): what a crash now leaves is tested
+        faults.point(f"criu.{operation}", child=proc.pid, once=lambda: log is None or log.exists())
         try:
             data = ours.recv(1 << 20)
         except socket.timeout as exc:

@@ -186,7 +186,9 @@ def recover(settings: Settings) -> list[Instance]:
                 time.sleep(0.05)
             # With its restorer gone, the namespace outlives only in the copy; had CRIU made no copy, the
             # kernel may have given its inode to a newer sandbox, which then records it too: not ours.
-            if any(other.netns == inst.netns and other.id != inst.id for other in everyone):
+            # An older record of that inode is the past (inodes are reused once freed): it says nothing.
+            if any(other.netns == inst.netns and other.id != inst.id
+                   and (other.created_at > inst.created_at or other.alive()) for other in everyone):
                 inst.netns = 0
         inst.kill()
         inst.state = "failed"
