@@ -210,12 +210,14 @@ def _ensure_weights(config: str, path: Path, device: str) -> dict[str, Any]:
 
 def _drop_caches() -> bool:
     """Drop the page cache so the weights are read from disk (root only); True if it worked."""
+    from thaw.bench.host import drop_caches
+    from thaw.errors import HostError
+
     try:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        drop_caches()
         return True
-    except OSError as exc:
-        print(f"cannot drop the page cache ({exc}); the cold start reads warm files", flush=True)
+    except HostError as exc:
+        print(f"{exc.message}; the cold start reads warm files", flush=True)
         return False
 
 

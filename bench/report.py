@@ -1,8 +1,10 @@
 """Render a GPU suite's results directory as results.md and one merged results.json.
 
-    python bench/report.py DIR       (DIR holds system.json, bench_*.json, gpu-tests.xml)
+    python bench/report.py DIR       (DIR holds system.json, bench_*.json, gpu-tests.xml, bench-*/result.json)
 
-Every figure comes from the JSON files the suite wrote; nothing is typed in by hand.
+Every figure comes from the JSON files the suite wrote; nothing is typed in by hand. The
+``thaw bench`` results that bench/gpu_pipeline.py leaves in ``bench-<worker>/`` are rendered by
+thaw.bench.report (tables) and thaw.bench.plots (PNGs, when matplotlib is installed).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 PIPELINE_COLUMNS = [
     ("worker", "worker"),
     ("cold start → parked", "cold_start_to_parked_s"),
+    ("cold start → first answer", "cold_start_to_first_answer_s"),
     ("image", "image_bytes"),
     ("KV released", "kv_released_bytes"),
     ("freeze hooks", "snapshot.freeze_hooks"),
@@ -28,7 +31,13 @@ PIPELINE_COLUMNS = [
     ("CUDA restore", "restore.cuda_restore"),
     ("unlock", "restore.cuda_unlock"),
     ("thaw hooks + canary", "restore.thaw_hooks"),
-    ("first answer after restore began", "first_answer_after_restore_s"),
+    ("first answer after restore began (p50)", "first_answer_after_restore_s"),
+    ("p90", "restore_p90_s"),
+    ("p99", "restore_p99_s"),
+    ("restores", "restores"),
+    ("exact", "exact"),
+    ("speed-up (p50)", "speedup_p50"),
+    ("× floor (p50)", "floor_multiple_p50"),
     ("identical outputs", "outputs_identical"),
 ]
 
@@ -127,6 +136,17 @@ def main(directory: Path) -> None:
         merged["benchmarks"][name] = data
         rows = data.get("results", [data])
         md += [f"## {name}", "", table(rows, COLUMNS.get(name)), ""]
+    bench_results = sorted(directory.glob("bench-*/result.json"))
+    if bench_results:
+        from thaw.bench.files import write_outputs
+        from thaw.bench.report import cold_table, restore_table
+        from thaw.bench.schema import load_result
+
+        loaded = [load_result(p) for p in bench_results]
+        written = write_outputs(loaded, directory / "thaw-bench", write_json=False)
+        md += ["## thaw bench", "", *restore_table(loaded), "", *cold_table(loaded), ""]
+        md += [f"![{p.name}](thaw-bench/{p.name})" for p in written if p.suffix == ".png"] + [""]
+        merged["thaw_bench"] = [json.loads(p.read_text()) for p in bench_results]
     (directory / "results.json").write_text(json.dumps(merged, indent=2))
     (directory / "results.md").write_text("\n".join(md))
     print("\n".join(md))

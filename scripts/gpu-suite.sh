@@ -67,7 +67,8 @@ for stage in $stages; do
       for b in ${BENCHES:-memory engine pipeline}; do
         case $b in
           memory) "$PY" bench/memory_bench.py "$OUT/bench_memory.json" ;;
-          pipeline) "$PY" bench/gpu_pipeline.py "$OUT/bench_pipeline.json" ;;
+          # PIPELINE_ARGS: thaw bench's options for it, e.g. "--cold 3 --restores 10 --drop-caches --pretouch 40"
+          pipeline) "$PY" bench/gpu_pipeline.py "$OUT/bench_pipeline.json" ${PIPELINE_ARGS:-} ;;
           engine) "$PY" bench/engine_bench.py "$OUT/bench_engine.json" ;;
           *) echo "unknown benchmark $b" >&2; false ;;
         esac 2>&1 | tee -a "$OUT/bench.log"

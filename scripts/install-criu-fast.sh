@@ -51,14 +51,15 @@ fi
 if ! { [ -f "$cache/$orig" ] && echo "$orig_sha256  $cache/$orig" | sha256sum -c --quiet; }; then
   w=$(mktemp -d); trap 'rm -rf "$w"' EXIT
   mkdir -p "$w/parts" "$w/lists/partial" "$w/cache/archives/partial" "$w/src"
-  src=/etc/apt/sources.list.d/debian.sources
-  if [ -f "$src" ]; then mirror=$(awk '/^URIs:/{print $2; exit}' "$src"); else mirror=http://deb.debian.org/debian; fi
+  # the Debian archive the machine's apt is configured with (no host written here)
+  mirror=$("$here/debian-archive.sh")
   printf 'Types: deb-src\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
     "$mirror" >"$w/parts/trixie-src.sources"
   A=(-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$w/parts" -o Dir::State::Lists="$w/lists"
      -o Dir::State::Status=/dev/null -o Dir::Cache="$w/cache" -o Dir::Etc::Preferences=/dev/null
-     -o Dir::Etc::PreferencesParts=/dev/null -o APT::Get::AllowUnauthenticated=false)
-  echo "[criu-fast] reading Debian 13 source lists from $mirror"
+     -o Dir::Etc::PreferencesParts=/dev/null -o APT::Get::AllowUnauthenticated=false
+     -o APT::Sandbox::User=root)  # a root-only temp directory: _apt could not enter it (a warning per file)
+  echo "[criu-fast] reading Debian 13 source lists (from the Debian archive apt uses here)"
   apt-get "${A[@]}" update -qq
   # apt checks every file it fetches against the signed index; the Debian packaging files (.dsc,
   # .debian.tar.xz) are not needed: only the upstream tarball Debian ships is built here

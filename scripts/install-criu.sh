@@ -16,18 +16,16 @@ export DEBIAN_FRONTEND=noninteractive
 # A private apt state that knows Debian 13: the host's own apt configuration is left untouched.
 w=$(mktemp -d); trap 'rm -rf "$w"' EXIT
 mkdir -p "$w/parts" "$w/lists/partial" "$w/cache/archives/partial" "$w/debs" "$w/x"
-src=/etc/apt/sources.list.d/debian.sources
-if [ -f "$src" ]; then
-  mirror=$(awk '/^URIs:/{print $2; exit}' "$src")
-else
-  mirror=http://deb.debian.org/debian
-fi
+# Debian 13's packages come from the Debian archive the machine's apt is configured with.
+archive=$("$(dirname "$0")/debian-archive.sh")
 printf 'Types: deb\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-  "$mirror" >"$w/parts/trixie.sources"
+  "$archive" >"$w/parts/trixie.sources"
+# APT::Sandbox::User=root: this private state lives in a root-only temporary directory, which
+# apt's unprivileged _apt user cannot enter (apt would warn once per file, then go on as root)
 A=(-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$w/parts" -o Dir::State::Lists="$w/lists"
    -o Dir::State::Status=/dev/null -o Dir::Cache="$w/cache" -o Dir::Etc::Preferences=/dev/null
-   -o Dir::Etc::PreferencesParts=/dev/null -o APT::Get::AllowUnauthenticated=false)
-echo "[criu] reading Debian 13 package lists from $mirror"
+   -o Dir::Etc::PreferencesParts=/dev/null -o APT::Get::AllowUnauthenticated=false -o APT::Sandbox::User=root)
+echo "[criu] reading Debian 13's package lists (from the Debian archive apt uses here)"
 apt-get "${A[@]}" update -qq
 # criu and the closure of its run-time dependencies, downloaded only
 deps=$(apt-cache "${A[@]}" depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \

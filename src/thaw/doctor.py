@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +14,10 @@ from pathlib import Path
 from thaw.config import Settings
 from thaw.criu.locate import FAST_TREE, Criu
 from thaw.errors import ThawError
+from thaw.sandbox.layout import root_mount_id
 
 MIN_DRIVER = 580
+PROC_FIX = "mount it: mount -t proc proc /proc (in a chroot: mount /proc, /sys and /dev inside it before entering)"
 # capabilities CRIU needs to dump and restore other processes (capability(7) bit numbers)
 CAPS = {"CAP_SYS_ADMIN": 21, "CAP_SYS_PTRACE": 19, "CAP_NET_ADMIN": 12, "CAP_CHECKPOINT_RESTORE": 40}
 
@@ -28,7 +32,12 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    return [_root(), _caps(), _kernel(), _unshare(), *_criu(settings), _store(settings), _thp(), _nvidia()]
+    return [_root(), _caps(), _kernel(), _root_dir(), _unshare(), *_criu(settings), _compiler(), _python_headers(),
+            _store(settings), _thp(), _nvidia()]
+
+
+def _proc_mounted() -> bool:
+    return os.path.exists("/proc/self/status")
 
 
 def _root() -> Check:
@@ -38,6 +47,8 @@ def _root() -> Check:
 
 
 def _caps() -> Check:
+    if not _proc_mounted():
+        return Check("capabilities", False, "cannot read /proc/self/status: /proc is not mounted", PROC_FIX)
     eff = 0
     with open("/proc/self/status") as f:
         for line in f:
@@ -50,10 +61,29 @@ def _caps() -> Check:
 
 def _kernel() -> Check:
     release = os.uname().release
+    if not _proc_mounted():
+        return Check("kernel", False, f"Linux {release}; /proc is not mounted", PROC_FIX)
     # /proc/sys/kernel/ns_last_pid exists only with CONFIG_CHECKPOINT_RESTORE, which CRIU needs
     ok = os.path.exists("/proc/sys/kernel/ns_last_pid") and os.path.exists("/proc/self/ns/pid")
     return Check("kernel", ok, f"Linux {release}" + (", CHECKPOINT_RESTORE" if ok else ", no CHECKPOINT_RESTORE"),
                  "use a kernel built with CONFIG_CHECKPOINT_RESTORE=y and namespaces")
+
+
+def _root_dir() -> Check:
+    """CRIU dumps a worker only when its root is its mount namespace's root ("The root task has
+    another root than mntns"): it is on a machine or in a container, not inside a plain chroot."""
+    name = "root directory"
+    try:
+        # pid 1 shares our mount namespace and has its root: unless we see another mount at /
+        chrooted = (os.readlink("/proc/1/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+                    and root_mount_id() != root_mount_id("/proc/1/mountinfo"))
+    except OSError:  # /proc missing (see the kernel check), or pid 1 not ours to look at
+        return Check(name, True, "not checked (pid 1 cannot be read here)", required=False)
+    if chrooted:
+        return Check(name, False, "/ is a chroot, not the root of this mount namespace",
+                     "enter the root with pivot_root, not chroot (a container, systemd-nspawn, or unshare --mount "
+                     "then pivot_root): CRIU cannot snapshot a worker inside a chroot")
+    return Check(name, True, "the mount namespace's root")
 
 
 def _unshare() -> Check:
@@ -74,8 +104,43 @@ def _criu(settings: Settings) -> list[Check]:
             check(Path(d), criu=criu)
         return [found, _page_fill(criu), Check("criu check", True, "Looks good")]
     except ThawError as exc:
-        return [found, _page_fill(criu), Check("criu check", False, exc.message.splitlines()[0],
-                                               "see CRIU's message; run as root on a kernel with CHECKPOINT_RESTORE")]
+        return [found, _page_fill(criu), Check("criu check", False, exc.message.splitlines()[0], _criu_check_fix())]
+
+
+def _criu_check_fix() -> str:
+    if not _proc_mounted():
+        return PROC_FIX
+    if os.geteuid() != 0:
+        return "run as root"
+    return "CRIU's message above names what this host lacks (kernel options, capabilities, mounts)"
+
+
+def _compiler() -> Check:
+    """A C++ compiler that works: torch.compile builds its kernels' C++ wrappers with it (the demo's worker does)."""
+    cxx = os.environ.get("CXX") or "g++"  # torch._inductor's choice: $CXX, else g++
+    fix = "apt-get install g++ (or set CXX): torch.compile compiles C++ with it"
+    path = shutil.which(cxx)
+    if path is None:
+        return Check("c++ compiler", False, f"{cxx} not found", fix, required=False)
+    with tempfile.TemporaryDirectory(prefix="thaw-doctor-") as d:
+        (Path(d) / "probe.cpp").write_text("int main() { return 0; }\n")
+        try:
+            run = subprocess.run([path, "-c", "probe.cpp", "-o", "probe.o"], cwd=d, capture_output=True, text=True,
+                                 timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return Check("c++ compiler", False, f"{path} does not run: {exc}", fix, required=False)
+    if run.returncode != 0:
+        first = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[0]
+        return Check("c++ compiler", False, f"{path} cannot compile: {first}", fix, required=False)
+    return Check("c++ compiler", True, f"{path} compiles")
+
+
+def _python_headers() -> Check:
+    """Python.h for this interpreter: torch.compile's C++ wrappers include it."""
+    header = Path(sysconfig.get_path("include")) / "Python.h"
+    ok = header.exists()
+    return Check("python headers", ok, str(header) if ok else f"no {header}",
+                 "apt-get install python3-dev: torch.compile's C++ wrappers include Python.h", required=False)
 
 
 def _page_fill(criu: Criu) -> Check:

@@ -10,7 +10,8 @@ error name). Foreign errors are mapped to the most specific type here with
     ├── HostError              the host cannot do this (no CRIU >= 4, not root, no GPU, ...)
     ├── WorkerError            the worker did not do its part
     │   ├── QuiesceTimeout     it never reached its quiesce point / never answered
-    │   └── ListenedEarly      a server run with --park-at-listen listened before it warmed up
+    │   ├── ListenedEarly      a server run with --park-at-listen listened before it warmed up
+    │   └── AnswerTimeout      it never answered a request after it left its quiesce point
     ├── CheckpointError        taking a snapshot failed (the worker was rolled back)
     ├── RestoreError           restoring failed (the artifact is unchanged)
     │   └── CanaryMismatch     the restored worker did not reproduce its recorded outputs
@@ -78,6 +79,12 @@ class ListenedEarly(WorkerError):
     """A server run with ``--park-at-listen`` opened its listening socket before warming up: it was not parked."""
 
     reason = "listened_early"
+
+
+class AnswerTimeout(WorkerError):
+    """The worker did not answer its first request (``thaw bench --answer-http``) in time."""
+
+    reason = "answer_timeout"
 
 
 class CheckpointError(ThawError):

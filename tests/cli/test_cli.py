@@ -27,6 +27,7 @@ def test_a_worker_s_life_through_the_cli(thaw, tmp_path: Path) -> None:
 
     [listed] = thaw.json("ls")
     assert (listed["name"], listed["worker"]) == ("a1", "w") and listed["size"] > 0
+    assert thaw.ok("ls").splitlines()[0] == f"1 artifact in {thaw.home / 'artifacts'}"  # which store it lists
     inspected = thaw.json("inspect", "a1")
     assert inspected["name"] == "a1" and inspected["schema_version"] == 2
     assert inspected["digest"] == listed["digest"]
@@ -54,6 +55,7 @@ def test_a_worker_s_life_through_the_cli(thaw, tmp_path: Path) -> None:
 
     assert thaw.ok("rm", "a1").strip() == "removed a1"
     assert thaw.json("ls") == []
+    assert thaw.ok("ls").strip() == f"no artifacts in {thaw.home / 'artifacts'}"
     thaw.fails("verify", "a1", message="no artifact named 'a1'")
     thaw.fails("restore", "a1", message="no artifact named 'a1'")
 
@@ -120,3 +122,11 @@ def test_bad_input_gets_one_line_and_a_non_zero_exit(thaw, args: list[str], mess
 
 def test_run_without_a_command_is_a_usage_error(thaw) -> None:
     thaw.fails("run", "--name", "w", message="no command given", code=2)
+
+
+@pytest.mark.parametrize("command", [["ls"], ["run"], ["snapshot"], ["restore"], ["agent", "serve"], ["demo"]])
+def test_help_lists_flags_without_a_value_label(thaw, command: list[str]) -> None:
+    out = thaw.ok(*command, "--help")
+
+    assert "<bool>" not in out  # a flag takes no value
+    assert "--help" in out and re.search(r"--\w+\s+<(str|path|int|float)>", out) is not None  # options that do, say so

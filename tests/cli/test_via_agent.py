@@ -42,6 +42,7 @@ def test_snapshot_and_restore_go_through_the_agent_named_by_thaw_agent(thaw, age
 
     listed = json.loads(thaw.ok("ls", "--json", THAW_AGENT=str(agent)))
     assert [a["name"] for a in listed] == ["a1"]
+    assert thaw.ok("ls", THAW_AGENT=str(agent)).splitlines()[0] == f"1 artifact in the store of the agent at {agent}"
 
 
 def test_an_agent_named_but_not_answering_is_a_clear_error(thaw, tmp_path: Path) -> None:
@@ -50,4 +51,4 @@ def test_an_agent_named_but_not_answering_is_a_clear_error(thaw, tmp_path: Path)
 
 def test_local_runs_in_process_even_with_an_agent_named(thaw, tmp_path: Path) -> None:
     out = thaw.ok("ls", "--local", THAW_AGENT=str(tmp_path / "nobody.sock"))
-    assert "NAME" in out
+    assert out.strip() == f"no artifacts in {thaw.home / 'artifacts'}"  # this process's own store

@@ -128,14 +128,21 @@ class FakeAgent:
         return job_id
 
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True,
-                 canary_http: list[dict[str, Any]] | None = None) -> str:
+                 canary_http: list[dict[str, Any]] | None = None, pod: dict | None = None,
+                 key: str | None = None) -> str:
         self._call("snapshot", worker, artifact, leave_running)
-        return self._job("snapshot", worker=worker, artifact=artifact, canary_http=canary_http)
+        return self._keyed(key) or self._job("snapshot", worker=worker, artifact=artifact, canary_http=canary_http,
+                                             pod=pod, key=key)
 
     def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None,
-                digest: str | None = None) -> str:
+                digest: str | None = None, pod: dict | None = None, key: str | None = None) -> str:
         self._call("restore", artifact, gpu, name)
-        return self._job("restore", artifact=artifact, gpu=gpu, name=name, digest=digest)
+        return self._keyed(key) or self._job("restore", artifact=artifact, gpu=gpu, name=name, digest=digest,
+                                             pod=pod, key=key)
+
+    def _keyed(self, key: str | None) -> str | None:
+        """What the real agent does with an idempotency key: the job it started before (agent tests check it)."""
+        return next((j for j, job in self.jobs.items() if key and job["request"].get("key") == key), None)
 
     def job(self, job_id: str) -> dict:
         self._call("job", job_id)

@@ -220,7 +220,9 @@ def test_autoscaler_scale_up_restores_new_replicas_or_falls_back_to_cold_start(
     cold = wait_for(lambda: [p for p in pods_of(cp, namespace, "cold") if restore_state(p) == ("ColdStart", "True")],
                     timeout=60, what="the replica to fall back to a cold start")[0]
     assert "SnapshotNotFound" in cold.metadata.annotations["thaw.dev/restore-reason"]
-    assert ("Warning", "ColdStart") in [(t, r) for t, r, _ in events_for(cp, namespace, cold.metadata.name)]
+    # Events are posted after the pod is patched, asynchronously: wait for it rather than race it
+    wait_for(lambda: ("Warning", "ColdStart") in [(t, r) for t, r, _ in events_for(cp, namespace, cold.metadata.name)],
+             timeout=30, what="the ColdStart Warning Event on the pod")
 
 
 def test_deleting_a_snapshot_deletes_its_artifact_unless_retained(

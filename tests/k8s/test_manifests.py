@@ -21,7 +21,7 @@ BUILDS = ["base", *(f"overlays/{o}" for o in OVERLAYS)]
 
 #: the agent's capabilities, each justified in base/agent/daemonset.yaml; adding one must be a decision
 AGENT_CAPABILITIES = {"SYS_ADMIN", "SYS_PTRACE", "CHECKPOINT_RESTORE", "NET_ADMIN", "SYS_RESOURCE", "IPC_LOCK",
-                      "SYS_CHROOT", "SYS_NICE", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "CHOWN", "FSETID",
+                      "SYS_CHROOT", "SYS_NICE", "SYS_TIME", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "CHOWN", "FSETID",
                       "SETUID", "SETGID", "SETPCAP", "KILL"}
 
 #: every (apiGroup, resource, verb) the operator may use, and nothing else
@@ -33,6 +33,7 @@ OPERATOR_GRANTS = {
     ("", "pods/status", "patch"),
     *((g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")),
     *(("", "nodes", v) for v in ("get", "list", "watch")),
+    *(("kopf.dev", "clusterkopfpeerings", v) for v in ("get", "list", "watch", "patch")),  # leader election
 }
 
 
@@ -68,7 +69,8 @@ def test_every_build_renders_the_whole_system(build: tuple[str, list[dict[str, A
     kinds = {o["kind"] for o in objects}
     assert {"CustomResourceDefinition", "DaemonSet", "Deployment", "NetworkPolicy", "ClusterRole"} <= kinds
     assert {o["metadata"]["name"] for o in by_kind(objects, "CustomResourceDefinition")} == {
-        f"{resources.SNAPSHOTS}.{resources.GROUP}", f"{resources.RESTORES}.{resources.GROUP}"}
+        f"{resources.SNAPSHOTS}.{resources.GROUP}", f"{resources.RESTORES}.{resources.GROUP}",
+        "clusterkopfpeerings.kopf.dev"}  # the operator replicas' leader election
 
 
 def test_no_privileged_container_and_read_only_roots_everywhere(build: tuple[str, list[dict[str, Any]]]) -> None:
@@ -110,7 +112,8 @@ def test_the_agents_privileges_are_exactly_the_documented_ones(build: tuple[str,
     # unconfined seccomp is forced by CRIU (see the DaemonSet's comment); everything else stays confined
     assert sc["seccompProfile"] == {"type": "Unconfined"}
     host_paths = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
-    assert host_paths == {"/var/lib/thaw"}, "the agent may write only thaw's own directory of the host"
+    # thaw's own directory, and the cgroup tree (workers restored into pods are started in the pod's cgroup)
+    assert host_paths == {"/var/lib/thaw", "/sys/fs/cgroup"}, "the agent may write only these host paths"
     assert spec["automountServiceAccountToken"] is False
     sa = one(objects, "ServiceAccount", spec["serviceAccountName"])
     assert sa["automountServiceAccountToken"] is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime, timedelta
 
 from thaw.k8s import restores
@@ -240,7 +241,7 @@ def test_a_pod_on_a_node_whose_agent_is_not_up_yet_waits_a_little_then_starts_co
     assert condition(early.status["conditions"], "Ready")["reason"] == "AgentNotReady"
     late = restores.reconcile(body, cluster, connect, now=T0 + timedelta(seconds=restores.AGENT_GRACE_S))
     assert late.pod.annotations["thaw.dev/restore-state"] == "ColdStart"
-    assert "node-new: no thaw agent runs there" in late.pod.annotations["thaw.dev/restore-reason"]
+    assert "no ready thaw agent on node-new" in late.pod.annotations["thaw.dev/restore-reason"]
 
 
 def test_scaling_down_stops_the_worker_restored_for_the_pod():
@@ -275,3 +276,100 @@ def test_nothing_to_stop_for_a_cold_started_pod():
     p = annotated(**{"thaw.dev/restore-state": "ColdStart"})
     cluster, _a, b, connect = world(pods=[p])
     assert restores.release_pod(p, cluster, connect).events == [] and b.calls == []
+
+
+# --- a dead agent never stalls a scale-up (issue 17) ----------------------------------------------------------
+
+def test_a_pod_whose_agent_refuses_connections_starts_cold_at_the_agent_deadline_not_the_restore_timeout():
+    p = annotated(node_name="node-b")
+    cluster, _a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1), pods=[p])
+    b.down = True  # its address exists (a crash-looping pod keeps its IP), but nothing answers
+    body = restores.restore_for_pod(p)
+    body["metadata"]["creationTimestamp"] = "2026-11-28T10:00:00Z"
+    messages = []
+    for retry, seconds in enumerate((5, 30, 90)):
+        step = restores.reconcile(body, cluster, connect, retry=retry, now=T0 + timedelta(seconds=seconds))
+        assert step.retry_in is not None and step.pod is None
+        # kubectl get shows where it stands: phase, node, and a Ready condition saying why
+        assert (step.status["phase"], step.status["node"]) == ("Pending", "node-b")
+        assert condition(step.status["conditions"], "Ready")["status"] == "False"
+        assert condition(step.status["conditions"], "AgentReachable")["status"] == "False"
+        messages.append(step.status["message"])
+        body = advance(body, step)
+    # the reason is recorded on every retry, and it names the agent and what to look at
+    assert all("does not answer" in m and "connection refused" in m and "thaw-agent DaemonSet" in m for m in messages)
+    assert [f"retry {n}" in m for n, m in enumerate(messages, 1)] == [True, True, True]
+    late = restores.reconcile(body, cluster, connect, retry=3, now=T0 + timedelta(seconds=restores.AGENT_GRACE_S))
+    assert late.pod.annotations["thaw.dev/restore-state"] == "ColdStart"
+    assert "does not answer" in late.pod.annotations["thaw.dev/restore-reason"]
+    assert condition(late.status["conditions"], "Ready")["reason"] == "AgentUnreachable"
+
+
+def test_an_agent_that_answers_again_is_announced_and_its_stale_condition_cleared():
+    cluster, _a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1))
+    b.down = True
+    down = restores.reconcile(restore(), cluster, connect, now=T0)
+    assert [e.reason for e in down.events] == ["AgentUnreachable"]
+    assert (down.status["phase"], condition(down.status["conditions"], "Ready")["status"]) == ("Pending", "False")
+    b.down = False
+    up = restores.reconcile(advance(restore(), down), cluster, connect, retry=1, now=T0)
+    assert up.status["phase"] == "Restoring"
+    assert condition(up.status["conditions"], "AgentReachable")["status"] == "True"
+    assert [e.reason for e in up.events] == ["AgentReachable", "RestoreStarted"]
+
+
+def test_a_pod_running_thaws_entrypoint_is_restored_into_with_its_own_gpu_and_the_objects_uid_as_key():
+    p = annotated(node_name="node-b")
+    p["spec"]["containers"][0]["command"] = ["python3", "-m", "thaw.sandbox.entrypoint", "--", "python3", "serve.py"]
+    p["status"]["containerStatuses"] = [{"name": "worker", "state": {"running": {}}}]
+    cluster, _a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1), pods=[p])
+    body = restores.restore_for_pod(p)
+    body["metadata"].update(creationTimestamp="2026-11-28T10:00:00Z", uid="uid-of-the-restore")
+    step = restores.reconcile(body, cluster, connect, now=T0)
+    assert step.status["phase"] == "Restoring", step.status
+    request = b.jobs["job-1"]["request"]
+    # no GPU chosen from the agent's report: the agent uses the one the device plugin gave the pod
+    assert ("node_info",) not in b.calls and request["gpu"] is None
+    assert request["pod"] == {"namespace": "ml", "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]}
+    assert request["key"] == "uid-of-the-restore"
+    # a retried start (the answer was lost) gets the same job back
+    again = restores.reconcile(body, cluster, connect, now=T0)
+    assert again.status["agentJob"] == step.status["agentJob"] == "job-1" and len(b.jobs) == 1
+
+
+def test_the_agent_of_a_node_is_its_ready_pod_not_merely_a_running_one():
+    from thaw.k8s.agents import agent_url
+
+    n = node("node-b")
+    running = {"metadata": {"name": "thaw-agent-x"}, "spec": {"nodeName": "node-b"},
+               "status": {"phase": "Running", "podIP": "10.0.0.7",
+                          "conditions": [{"type": "Ready", "status": "False"}]}}  # crash-looping: Running, not Ready
+    assert agent_url(n, [running], port=7070) is None
+    running["status"]["conditions"][0]["status"] = "True"
+    assert agent_url(n, [running], port=7070) == "http://10.0.0.7:7070"
+
+
+def test_a_pod_is_restored_into_only_once_its_entrypoint_runs():
+    p = annotated(node_name="node-b")
+    p["spec"]["containers"][0]["command"] = ["python3", "-m", "thaw.sandbox.entrypoint", "--", "serve"]
+    cluster, _a, b, connect = world(ready_snapshot(product="NVIDIA H200", gpus=1), pods=[p])
+    body = restores.restore_for_pod(p)
+    body["metadata"]["creationTimestamp"] = "2026-11-28T10:00:00Z"
+    p["status"]["containerStatuses"] = [{"name": "worker", "state": {"waiting": {"reason": "ContainerCreating"}}}]
+    cluster.pods[("ml", "worker-1")] = p
+    step = restores.reconcile(body, cluster, connect, now=T0)
+    assert step.retry_in is not None and b.jobs == {}
+    assert condition(step.status["conditions"], "Ready")["reason"] == "PodStarting"
+    p["status"]["containerStatuses"][0]["state"] = {"running": {"startedAt": "2026-11-28T10:00:03Z"}}
+    assert restores.reconcile(body, cluster, connect, now=T0).status["phase"] == "Restoring"
+
+
+def test_a_stale_pod_event_never_overwrites_the_outcome_written_since():
+    p = annotated()
+    cluster, _a, _b, _connect = world(pods=[p])
+    stale = copy.deepcopy(p)  # the event's body: not taken on yet
+    restores.take_on_pod(p, cluster, now=T0)
+    cluster.pods[("ml", "worker-1")]["metadata"]["annotations"]["thaw.dev/restore-state"] = "ColdStart"
+    patches = len(cluster.pod_patches)
+    assert restores.take_on_pod(stale, cluster, now=T0).events == []
+    assert len(cluster.pod_patches) == patches  # ColdStart stays

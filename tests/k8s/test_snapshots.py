@@ -81,7 +81,24 @@ def test_unreachable_agent_is_retried_with_growing_back_off_and_one_warning():
     assert [(e.type, e.reason) for e in first.events] == [("Warning", "AgentUnreachable")]
     second = snapshots.reconcile(advance(snapshot(), first), cluster, connect, retry=3, now=T0)
     assert second.retry_in == 8.0 and second.events == []
-    assert "phase" not in second.status  # still Pending: nothing started
+    # still Pending, and kubectl get says so: phase, node, a Ready condition, and why on every retry
+    assert (second.status["phase"], second.status["node"]) == ("Pending", "node-a")
+    assert condition(second.status["conditions"], "Ready")["status"] == "False"
+    assert "connection refused (retry 4)" in second.status["message"]
+    third = snapshots.reconcile(advance(snapshot(), second), cluster, connect, retry=4, now=T0)
+    assert "connection refused (retry 5)" in third.status["message"]
+
+
+def test_an_agent_that_answers_again_is_announced_when_the_snapshot_starts():
+    cluster, agent, connect = world(pod("worker-0"), agent_down=True)
+    down = snapshots.reconcile(snapshot(), cluster, connect, now=T0)
+    agent.down = False
+    up = snapshots.reconcile(advance(snapshot(), down), cluster, connect, retry=1, now=T0)
+    assert up.status["phase"] == "Snapshotting"
+    assert condition(up.status["conditions"], "AgentReachable")["status"] == "True"
+    assert [e.reason for e in up.events] == ["AgentReachable", "SnapshotStarted"]
+    # the object's uid is the idempotency key of the job start
+    assert agent.jobs["job-1"]["request"]["key"] == "uid-snap"
 
 
 def test_a_node_without_agent_is_a_temporary_failure():

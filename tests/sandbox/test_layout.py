@@ -25,9 +25,21 @@ def host(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_worker_keeps_the_base_mounts_and_those_its_paths_live_on(host: None) -> None:
     got = plan(["/data/models/llama/weights.bin", "/opt/venv/bin/python", "/home/me/work"])
 
-    assert got.keep == ["/data/models", "/dev", "/opt/venv", "/sys", "/usr/local/nvidia"]
+    # /data holds the kept /data/models: trimming it would detach /data/models too
+    assert got.keep == ["/data", "/data/models", "/dev", "/opt/venv", "/sys", "/usr/local/nvidia"]
     assert got.private_net is True
     assert got.private_shm is True  # the worker gets a /dev/shm of its own, dumped with it
+
+
+def test_every_mount_above_a_kept_one_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a tmpfs /tmp with a node's bind mount inside, itself with a nested mount (the agent tests' layout)
+    monkeypatch.setattr(layout, "host_mountpoints",
+                        lambda: ["/", "/proc", "/dev", "/sys", "/tmp", "/tmp/n", "/tmp/n/home", "/tmp/other"])
+
+    got = plan(["/tmp/n/home/instances/w"])
+
+    assert got.keep == ["/dev", "/sys", "/tmp", "/tmp/n", "/tmp/n/home"]  # /tmp/other is still trimmed
+    assert "mnt[/tmp]:thaw_tmp" in got.dump_externals()  # the host's, bound back on restore
 
 
 def test_the_host_s_dev_shm_is_kept_when_thaw_s_paths_live_on_it(host: None) -> None:
@@ -74,6 +86,17 @@ def test_mountinfo_escapes_are_decoded(tmp_path: Path) -> None:
                     "23 22 0:5 / /mnt/with\\040space rw - tmpfs tmpfs rw\n")
 
     assert layout.host_mountpoints(str(info)) == ["/", "/mnt/with space"]
+
+
+def test_the_root_mount_is_the_top_one_at_slash_or_none(tmp_path: Path) -> None:
+    info = tmp_path / "mountinfo"
+    info.write_text("22 1 8:1 / / rw - ext4 /dev/vda rw\n"
+                    "31 22 8:1 /srv/root / rw - ext4 /dev/vda rw\n"  # a root bound on top of it
+                    "23 31 0:5 / /tmp rw - tmpfs tmpfs rw\n")
+    assert layout.root_mount_id(str(info)) == "31"
+
+    info.write_text("23 31 0:5 / /tmp rw - tmpfs tmpfs rw\n")  # a chroot into a plain directory
+    assert layout.root_mount_id(str(info)) is None
 
 
 def test_the_real_host_plan_keeps_what_this_interpreter_needs() -> None:

@@ -2,7 +2,7 @@
 
 ``serve.py`` is the worker of the pipeline and CLI tests (state, log file, HTTP on a
 unix socket after quiesce); ``park.py`` only parks and records what the SDK did, for
-the worker SDK's tests. Every wait here polls against a deadline.
+the worker SDK's tests; ``tcp.py`` serves on a TCP port of its own loopback (thaw bench). Every wait here polls against a deadline.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 SERVE = HERE / "serve.py"
 PARK = HERE / "park.py"
+TCP = HERE / "tcp.py"
 HTTP_SOCKET = "http.sock"
 
 T = TypeVar("T")

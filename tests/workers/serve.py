@@ -19,6 +19,7 @@ Behaviour switches (environment):
     TEST_HOLD_SOCKET=PATH   keep a unix socket connected to PATH (a server outside the sandbox) while parked
     TEST_LOG=PATH           the log file [default: worker-data.log in the working directory]
     TEST_BALLAST_MB=N       hold N MiB more memory (a bigger image: CRIU takes longer to dump and restore it)
+    TEST_TCP_PORT=N         serve on TCP port N of every address instead of the unix socket (a pod's worker)
 """
 
 from __future__ import annotations
@@ -140,6 +141,12 @@ def serve(outcome: thaw.worker.Outcome, token: str, table: list[str], log) -> bo
         def log_message(self, *args: object) -> None:
             pass
 
+    if os.environ.get("TEST_TCP_PORT"):
+        port = int(os.environ["TEST_TCP_PORT"])
+        with http.server.ThreadingHTTPServer(("", port), Handler) as server:
+            print(f"serving on port {port} ({outcome.kind.value})", flush=True)
+            server.serve_forever()
+        return state["park"]
     sock = thaw.worker.control_dir() / "http.sock" if outcome.managed else Path("http.sock")
     sock.unlink(missing_ok=True)
     # server_close() joins the request threads: no connection is left open when the worker parks again

@@ -51,7 +51,7 @@ from thaw.agent.models import (
     Worker,
 )
 from thaw.agent.service import Agent, NotFound
-from thaw.errors import ArtifactNotFound, BusyError, ConfigError, HostError, IntegrityError, ThawError
+from thaw.errors import ArtifactNotFound, BusyError, ConfigError, HostError, IntegrityError, ThawError, WorkerNotFound
 
 CALLER_KEY = "thaw_caller"
 #: how often a long-polling GET /v1/jobs/{id}?wait=S looks at its job
@@ -62,6 +62,7 @@ STATUS: list[tuple[type[ThawError], int]] = [
     (ConfigError, 422),
     (ArtifactNotFound, 404),
     (NotFound, 404),
+    (WorkerNotFound, 404),
     (BusyError, 409),
     (IntegrityError, 409),  # the stored artifact is damaged, not the digest asked for, or not signed as required
     (HostError, 503),

@@ -110,15 +110,19 @@ class AgentClient:
 
     # ---- operations (jobs) ----
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool = False,
-                 ready_timeout: float = 60.0, canary_http: list[Any] | None = None) -> Job:
+                 ready_timeout: float = 60.0, canary_http: list[Any] | None = None,
+                 pod: dict[str, str] | None = None, key: str | None = None) -> Job:
+        """``pod``: {namespace, name, uid} of the pod whose worker to snapshot; ``key``: an idempotency key."""
         req = _request(SnapshotRequest, worker=worker, artifact=artifact, leave_running=leave_running,
-                       ready_timeout=ready_timeout, canary_http=canary_http or [])
+                       ready_timeout=ready_timeout, canary_http=canary_http or [], pod=pod, idempotency_key=key)
         return Job.model_validate(self._call("POST", "/v1/snapshots", json=req))
 
     def restore(self, artifact: str, *, name: str | None = None, gpu: int | str | None = None,
-                verify_canary: bool = True, digest: str | None = None) -> Job:
+                verify_canary: bool = True, digest: str | None = None, pod: dict[str, str] | None = None,
+                key: str | None = None) -> Job:
+        """``pod``: {namespace, name, uid} of the pod to restore into; ``key``: an idempotency key."""
         req = _request(RestoreRequest, artifact=artifact, name=name, gpu=gpu, verify_canary=verify_canary,
-                       digest=digest)
+                       digest=digest, pod=pod, idempotency_key=key)
         return Job.model_validate(self._call("POST", "/v1/restores", json=req))
 
     def verify(self, artifact: str) -> Job:

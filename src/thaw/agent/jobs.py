@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     journal TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS verified (
     instance_id TEXT PRIMARY KEY,
     job_id TEXT NOT NULL,
@@ -72,16 +76,25 @@ class JobBook:
     # ---- writing ----------------------------------------------------------------------
 
     def create(self, kind: JobKind, *, worker: str | None, artifact: str | None, request: dict[str, Any],
-               caller: dict[str, Any], node: str, job_id: str | None = None) -> Job:
+               caller: dict[str, Any], node: str, job_id: str | None = None, key: str | None = None) -> Job:
+        """Record a new job; with ``key``, also that this idempotency key started it (``by_key``)."""
         job = Job(id=job_id or new_job_id(), kind=kind, state=JobState.PENDING, worker=worker, artifact=artifact,
                   request=request, caller=caller, node=node, created_at=now())
         with self._lock:
-            self._db.execute(
-                "INSERT INTO jobs (id, kind, state, worker, artifact, request, caller, node, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.id, kind.value, job.state.value, worker, artifact, json.dumps(request), json.dumps(caller),
-                 node, job.created_at.isoformat()),
-            )
+            self._db.execute("BEGIN IMMEDIATE")  # the job and its key together, or neither
+            try:
+                self._db.execute(
+                    "INSERT INTO jobs (id, kind, state, worker, artifact, request, caller, node, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job.id, kind.value, job.state.value, worker, artifact, json.dumps(request), json.dumps(caller),
+                     node, job.created_at.isoformat()),
+                )
+                if key:
+                    self._db.execute("INSERT INTO idempotency (key, job_id) VALUES (?, ?)", (key, job.id))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
         return job
 
     def start(self, job_id: str) -> None:
@@ -122,6 +135,12 @@ class JobBook:
         with self._lock:
             row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
+
+    def by_key(self, key: str) -> Job | None:
+        """The job an idempotency key started, if any."""
+        with self._lock:
+            row = self._db.execute("SELECT job_id FROM idempotency WHERE key = ?", (key,)).fetchone()
+        return self.get(row[0]) if row else None
 
     def journal_of(self, job_id: str) -> dict[str, Any]:
         with self._lock:

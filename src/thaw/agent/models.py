@@ -35,6 +35,21 @@ class _Request(BaseModel):
 # ---- requests ---------------------------------------------------------------------------
 
 
+class PodRef(_Request):
+    """A pod on the agent's node whose thaw entrypoint a worker is snapshotted from or restored into."""
+
+    namespace: str = Field(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    name: str = Field(max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")
+    uid: str = Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+                     description="metadata.uid: the agent finds the pod's processes by it (their cgroup path)")
+
+
+#: an idempotency key: a retried start with the same key returns the job the first one started
+IdempotencyKey = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/-]+$",
+                       description="e.g. the Kubernetes object's uid: a retry with the same key returns the "
+                                   "existing job instead of starting another (or answering 409)")
+
+
 class LaunchRequest(_Request):
     """``POST /v1/workers``: start a command as a snapshot-able worker in a thaw sandbox."""
 
@@ -71,6 +86,9 @@ class SnapshotRequest(_Request):
         default_factory=list, max_length=64,
         description="requests the original answers after the snapshot; every restored copy must answer them alike "
                     "(thaw snapshot --canary-http)")
+    pod: PodRef | None = Field(default=None, description="snapshot the worker that runs in this pod (its thaw "
+                                                         "entrypoint's sandbox) rather than one named `worker`")
+    idempotency_key: str | None = IdempotencyKey
 
     @field_validator("worker")
     @classmethod
@@ -106,6 +124,9 @@ class RestoreRequest(_Request):
             return None if v is None else check_digest(v)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+    pod: PodRef | None = Field(default=None, description="restore into this pod (its network namespace, cgroup and "
+                                                         "root filesystem), whose thaw entrypoint waits for it")
+    idempotency_key: str | None = IdempotencyKey
 
     @field_validator("artifact")
     @classmethod

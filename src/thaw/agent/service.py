@@ -20,7 +20,8 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from thaw import __version__, pipeline
+from thaw.agent import pods
 from thaw.agent.audit import AuditLog
 from thaw.agent.holds import Holds
 from thaw.agent.jobs import JobBook, new_job_id
@@ -53,6 +55,7 @@ from thaw.errors import BusyError, CanaryMismatch, ConfigError, ThawError, Worke
 from thaw.pipeline import control
 from thaw.pipeline import gpu as pipeline_gpu
 from thaw.pipeline.instances import Instance, reap
+from thaw.sandbox.pod import Anchor
 from thaw.store import Manifest, Staged, Store, check_name, store_for
 from thaw.worker.protocol import Action
 
@@ -110,6 +113,7 @@ class Agent:
         self._reaper: threading.Thread | None = None
         self._completed = self.book.verified()  # restored instances whose restore job succeeded
         self._completed_lock = threading.Lock()
+        self._keys_lock = threading.Lock()  # one start per idempotency key
 
     # ---- life cycle ---------------------------------------------------------------------
 
@@ -213,23 +217,43 @@ class Agent:
         return self.book.list(limit=limit)
 
     def submit_snapshot(self, req: SnapshotRequest, caller: dict[str, Any]) -> Job:
-        inst = self._find(req.worker)
-        job = self._accept(JobKind.SNAPSHOT, req.model_dump(), caller, worker=inst.id, artifact=req.artifact,
-                           holds={"worker": inst.id, "worker_label": inst.name, "artifact": req.artifact,
-                                  "exclusive": True},
-                           precheck=lambda: self._refuse_taken(req.artifact))
-        self.book.journal(job.id, worker_id=inst.id, worker_pid=inst.host_pid)
-        return self._launch_job(job, lambda run: self._run_snapshot(run, inst, req))
+        with self._keyed(req.idempotency_key, JobKind.SNAPSHOT, req.artifact) as replay:
+            if replay is not None:
+                return replay
+            inst = pods.adopt(self.settings, req.pod) if req.pod else self._find(req.worker)
+            job = self._accept(JobKind.SNAPSHOT, req.model_dump(), caller, worker=inst.id, artifact=req.artifact,
+                               holds={"worker": inst.id, "worker_label": inst.name, "artifact": req.artifact,
+                                      "exclusive": True},
+                               precheck=lambda: self._refuse_taken(req.artifact), key=req.idempotency_key)
+            self.book.journal(job.id, worker_id=inst.id, worker_pid=inst.host_pid)
+            return self._launch_job(job, lambda run: self._run_snapshot(run, inst, req))
 
     def submit_restore(self, req: RestoreRequest, caller: dict[str, Any]) -> Job:
-        if req.name is not None and any(i.name == req.name and i.alive() for i in self._instances()):
-            raise BusyError(f"a worker named {req.name!r} is already running on {self.settings.node}",
-                            hint="pick another name for the restored worker")
-        # 404 now rather than a failed job later; a wrong digest or signature too (fetch checks it again)
-        self.store.trust.check(self.store.manifest(req.artifact), expected_digest=req.digest)
-        job = self._accept(JobKind.RESTORE, req.model_dump(), caller, worker=req.name, artifact=req.artifact,
-                           holds={"artifact": req.artifact})
-        return self._launch_job(job, lambda run: self._run_restore(run, req))
+        with self._keyed(req.idempotency_key, JobKind.RESTORE, req.artifact) as replay:
+            if replay is not None:
+                return replay
+            if req.name is not None and any(i.name == req.name and i.alive() for i in self._instances()):
+                raise BusyError(f"a worker named {req.name!r} is already running on {self.settings.node}",
+                                hint="pick another name for the restored worker")
+            # 404 now rather than a failed job later; a wrong digest or signature too (fetch checks it again)
+            self.store.trust.check(self.store.manifest(req.artifact), expected_digest=req.digest)
+            anchor = pods.anchor_of(req.pod) if req.pod else None  # 404 now if the pod is not (yet) here
+            job = self._accept(JobKind.RESTORE, req.model_dump(), caller, worker=req.name, artifact=req.artifact,
+                               holds={"artifact": req.artifact}, key=req.idempotency_key)
+            return self._launch_job(job, lambda run: self._run_restore(run, req, anchor))
+
+    @contextmanager
+    def _keyed(self, key: str | None, kind: JobKind, artifact: str) -> Iterator[Job | None]:
+        """Held while a start is accepted: the job an earlier start with this idempotency key began, if any."""
+        if key is None:
+            yield None
+            return
+        with self._keys_lock:
+            job = self.book.by_key(key)
+            if job is not None and (job.kind, job.artifact) != (kind, artifact):
+                raise BusyError(f"idempotency key {key!r} started a {job.kind.value} of {job.artifact!r} (job "
+                                f"{job.id}), not a {kind.value} of {artifact!r}", hint="use a new key for a new request")
+            yield job
 
     def submit_verify(self, name: str, caller: dict[str, Any]) -> Job:
         check_name(name)
@@ -239,7 +263,8 @@ class Agent:
         return self._launch_job(job, lambda run: self._run_verify(run, name))
 
     def _accept(self, kind: JobKind, request: dict[str, Any], caller: dict[str, Any], *, worker: str | None,
-                artifact: str | None, holds: dict[str, Any], precheck: Callable[[], None] | None = None) -> Job:
+                artifact: str | None, holds: dict[str, Any], precheck: Callable[[], None] | None = None,
+                key: str | None = None) -> Job:
         if self._stop.is_set():
             raise BusyError(f"agent on {self.settings.node} is shutting down")
         job_id = new_job_id()
@@ -248,7 +273,7 @@ class Agent:
             if precheck:
                 precheck()
             job = self.book.create(kind, worker=worker, artifact=artifact, request=request, caller=caller,
-                                   node=self.settings.node, job_id=job_id)
+                                   node=self.settings.node, job_id=job_id, key=key)
         except BaseException:
             self.holds.drop(job_id)
             raise
@@ -337,11 +362,12 @@ class Agent:
                               original="running" if req.leave_running else "stopped").model_dump(mode="json") | {
             "worker_id": inst.id}
 
-    def _run_restore(self, run: _Running, req: RestoreRequest) -> dict[str, Any]:
+    def _run_restore(self, run: _Running, req: RestoreRequest, anchor: Anchor | None = None) -> dict[str, Any]:
         try:
-            res = pipeline.restore(self.settings, req.artifact, store=run.store, gpu_target=req.gpu, name=req.name,
+            gpu = req.gpu if req.gpu is not None or anchor is None else pods.gpu_of(anchor)  # a pod's: its own
+            res = pipeline.restore(self.settings, req.artifact, store=run.store, gpu_target=gpu, name=req.name,
                                    verify_canary=req.verify_canary, expected_digest=req.digest,
-                                   progress=self._progress(run))
+                                   progress=self._progress(run), into=anchor)
         except CanaryMismatch:
             self.metrics.canary.labels("mismatch").inc()
             raise
@@ -508,7 +534,9 @@ class Agent:
         # restored workers are re-parented to this process (child subreaper): collect those that exit
         while not self._stop.wait(self.config.reap_interval_s):
             try:
-                for inst in self._instances():
+                everyone = self._instances()
+                pods.untie(everyone)
+                for inst in everyone:
                     for pid in (inst.host_pid, inst.holder_pid):
                         if pid > 0:
                             try:

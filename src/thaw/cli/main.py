@@ -319,9 +319,10 @@ def list_artifacts(home: HomeOpt = None, store: StoreOpt = None, agent: AgentOpt
         for a in rows:
             table.add_row(safe(a.get("name", "")), human_bytes(a.get("bytes", 0)), safe(a.get("digest", "")),
                           safe(a.get("created_at", "")))
-        console.print(table)
+        _print_listing(table, len(rows), f"the store of the agent at {safe(client.where)}")
         return
-    manifests = _store(_settings(home, store)).list()
+    settings = _settings(home, store)
+    manifests = _store(settings).list()
     if json_out:
         emit_json([{"name": m.name, "artifact_id": m.artifact_id, "digest": m.digest, "size": m.size,
                     "created_at": m.created_at, "worker": m.worker.name, "source": m.source.host} for m in manifests])
@@ -331,7 +332,15 @@ def list_artifacts(home: HomeOpt = None, store: StoreOpt = None, agent: AgentOpt
         table.add_row(safe(m.name), safe(m.worker.name), human_bytes(m.size),
                       m.created_at.strftime("%Y-%m-%d %H:%M:%S"), safe(m.source.host),
                       safe(", ".join(str(g.get("name", "?")) for g in m.gpus) or "-"))
-    console.print(table)
+    _print_listing(table, len(manifests), safe(settings.store_url))
+
+
+def _print_listing(table: Table, count: int, store: str) -> None:
+    """The store listed, then its artifacts: an empty listing still says where it looked."""
+    console.print(f"{count} artifact{'' if count == 1 else 's'} in {store}" if count else f"no artifacts in {store}",
+                  soft_wrap=True)
+    if count:
+        console.print(table)
 
 
 @app.command()
@@ -457,6 +466,7 @@ def _mount_subapps() -> None:
         ("thaw.cli.operator", "operator", "The Kubernetes operator."),
         ("thaw.cli.gms", "gms", "The GPU memory service: weights kept on the node, outside every snapshot."),
         ("thaw.cli.keys", "keys", "Signing keys for artifacts (ed25519)."),
+        ("thaw.cli.bench", "bench", "Measure cold starts and restores of a worker (thaw bench --name N -- CMD)."),
     ):
         try:
             sub = __import__(module, fromlist=["app"]).app
@@ -466,6 +476,7 @@ def _mount_subapps() -> None:
 
 
 _mount_subapps()
+app.command("cost")(__import__("thaw.cli.cost", fromlist=["cost"]).cost)
 
 if __name__ == "__main__":
     app()

@@ -51,6 +51,11 @@ def run(
         envvar="THAW_DELETE_TIMEOUT", help="seconds to keep trying to delete a deleted snapshot's artifact")] = 600.0,
     liveness: Annotated[str | None, typer.Option(
         envvar="THAW_LIVENESS", help="serve a liveness probe here, e.g. http://0.0.0.0:8080/healthz")] = None,
+    peering: Annotated[str | None, typer.Option(
+        envvar="THAW_PEERING", help="leader election among replicas through this ClusterKopfPeering object "
+                                    "[default: none, one replica]")] = None,
+    peering_lifetime: Annotated[int, typer.Option(
+        envvar="THAW_PEERING_LIFETIME", help="seconds before a silent leader is replaced")] = 30,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every handler call")] = False,
 ) -> None:
     """Run the operator until stopped."""
@@ -61,7 +66,7 @@ def run(
     namespaces = tuple(n for item in namespace or [] for n in item.split(",") if n)
     config = OperatorConfig(poll=poll, agents=AgentLookup(agent_namespace, agent_selector, agent_port),
                             token_file=agent_token_file, namespaces=namespaces, delete_timeout=delete_timeout,
-                            liveness=liveness)
+                            liveness=liveness, peering=peering or None, peering_lifetime=peering_lifetime)
     run_operator(config, kubeconfig=kubeconfig, verbose=verbose)
 
 

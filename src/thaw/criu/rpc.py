@@ -70,6 +70,9 @@ class RestoreOptions:
     join_ns: list[tuple[str, str]] = field(default_factory=list)  # (ns, file)
     inherit_fds: dict[str, int] = field(default_factory=dict)  # key -> fd in this process
     timeout_s: int = 300
+    #: a command CRIU runs under (it execs CRIU in the end), e.g. to start CRIU inside a pod's cgroup
+    #: so that the tree it restores is born there (thaw.sandbox.incgroup)
+    wrapper: list[str] = field(default_factory=list)
 
 
 def dump(opts: DumpOptions, *, criu: Criu | None = None, log_name: str = "dump.log") -> float:
@@ -104,7 +107,7 @@ def restore(opts: RestoreOptions, *, criu: Criu | None = None, log_name: str = "
         _common(o, img_fd, work_fd, log_name)
         t0 = time.perf_counter()
         resp = _call(req, "restore", opts.work_dir / log_name, criu=criu, timeout=opts.timeout_s + 30,
-                     pass_fds=tuple(opts.inherit_fds.values()))
+                     pass_fds=tuple(opts.inherit_fds.values()), wrapper=opts.wrapper)
         return resp.restore.pid, time.perf_counter() - t0
 
 
@@ -146,12 +149,12 @@ class _dirs:
 
 
 def _call(req: object, operation: str, log: Path | None, *, criu: Criu | None, timeout: float,
-          pass_fds: tuple[int, ...] = ()) -> object:
+          pass_fds: tuple[int, ...] = (), wrapper: list[str] | None = None) -> object:
     criu = criu or find_criu()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         proc = subprocess.Popen(
-            [*criu.argv, "swrk", str(theirs.fileno())],
+            [*(wrapper or []), *criu.argv, "swrk", str(theirs.fileno())],
             pass_fds=(theirs.fileno(), *pass_fds),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -171,6 +174,8 @@ def _call(req: object, operation: str, log: Path | None, *, criu: Criu | None, t
         faults.point(f"criu.{operation}", child=proc.pid, once=lambda: log is None or log.exists())
         try:
             data = ours.recv(1 << 20)
+        except ConnectionResetError:  # CRIU (or the wrapper it runs under) exited without a word
+            data = b""
         except socket.timeout as exc:
             proc.kill()
             raise CriuError(operation, f"no answer within {timeout:.0f}s", log_tail=log_tail(log)) from exc
@@ -183,11 +188,16 @@ def _call(req: object, operation: str, log: Path | None, *, criu: Criu | None, t
         resp = messages.Response()
         resp.ParseFromString(data)
         if not resp.success:
-            msg = resp.cr_errmsg or "(no message)"
-            # CRIU's message is its first error (often the harmless RLIMIT line) or a generic
-            # "Dumping FAILED."; the first real error line of its log says what went wrong
-            if any(h in msg for h in HARMLESS) or msg.rstrip(".").endswith("FAILED"):
+            msg = resp.cr_errmsg
+            # CRIU's message is its first error (often the harmless RLIMIT line), a generic
+            # "Dumping FAILED." or nothing at all (`criu check`); the first real error line of
+            # its log says what went wrong
+            if not msg or any(h in msg for h in HARMLESS) or msg.rstrip(".").endswith("FAILED"):
                 msg = first_error(log) or msg
+            if not msg:  # no log either (CRIU could not open it, e.g. without /proc): what it printed
+                ours.close()  # swrk serves until its socket closes
+                msg = _first_error_line(proc.communicate(timeout=10)[1].decode(errors="replace"))
+            msg = msg or "(no message)"
             error = CriuError(operation, msg, errno=resp.cr_errno, log_tail=log_tail(log))
             error.hint = explain(msg)
             raise error
@@ -210,8 +220,12 @@ def explain(message: str) -> str | None:
 
 def first_error(log: Path | None) -> str:
     """The first error line of a CRIU log that is neither harmless nor a generic 'FAILED', without its prefix."""
-    for line in log_tail(log, lines=1000).splitlines():
-        if "Error" in line and "FAILED" not in line:
+    return _first_error_line(log_tail(log, lines=1000))
+
+
+def _first_error_line(text: str) -> str:
+    for line in text.splitlines():
+        if "Error" in line and "FAILED" not in line and not any(h in line for h in HARMLESS):
             return line.split("): ", 1)[-1].strip()
     return ""
 

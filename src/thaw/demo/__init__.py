@@ -78,7 +78,8 @@ def run_demo(home: Path, *, keep: bool = False) -> dict[str, Any]:
         "passed" if all(c[0].canary_checked for c in group) else "none" for group in ([one], pair)))
     Console().print(table)
     Console().print(f"artifact {artifact}: {snap.manifest.size / 2**20:.0f} MiB, digest {snap.manifest.digest}, "
-                    f"snapshot took {snap.timings['total']:.2f} s; store: {settings.store_url}")
+                    f"snapshot took {snap.timings['total']:.2f} s; store: {settings.store_url} "
+                    f"(thaw ls --home {home})")
     identical = all(c[1] == reference for c in copies)
     if not identical:
         raise ThawError("a restored copy answered differently from the original")

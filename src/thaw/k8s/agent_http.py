@@ -22,13 +22,15 @@ class HttpAgent:
         self._client = AgentClient(base_url=url, token=token, timeout=timeout)
 
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True,
-                 canary_http: list[dict[str, Any]] | None = None) -> str:
+                 canary_http: list[dict[str, Any]] | None = None, pod: dict[str, str] | None = None,
+                 key: str | None = None) -> str:
         return _mapped(lambda: self._client.snapshot(worker, artifact, leave_running=leave_running,
-                                                     canary_http=canary_http).id)
+                                                     canary_http=canary_http, pod=pod, key=key).id)
 
     def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None,
-                digest: str | None = None) -> str:
-        return _mapped(lambda: self._client.restore(artifact, gpu=gpu, name=name, digest=digest).id)
+                digest: str | None = None, pod: dict[str, str] | None = None, key: str | None = None) -> str:
+        return _mapped(lambda: self._client.restore(artifact, gpu=gpu, name=name, digest=digest, pod=pod,
+                                                    key=key).id)
 
     def job(self, job_id: str) -> dict[str, Any]:
         return _mapped(lambda: self._client.job(job_id).model_dump(mode="json"))

@@ -9,8 +9,9 @@ Finding a node's agent (``agent_url``), first match wins:
 
 1. the Node annotation ``thaw.dev/agent-url`` (e.g. ``http://10.0.3.7:7070``) — for
    agents that are not the DaemonSet's pods: bare-metal installs, and the tests;
-2. the Running agent pod on that node (label selector ``app.kubernetes.io/name=thaw-agent``
-   in the operator's namespace): ``http://<pod IP>:<agent port>``.
+2. the Ready agent pod on that node (label selector ``app.kubernetes.io/name=thaw-agent``
+   in the operator's namespace): ``http://<pod IP>:<agent port>``. Ready, not Running: a
+   crash-looping pod keeps phase Running and its IP but fails its readiness probe.
 
 The agent needs no Kubernetes API access for this: it does not register itself.
 """
@@ -34,15 +35,17 @@ class AgentPort(Protocol):
     """What the operator calls on a node's agent (thaw.agent.client.AgentClient provides it)."""
 
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True,
-                 canary_http: list[dict[str, Any]] | None = None) -> str:
+                 canary_http: list[dict[str, Any]] | None = None, pod: dict[str, str] | None = None,
+                 key: str | None = None) -> str:
         """Start a snapshot job of ``worker`` into ``artifact`` (with an HTTP canary: thaw.pipeline.http_canary);
-        returns the job id."""
+        returns the job id. ``pod``: {namespace, name, uid} when the worker runs in that pod under thaw's
+        entrypoint; a retry with the same idempotency ``key`` returns the job the first call started."""
         ...
 
     def restore(self, artifact: str, *, gpu: str | None = None, name: str | None = None,
-                digest: str | None = None) -> str:
+                digest: str | None = None, pod: dict[str, str] | None = None, key: str | None = None) -> str:
         """Start a restore job (with the canary check) of ``artifact``, only if it has ``digest`` when one is
-        given; returns the job id."""
+        given, into ``pod`` when given; returns the job id."""
         ...
 
     def job(self, job_id: str) -> dict[str, Any]:
@@ -118,7 +121,8 @@ def agent_url(node: dict[str, Any], agent_pods: list[dict[str, Any]], *, port: i
     name = (node.get("metadata") or {}).get("name")
     for pod in agent_pods:
         spec, status = pod.get("spec") or {}, pod.get("status") or {}
-        if spec.get("nodeName") != name or status.get("phase") != "Running" or not status.get("podIP"):
+        # Ready, not Running: a crash-looping agent pod keeps phase Running and its IP, but is never Ready
+        if spec.get("nodeName") != name or not pod_ready(pod) or not status.get("podIP"):
             continue
         if (pod.get("metadata") or {}).get("deletionTimestamp"):
             continue
@@ -126,6 +130,12 @@ def agent_url(node: dict[str, Any], agent_pods: list[dict[str, Any]], *, port: i
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}"
     return None
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    """The pod's Ready condition is True (its readiness probe passes)."""
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
 
 
 def is_temporary(exc: BaseException) -> bool:

@@ -23,10 +23,17 @@ class OperatorConfig:
     delete_timeout: float = 600.0
     #: kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz (None: off)
     liveness: str | None = None
+    #: leader election among replicas: the name of a ClusterKopfPeering object (None: one replica, standalone).
+    #: Each replica takes a random priority; all but the highest pause while it is alive.
+    peering: str | None = None
+    #: seconds a replica's peering record counts as alive: how long a killed leader's work waits for another
+    peering_lifetime: int = 30
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.poll <= 300:
             raise ConfigError("poll", f"{self.poll} is out of range", hint="use 0.05-300 seconds")
+        if not 5 <= self.peering_lifetime <= 3600:
+            raise ConfigError("peering_lifetime", f"{self.peering_lifetime} is out of range", hint="use 5-3600 seconds")
         if self.token_file is not None and not Path(self.token_file).is_file():
             raise ConfigError("token_file", f"{self.token_file} does not exist",
                               hint="mount the thaw-agent-token Secret, or leave it unset for agents without a token")

@@ -53,8 +53,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     kopf.timer(GROUP, VERSION, SNAPSHOTS, registry=registry, interval=config.poll, when=in_progress)(snapshot_tick)
     kopf.on.delete(GROUP, VERSION, SNAPSHOTS, registry=registry, timeout=config.delete_timeout)(snapshot_deleted)
     kopf.timer(GROUP, VERSION, RESTORES, registry=registry, interval=config.poll, when=in_progress)(restore_tick)
-    kopf.timer("", "v1", "pods", registry=registry, interval=config.poll, annotations={RESTORE_FROM: kopf.PRESENT},
-               when=wants_restore)(pod_tick)
+    # event-driven, not a timer per pod: a pod is taken on when it is bound (an update event) or seen at start;
+    # afterwards its WorkerRestore's own timer runs only while that restore is in progress
+    kopf.on.event("", "v1", "pods", registry=registry, annotations={RESTORE_FROM: kopf.PRESENT},
+                  when=wants_restore)(pod_event)
     # a finalizer on restore-from pods: scaling down must stop the restored worker, or its GPU leaks
     kopf.on.delete("", "v1", "pods", registry=registry, annotations={RESTORE_FROM: kopf.PRESENT},
                    timeout=config.delete_timeout)(pod_deleted)
@@ -70,14 +72,29 @@ def login(memo: Memo, **_: Any) -> kopf.ConnectionInfo:
                                private_key_path=cfg.key_file)
 
 
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: Memo, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
+    settings.peering.clusterwide = True  # one neighbourhood for all replicas, however many namespaces they watch
+    settings.peering.lifetime = memo.config.peering_lifetime
+    settings.peering.mandatory = memo.config.peering is not None
+    logging.getLogger("kopf.objects").addFilter(RetriesAsWarnings())
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
-    # Events are thaw's own (reasons like SnapshotReady, CanaryMismatch); kopf adds only its warnings and errors
-    settings.posting.level = logging.WARNING
+    # Events are thaw's own (reasons like SnapshotReady, CanaryMismatch, AgentUnreachable once per outage);
+    # kopf adds only its errors, not a Warning Event per retry
+    settings.posting.level = logging.ERROR
     # no watching of CRDs and namespaces: the operator's RBAC then needs no cluster-wide read of either
     settings.scanning.disabled = True
+
+
+class RetriesAsWarnings(logging.Filter):
+    """kopf logs every retry of a handler (our TemporaryError: an agent down or busy) at ERROR, which pages
+    whoever alerts on errors during a plain outage. A retry is a warning; the back-off is in the message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and "failed temporarily" in record.getMessage():
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 def in_progress(body: kopf.Body, **_: Any) -> bool:
@@ -100,8 +117,12 @@ def restore_tick(body: kopf.Body, patch: kopf.Patch, retry: int, memo: Memo, **_
     apply(restores.reconcile(_plain(body), memo.cluster, memo.connect, retry=retry), body, patch, memo)
 
 
-def pod_tick(body: kopf.Body, patch: kopf.Patch, memo: Memo, **_: Any) -> None:
-    apply(restores.take_on_pod(_plain(body), memo.cluster), body, patch, memo)
+def pod_event(body: kopf.Body, memo: Memo, type: str | None = None, **_: Any) -> None:
+    if type == "DELETED":
+        return
+    step = restores.take_on_pod(_plain(body), memo.cluster)
+    for event in step.events:  # event handlers have no patch to apply: the pod is patched by the cluster adapter
+        kopf.event(event.target or body, type=event.type, reason=event.reason, message=event.message[:1024])
 
 
 def pod_deleted(body: kopf.Body, patch: kopf.Patch, retry: int, memo: Memo, **_: Any) -> None:

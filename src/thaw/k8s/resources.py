@@ -8,6 +8,7 @@ manifests in ``deploy/kubernetes``, the docs and the code cannot drift apart unn
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 GROUP = "thaw.dev"
 VERSION = "v1alpha1"
@@ -73,6 +74,20 @@ COND_CANARY = "CanaryPassed"
 #: the finalizer that lets the operator clean up before an object goes: a WorkerSnapshot's artifact,
 #: the worker restored for a restore-from pod (so that scaling down frees its GPU)
 FINALIZER = f"{GROUP}/cleanup"
+
+
+#: the module a pod's container runs as its command to host a thaw worker (thaw.sandbox.entrypoint)
+ENTRYPOINT_MODULE = "thaw.sandbox.entrypoint"
+
+
+def pod_ref(pod: dict[str, Any]) -> dict[str, str] | None:
+    """{namespace, name, uid} of a pod whose container runs thaw's entrypoint: the agent then snapshots its
+    worker from inside it and restores into it. None for other pods (their worker runs beside them, on the agent)."""
+    meta = pod.get("metadata") or {}
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        if ENTRYPOINT_MODULE in [*(container.get("command") or []), *(container.get("args") or [])]:
+            return {"namespace": meta.get("namespace", ""), "name": meta.get("name", ""), "uid": meta.get("uid", "")}
+    return None
 
 
 def short_name(name: str, limit: int) -> str:

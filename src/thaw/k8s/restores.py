@@ -52,6 +52,8 @@ from thaw.k8s.resources import (
     RESTORING,
     RESTORING_PHASE,
     TERMINAL,
+    PENDING,
+    pod_ref,
 )
 from thaw.k8s.status import (
     NORMAL,
@@ -59,6 +61,7 @@ from thaw.k8s.status import (
     PodPatch,
     Step,
     camel,
+    changed,
     failed,
     flapped,
     human_duration,
@@ -134,12 +137,16 @@ def _start(spec: RestoreSpec, body: dict[str, Any], status: dict[str, Any], clus
         return pending(conds, "SnapshotNotReady", f"{why}; waiting for it", now)
 
     need = GpuNeed.of(art.get("gpuProduct"), art.get("gpuCount"), art.get("gpuMemoryBytes"))
-    pinned = spec.node
-    if spec.pod and not pinned:
+    pinned, into = spec.node, None
+    if spec.pod:
         pod = cluster.get_pod(spec.namespace, spec.pod)
-        pinned = ((pod or {}).get("spec") or {}).get("nodeName")
+        pinned = pinned or ((pod or {}).get("spec") or {}).get("nodeName")
         if not pinned:
             return _give_up(spec, conds, "PodNotScheduled", f"pod {spec.pod} is gone or not bound to a node", now)
+        into = pod_ref(pod or {})  # a pod running thaw's entrypoint: the worker is restored into it
+        if into and not container_started(pod or {}):
+            return _waiting(spec, conds, "PodStarting", f"pod {spec.pod}'s container (thaw's entrypoint) has not "
+                            f"started yet on {pinned}", created, retry, now)
     nodes = cluster.list_nodes()
     urls = cluster.agent_urls(nodes)
     step = Step()
@@ -147,13 +154,16 @@ def _start(spec: RestoreSpec, body: dict[str, Any], status: dict[str, Any], clus
         fit = choose_node(nodes, cluster.list_pods(pinned), need, lambda n: n in urls, pinned=pinned,
                           exclude_pod=f"{spec.namespace}/{spec.pod}" if spec.pod else None)
         agent = connect(urls[fit.node])
-        gpu = choose_gpu(agent.node_info(), need, wanted=spec.gpu)
-        # pinned to the digest the snapshot recorded: a replaced or altered artifact is refused by the agent
-        job_id = agent.restore(art["name"], gpu=gpu, name=spec.worker, digest=art.get("digest") or None)
+        # into a pod: the GPU is the one the device plugin gave the pod, which its node's agent looks up
+        gpu = None if into else choose_gpu(agent.node_info(), need, wanted=spec.gpu)
+        # pinned to the digest the snapshot recorded: a replaced or altered artifact is refused by the agent;
+        # the object's uid as idempotency key: a retry after a lost answer gets the job the first call started
+        job_id = agent.restore(art["name"], gpu=gpu, name=spec.worker, digest=art.get("digest") or None, pod=into,
+                               key=body["metadata"].get("uid"))
     except NoPlacement as exc:
-        if spec.pod and pinned not in urls and (now - created).total_seconds() < AGENT_GRACE_S:
-            message = f"no thaw agent on {pinned} yet; waiting up to {AGENT_GRACE_S:.0f}s before starting cold"
-            return retry_later(pending(conds, "AgentNotReady", message, now), message, retry)
+        if spec.pod and pinned not in urls:
+            return _no_agent(spec, conds, pinned, f"no ready thaw agent on {pinned} (agent DaemonSet pod missing or "
+                             "not Ready)", created, retry, now)
         if spec.pod:
             return _give_up(spec, conds, "NoPlacement", str(exc), now)
         step = pending(set_condition(conds, COND_SCHEDULED, False, "Unschedulable", str(exc), now=now),
@@ -163,10 +173,15 @@ def _start(spec: RestoreSpec, body: dict[str, Any], status: dict[str, Any], clus
         return retry_later(pending(conds, "AgentBusy", f"the agent is busy: {exc}", now), str(exc), retry)
     except Exception as exc:
         if agents.is_temporary(exc):
-            return unreachable(step, conds, pinned, exc, retry, now)
+            if spec.pod:  # an agent that does not answer is no better than none: the same deadline
+                return _no_agent(spec, conds, pinned, f"the thaw agent on {pinned} does not answer: {exc}", created,
+                                 retry, now)
+            return unreachable(step, conds, pinned, exc, retry, now, phase=PENDING)
         if isinstance(exc, ThawError):
             return _give_up(spec, conds, "AgentRejected", f"the agent refused the restore: {exc}", now)
         raise
+    if flapped(conds, COND_AGENT):
+        step.event(NORMAL, "AgentReachable", f"the agent on {fit.node} answers again")
     conds = set_condition(conds, COND_SCHEDULED, True, "NodeChosen", f"{fit.node}: {fit.why}", now=now)
     conds = set_condition(conds, COND_AGENT, True, "Reachable", f"agent on {fit.node}", now=now)
     conds = set_condition(conds, COND_READY, False, "Restoring", f"job {job_id} on {fit.node}", now=now)
@@ -217,6 +232,39 @@ def _follow(spec: RestoreSpec, status: dict[str, Any], cluster: Cluster, connect
     if job.progress and job.progress != status.get("progress"):
         step.status["progress"] = job.progress
     return step
+
+
+def container_started(pod: dict[str, Any]) -> bool:
+    """Every container of the pod is running: its entrypoint is there for the agent to find."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return bool(statuses) and all("running" in (s.get("state") or {}) for s in statuses)
+
+
+def _waiting(spec: RestoreSpec, conds: Any, reason: str, why: str, created: datetime, retry: int,
+             now: datetime) -> Step:
+    """Pending for ``why`` until AGENT_GRACE_S after the restore's creation, then a cold start."""
+    waited = (now - created).total_seconds()
+    if waited >= AGENT_GRACE_S:
+        return _give_up(spec, conds, reason, f"{why}; gave up after {waited:.0f}s", now)
+    return retry_later(pending(conds, reason, why, now), why, retry)
+
+
+def _no_agent(spec: RestoreSpec, conds: Any, node: str | None, why: str, created: datetime, retry: int,
+              now: datetime) -> Step:
+    """A pod whose node has no agent that answers: wait up to AGENT_GRACE_S from the restore's creation
+    (an autoscaled node's agent pod starts with it), saying why at every retry; then start cold."""
+    waited = (now - created).total_seconds()
+    if waited >= AGENT_GRACE_S:
+        return _give_up(spec, conds, "AgentUnreachable", f"{why}; gave up after {waited:.0f}s "
+                        f"(the deadline is {AGENT_GRACE_S:.0f}s)", now)
+    message = (f"{why}; retry {retry + 1}, starting cold in {AGENT_GRACE_S - waited:.0f}s unless it answers "
+               f"(is the thaw-agent DaemonSet's pod on {node} Ready? kubectl -n thaw-system get pods -o wide)")
+    new = set_condition(conds, COND_AGENT, False, "AgentUnreachable", why, now=now)
+    step = pending(new, "AgentNotReady", message, now)
+    step.status["node"] = node
+    if changed(conds, new, COND_AGENT):
+        step.event(WARNING, "AgentUnreachable", message)
+    return retry_later(step, message, retry)
 
 
 def _ready(spec: RestoreSpec, status: dict[str, Any], job: Job, canary: str, took: float, now: datetime) -> Step:
@@ -327,8 +375,14 @@ def take_on_pod(pod: dict[str, Any], cluster: Cluster, *, now: datetime | None =
     body = restore_for_pod(pod)
     meta = pod["metadata"]
     spec = RestoreSpec.of(body)
-    if (meta.get("annotations") or {}).get(RESTORE_STATE) == RESTORING and cluster.get_restore(spec.namespace, spec.name):
-        return Step()  # taken on already; its WorkerRestore is under way
+    # events may carry a pod as it was a moment ago: decide on the pod as it is now
+    fresh = cluster.get_pod(spec.namespace, meta["name"])
+    if fresh is None or not pod_wants_restore(fresh):
+        return Step()
+    if cluster.get_restore(spec.namespace, spec.name):
+        # taken on already (the pod is marked before its WorkerRestore is made): its restore decides, and
+        # marking the pod Restoring again could overwrite an outcome (ColdStart) written in between
+        return Step()
     marker = _pod_patch(spec, RESTORING, f"WorkerRestore {spec.name} created", False, now)
     marker.annotations[RESTORE_OBJECT] = spec.name
     cluster.patch_pod(marker)

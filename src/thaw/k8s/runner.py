@@ -28,5 +28,12 @@ def run(config: OperatorConfig, *, kubeconfig: Path | None = None, verbose: bool
     handlers.register(registry, config)
     memo = handlers.Memo(cluster=KubeCluster(client.ApiClient(cfg), config.agents),
                          connect=http_connector(config.token()), config=config, kube_config=cfg)
-    kopf.run(registry=registry, memo=memo, standalone=True, clusterwide=not config.namespaces,
-             namespaces=list(config.namespaces), liveness_endpoint=config.liveness)
+    if config.peering:
+        import secrets
+
+        # distinct random priorities: kopf pauses every replica that sees one of a higher (or equal) priority
+        peering = {"standalone": False, "peering_name": config.peering, "priority": 1 + secrets.randbelow(2**30)}
+    else:
+        peering = {"standalone": True}
+    kopf.run(registry=registry, memo=memo, clusterwide=not config.namespaces, namespaces=list(config.namespaces),
+             liveness_endpoint=config.liveness, **peering)

@@ -32,6 +32,7 @@ from thaw.k8s.resources import (
     SNAPSHOTTING,
     TERMINAL,
     WORKER,
+    pod_ref,
 )
 from thaw.k8s.status import (
     NORMAL,
@@ -155,17 +156,21 @@ def _start(spec: SnapshotSpec, body: dict[str, Any], status: dict[str, Any], clu
     worker = spec.worker or ((pod.get("metadata") or {}).get("annotations") or {}).get(WORKER) or spec.pod
     step = Step()
     try:
+        # the object's uid as idempotency key: a retry after a lost answer gets the job the first call started
         job_id = agent_for(cluster, connect, node).snapshot(worker, spec.artifact, leave_running=spec.leave_running,
-                                                            canary_http=list(spec.canary_http) or None)
+                                                            canary_http=list(spec.canary_http) or None,
+                                                            pod=pod_ref(pod), key=body["metadata"].get("uid"))
     except BusyError as exc:  # another operation holds the worker (or the artifact name): wait for it
         return retry_later(pending(conds, "AgentBusy", f"the agent on {node} is busy: {exc}", now), str(exc), retry)
     except Exception as exc:
         if agents.is_temporary(exc):
-            return unreachable(step, conds, node, exc, retry, now)
+            return unreachable(step, conds, node, exc, retry, now, phase=PENDING)
         if isinstance(exc, ThawError):
             return failed(conds, "AgentRejected", f"the agent on {node} refused to snapshot worker {worker}: {exc}",
                          now, step)
         raise
+    if flapped(conds, COND_AGENT):
+        step.event(NORMAL, "AgentReachable", f"the agent on {node} answers again")
     conds = set_condition(conds, COND_AGENT, True, "Reachable", f"agent on {node}", now=now)
     conds = set_condition(conds, COND_READY, False, "Snapshotting", f"job {job_id} on {node}", now=now)
     step.status = {"phase": SNAPSHOTTING, "node": node, "worker": worker, "agentJob": job_id,

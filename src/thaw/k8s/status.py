@@ -112,11 +112,19 @@ def pending(conds: Any, reason: str, message: str, now: datetime) -> Step:
     return step
 
 
-def unreachable(step: Step, conds: Any, node: str | None, exc: BaseException, retry: int, now: datetime) -> Step:
-    """The node's agent did not answer: AgentReachable=False (one Warning Event), retry with back-off."""
-    message = f"agent on {node}: {exc}"
-    new = set_condition(conds, COND_AGENT, False, type(exc).__name__, message, now=now)
-    step.status["conditions"] = new
+def unreachable(step: Step, conds: Any, node: str | None, exc: BaseException, retry: int, now: datetime, *,
+                phase: str | None = None) -> Step:
+    """The node's agent did not answer: AgentReachable=False (one Warning Event), retry with back-off.
+
+    The status still says where things stand for ``kubectl get``: the node, the phase (``phase``, for an
+    object that had none yet) and a Ready condition; the message says why, on every retry.
+    """
+    message = f"agent on {node}: {exc} (retry {retry + 1})"
+    new = set_condition(conds, COND_AGENT, False, "AgentUnreachable", message, now=now)
+    if condition(new, COND_READY) is None:
+        new = set_condition(new, COND_READY, False, "AgentUnreachable", message, now=now)
+    step.status.update({"conditions": new, "message": message, **({"node": node} if node else {}),
+                        **({"phase": phase} if phase else {})})
     if changed(conds, new, COND_AGENT):
         step.event(WARNING, "AgentUnreachable", f"{message}; retrying with back-off")
     return retry_later(step, message, retry)

@@ -51,10 +51,10 @@ def send(inst: Instance, action: Action, *, timeout: float, info: dict[str, Any]
          verify: bool = False) -> Reply:
     """Write a command, wait for the worker's reply; raise if it fails, dies or does not answer."""
     cmd = protocol.Command(id=uuid.uuid4().hex, action=action, info=info or {}, verify=verify)
-    protocol.write_json_atomic(inst.dir / protocol.COMMAND, protocol.encode(cmd))
+    protocol.write_json_atomic(inst.control_dir / protocol.COMMAND, protocol.encode(cmd))
     deadline = time.monotonic() + timeout
     while True:
-        raw = protocol.read_json(inst.dir / protocol.REPLY)
+        raw = protocol.read_json(inst.control_dir / protocol.REPLY)
         if raw and raw.get("id") == cmd.id:
             reply = protocol.decode_reply(raw)
             if not reply.ok:

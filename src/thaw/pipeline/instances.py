@@ -55,10 +55,20 @@ class Instance(BaseModel):
     node: str = ""
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     layout: dict[str, Any] = Field(default_factory=dict)
+    #: a pod's worker (sandbox/pod.py): its control directory as this node sees it, inside the pod
+    #: (/proc/<entrypoint>/root/...); None: ``dir`` is the control directory
+    control: Path | None = None
+    #: a pod's worker: host pid of the pod's thaw entrypoint, whose namespaces and cgroup it shares
+    anchor_pid: int = 0
+
+    @property
+    def control_dir(self) -> Path:
+        """Where the worker reads commands and writes its replies and readiness marker."""
+        return self.control or self.dir
 
     @property
     def log(self) -> Path:
-        return self.dir / protocol.WORKER_LOG
+        return self.control_dir / protocol.WORKER_LOG
 
     def alive(self) -> bool:
         """True while the sandbox's pid 1 runs (and the pid was not reused by another process)."""
@@ -72,7 +82,7 @@ class Instance(BaseModel):
         return not _zombie(self.host_pid)
 
     def ready(self) -> protocol.ReadyMarker | None:
-        raw = protocol.read_json(self.dir / protocol.READY)
+        raw = protocol.read_json(self.control_dir / protocol.READY)
         return protocol.decode_ready(raw) if raw else None
 
     def parked(self) -> bool:

@@ -20,12 +20,13 @@ from typing import Any
 from thaw.config import Settings
 from thaw.criu import RestoreOptions, find_criu, restore as criu_restore
 from thaw.errors import CanaryMismatch, IntegrityError, RestoreError, ThawError
-from thaw.pipeline import control, gpu, http_canary, instances
+from thaw.pipeline import control, gpu, http_canary, instances, placement
 from thaw.pipeline.instances import Instance
 from thaw.pipeline.phases import Phases, Progress
 from thaw.pipeline.snapshot import IMAGES
 from thaw.sandbox import netns
 from thaw.sandbox.layout import Layout
+from thaw.sandbox.pod import Anchor
 from thaw.store import Manifest, Store, check_name, store_for
 from thaw.worker import protocol
 from thaw.worker.protocol import Action
@@ -51,11 +52,14 @@ class RestoreResult:
 
 def restore(settings: Settings, artifact: str, *, store: Store | None = None, gpu_target: int | str | None = None,
             name: str | None = None, verify_canary: bool = True, reply_timeout: float = 120.0,
-            expected_digest: str | None = None, progress: Progress | None = None) -> RestoreResult:
+            expected_digest: str | None = None, progress: Progress | None = None,
+            into: Anchor | None = None) -> RestoreResult:
     """Restore ``artifact`` as a new worker on this node; returns once it runs (and passed its canary).
 
     With ``expected_digest`` only that exact artifact is restored (UntrustedArtifact otherwise),
     checked before anything is fetched; the store's trust settings may also require a signature.
+    ``into``: restore inside the pod of that thaw entrypoint (its network namespace, cgroup and
+    root filesystem, pipeline/placement.py) instead of a fresh sandbox.
     """
     check_name(artifact)
     store = store or store_for(settings)
@@ -74,7 +78,7 @@ def restore(settings: Settings, artifact: str, *, store: Store | None = None, gp
                                 state="restoring", owner_pid=os.getpid())
         try:
             return _bring_up(settings, inst, manifest, fetched.dir, layout, pairs, verify_canary, reply_timeout,
-                             phases)
+                             phases, into)
         except BaseException as exc:
             inst.kill()
             inst.state = "failed"
@@ -89,21 +93,27 @@ def restore(settings: Settings, artifact: str, *, store: Store | None = None, gp
 
 
 def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_dir: Path, layout: Layout,
-              pairs: Any, verify_canary: bool, reply_timeout: float, phases: Phases) -> RestoreResult:
+              pairs: Any, verify_canary: bool, reply_timeout: float, phases: Phases,
+              into: Anchor | None = None) -> RestoreResult:
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     _become_subreaper()
-    net_key = manifest.sandbox.get("net_key", netns.NET_KEY)
-    fds = _inherited_fds(manifest, inst, net_key)
-    inst.netns = os.fstat(fds[net_key]).st_ino  # names the copy before its pid is known (Instance.kill)
-    inst.save()
     if manifest.weights:
         with phases("weights_prefetch", "asking the GPU memory service for the weights"):
             _prefetch_weights(settings, manifest, pairs)
+    net_key = manifest.sandbox.get("net_key", netns.NET_KEY)
+    if into is None:
+        place = placement.fresh(settings, manifest, inst, net_key)
+    else:
+        with phases("join_pod", f"joining the pod of entrypoint {into.pid}"):
+            place = placement.in_pod(settings, manifest, inst, net_key, into)
+    inst.netns = place.netns  # names the copy before its pid is known (Instance.kill)
+    inst.save()
     try:
         with phases("criu_restore", "CRIU restore"):
             pid, _ = criu_restore(
                 RestoreOptions(images_dir=artifact_dir / IMAGES, work_dir=inst.dir / "ops" / "restore",
-                               external=layout.restore_externals(), inherit_fds=fds),
+                               root=place.root, external=layout.restore_externals(), inherit_fds=place.fds,
+                               join_ns=place.join_ns, wrapper=place.wrapper),
                 criu=find_criu(settings.criu),
             )
     except BaseException:
@@ -112,11 +122,10 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
         inst.kill()
         raise
     finally:
-        for fd in fds.values():
-            os.close(fd)
+        place.close()
     inst.host_pid, inst.pidns, inst.ns_key = pid, protocol.pidns_inode(pid), protocol.sandbox_key(pid)
     inst.save()  # before anything can fail: `recover` needs the pid to kill
-    protocol.link_sandbox(settings.run_dir, inst.ns_key, inst.dir)
+    protocol.link_sandbox(place.run_dir, inst.ns_key, place.control_target)
     if manifest.gpus:
         with phases("gpu_restore", "CUDA restore + unlock"):
             gpu_timings = gpu.restore_tree(pid, manifest.gpu_pids, pairs)
@@ -174,15 +183,6 @@ def _prefetch_weights(settings: Settings, manifest: Manifest, pairs: Any) -> Non
         except GmsError as exc:
             raise RestoreError(f"the GPU memory service for {device} refused this artifact's weights: "
                                f"{exc.message}", hint=exc.hint) from exc
-
-
-def _inherited_fds(manifest: Manifest, inst: Instance, net_key: str) -> dict[str, int]:
-    """Descriptors CRIU plugs in instead of what the image names: a fresh netns, this copy's own log."""
-    fds = {net_key: netns.fresh()}
-    for path in manifest.sandbox.get("stdio", []):
-        if path.startswith("/"):  # CRIU names regular files by their path without the leading '/'
-            fds[path.lstrip("/")] = os.open(inst.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    return fds
 
 
 def _layout(manifest: Manifest) -> Layout:

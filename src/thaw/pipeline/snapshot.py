@@ -33,6 +33,7 @@ from thaw.pipeline.instances import Instance
 from thaw.pipeline.phases import Phases, Progress
 from thaw.sandbox import netns
 from thaw.sandbox.layout import Layout
+from thaw.sandbox.pod import run_dir_of
 from thaw.store import Manifest, Store, check_name, store_for
 from thaw.store.manifest import (HttpCanary, HttpCanaryRequest, MemoryResidual, ReleasedMemory, SourceInfo,
                                  WeightSetRef, WorkerInfo)
@@ -152,7 +153,8 @@ def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, A
                               thaw_version=__version__, **gpu.identity()),
             worker=WorkerInfo(name=inst.name, argv=inst.argv, pid=pid, canary=ready.canary, hooks=ready.hooks,
                               freeze_report=report, serves=ready.serves, http_canary=http),
-            sandbox={**layout.to_dict(), "net_key": netns.NET_KEY, "stdio": sorted(set(stdio))},
+            sandbox={**layout.to_dict(), "net_key": netns.NET_KEY, "stdio": sorted(set(stdio)),
+                     **({"run_dir": run_dir_of(pid)} if inst.anchor_pid else {})},  # a pod's: see placement.in_pod
             gpus=gpus,
             gpu_pids=gpu.namespace_pids(gpu_pids),
             memory_released=[ReleasedMemory(**r) for r in _released(report)],

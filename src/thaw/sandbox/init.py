@@ -7,7 +7,8 @@ uses the standard library only and keeps its work short:
 1. become a session leader (CRIU refuses a session leader outside the namespace);
 2. replace /proc with this pid namespace's procfs;
 3. lazily unmount every mount the layout does not keep (innermost first, stacked
-   duplicates too), so CRIU sees only mounts it can dump or re-bind;
+   duplicates too, and those that kept mounts cover), so CRIU sees only mounts it can
+   dump or re-bind;
 4. mount a /dev/shm of its own (unless thaw's paths need the host's) and bring
    loopback up in the new network namespace;
 5. link ``<run dir>/ns/<pid-namespace inode>`` to the control directory, so the
@@ -31,7 +32,7 @@ import sys
 MNT_DETACH = 2
 # open_tree(2) and move_mount(2) (Linux 5.2), x86_64 syscall numbers
 SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429
-OPEN_TREE_CLONE, AT_FDCWD, MOVE_MOUNT_F_EMPTY_PATH = 1, -100, 0x4
+OPEN_TREE_CLONE, AT_RECURSIVE, AT_FDCWD, MOVE_MOUNT_F_EMPTY_PATH = 1, 0x8000, -100, 0x4
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -49,18 +50,23 @@ def remount_proc() -> None:
         raise OSError(ctypes.get_errno(), "mount proc on /proc")
 
 
-def keep_top_of_stack(path: str, depth: int) -> None:
-    """Leave only the *top* mount of a stack at ``path`` (the one the host sees, e.g. /dev/shm on Docker).
+def lift(path: str, depth: int) -> int:
+    """Take the mounts at ``path`` out of the tree, keeping a copy of the top one; returns the copy's fd.
 
-    Unmounting always removes the top, so the top is cloned first, every mount at ``path``
-    is detached, and the clone is moved back.
+    The copy is recursive (what is mounted on it comes along) and only the *top* of a stack
+    is kept (the one the host sees, e.g. /dev/shm on Docker): unmounting always removes the
+    top, so the top is cloned first, then every mount at ``path`` is detached.
     """
-    fd = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), OPEN_TREE_CLONE)
+    fd = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), OPEN_TREE_CLONE | AT_RECURSIVE)
     if fd < 0:
         raise OSError(ctypes.get_errno(), f"open_tree {path}")
+    for _ in range(depth):
+        _umount(path)
+    return fd
+
+
+def put_back(fd: int, path: str) -> None:
     try:
-        for _ in range(depth):
-            _umount(path)
         if _libc.syscall(SYS_MOVE_MOUNT, fd, b"", AT_FDCWD, path.encode(), MOVE_MOUNT_F_EMPTY_PATH) != 0:
             raise OSError(ctypes.get_errno(), f"move_mount {path}")
     finally:
@@ -68,15 +74,26 @@ def keep_top_of_stack(path: str, depth: int) -> None:
 
 
 def trim_mounts(keep: set[str]) -> None:
-    keep = keep | {"/", "/proc"}
-    with open("/proc/self/mountinfo") as f:
-        mounts = [line.split()[4] for line in f]
-    for m in sorted(keep - {"/", "/proc"}, key=lambda p: -p.count("/")):
-        if mounts.count(m) > 1:
-            keep_top_of_stack(m, mounts.count(m))
+    """Leave only / (as it is), /proc and the mounts in ``keep``, each the top of its stack.
+
+    Every kept mount is lifted out first, innermost first, so that what it covers can be
+    reached and unmounted (a mount under /tmp/x that a tmpfs /tmp hides can be unmounted by
+    no path while /tmp is there); then they are put back outermost first, each trimmed of
+    what it holds and the next one would cover.
+    """
+    mounts = _mountpoints()
+    kept = [m for m in keep - {"/", "/proc"} if m in mounts]
+    lifted = [(m, lift(m, mounts.count(m))) for m in sorted(kept, key=lambda p: -p.count("/"))]
+    _unmount_all_but({"/", "/proc"})
+    for m, fd in reversed(lifted):
+        put_back(fd, m)
+        _unmount_all_but(keep | {"/", "/proc"})
+
+
+def _unmount_all_but(keep: set[str]) -> None:
+    """Lazily unmount every mount not in ``keep`` (innermost first, stacked duplicates too)."""
     for _ in range(8):
-        with open("/proc/self/mountinfo") as f:
-            mounts = [line.split()[4] for line in f]
+        mounts = _mountpoints()
         seen: dict[str, int] = {}
         for m in mounts:
             seen[m] = seen.get(m, 0) + 1
@@ -88,6 +105,11 @@ def trim_mounts(keep: set[str]) -> None:
         for m in todo:
             _umount(m)
     raise RuntimeError(f"could not trim mounts; left: {mounts}")
+
+
+def _mountpoints() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f]
 
 
 def private_shm() -> None:
@@ -108,6 +130,26 @@ def link_control_dir(run_dir: str, control_dir: str) -> None:
     from thaw.worker.protocol import link_sandbox, sandbox_key  # standard library only
 
     link_sandbox(run_dir, sandbox_key(), control_dir)
+
+
+def drop_capabilities() -> None:
+    """No capability for the worker: bounding, ambient, effective, permitted and inheritable sets emptied.
+
+    A pod's worker is started by a privileged entrypoint (it needs CAP_SYS_ADMIN for this sandbox), but
+    the worker needs none, and a restore must give back exactly the sets it had: CRIU can give only what
+    the agent holds ("Unable to restore capabilities" on the real node, where the pod had caps the agent
+    has not).
+    """
+    pr_capbset_drop, pr_cap_ambient, pr_cap_ambient_clear_all, sys_capset = 24, 47, 4, 126
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        _libc.prctl(pr_capbset_drop, cap, 0, 0, 0)
+    _libc.prctl(pr_cap_ambient, pr_cap_ambient_clear_all, 0, 0, 0)
+    header = struct.pack("Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = ctypes.create_string_buffer(24)  # two all-zero __user_cap_data_struct
+    if _libc.syscall(sys_capset, ctypes.c_char_p(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
 
 
 def reopen_stdio(log: str) -> None:
@@ -135,6 +177,8 @@ def main(argv: list[str]) -> None:
     link_control_dir(spec["run_dir"], spec["control_dir"])
     reopen_stdio(spec["log"])
     os.chdir(spec.get("cwd") or "/")
+    if spec.get("drop_caps"):
+        drop_capabilities()
     os.environ.update(spec.get("worker_env") or {})
     try:
         os.execvp(cmd[0], cmd)

@@ -22,7 +22,8 @@ class Launched:
 
 
 def launch(argv: list[str], *, control_dir: Path, run_dir: Path, layout: Layout, env: dict[str, str],
-           cwd: Path | None = None, timeout: float = 30.0, worker_env: dict[str, str] | None = None) -> Launched:
+           cwd: Path | None = None, timeout: float = 30.0, worker_env: dict[str, str] | None = None,
+           drop_caps: bool = False) -> Launched:
     """Start ``argv`` as pid 1 of a new sandbox with ``layout``; return once it runs there.
 
     ``worker_env`` is added to the environment of ``argv`` alone, not of the sandbox's init.
@@ -38,6 +39,7 @@ def launch(argv: list[str], *, control_dir: Path, run_dir: Path, layout: Layout,
         "log": str(control_dir / protocol.WORKER_LOG),
         "cwd": str(cwd or Path.cwd()),
         "worker_env": dict(worker_env or {}),
+        "drop_caps": drop_caps,  # the worker gets no capability (a pod's: sandbox/entrypoint.py)
     }
     flags = ["--pid", "--fork", "--mount", "--propagation", "private"] + (["--net"] if layout.private_net else [])
     cmd = ["unshare", *flags, sys.executable, "-m", "thaw.sandbox.init", json.dumps(spec), "--", *argv]

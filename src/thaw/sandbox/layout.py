@@ -8,7 +8,9 @@ dumped is exactly what a restore rebuilds:
 * a new **mount namespace** with a /proc of its own (CUDA fails with error 304 when it
   reads the host's /proc from inside a pid namespace — probe, second part) and only the
   mounts the worker needs: every other mount is lazily unmounted, because CRIU must
-  be able to dump or re-bind each remaining one. Kept mounts other than ``/``,
+  be able to dump or re-bind each remaining one. A mount that contains a kept one is
+  kept too (a lazy unmount takes every mount beneath it along: a home under a tmpfs
+  ``/tmp`` would vanish with it). Kept mounts other than ``/``,
   ``/proc`` and ``/sys`` are *external*: CRIU records only a key and a restore binds
   the same host path again (e.g. ``/dev``, the driver's ``/usr/local/nvidia``);
 * a **/dev/shm of its own** (a tmpfs CRIU dumps with the worker), as containers have, so that
@@ -73,7 +75,8 @@ def plan(paths: list[str | Path], extra_keep: list[str] | None = None, *, privat
     """The layout for a worker that must see ``paths`` (its interpreter, working directory, thaw's run dir).
 
     Every mount under which one of ``paths`` lies is kept, plus the base mounts and
-    ``extra_keep``. Only mounts that exist on this host are listed.
+    ``extra_keep``, plus every mount that contains one of those. Only mounts that exist on
+    this host are listed.
     """
     mounts = set(host_mountpoints())
     keep = {m for m in BASE_KEEP + OPTIONAL_KEEP if m in mounts}
@@ -82,6 +85,7 @@ def plan(paths: list[str | Path], extra_keep: list[str] | None = None, *, privat
         m = mountpoint_of(Path(p), mounts)
         if m not in ("/", "/proc"):
             keep.add(m)
+    keep.update(containing_mounts(keep, mounts))
     private_shm = SHM not in keep and Path(SHM).is_dir()
     return Layout(keep=sorted(keep), private_net=private_net, private_shm=private_shm)
 
@@ -91,6 +95,13 @@ def host_mountpoints(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
         return [_unescape(line.split()[4]) for line in f]
 
 
+def root_mount_id(mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The id of the mount a process sees at its ``/`` (the top one), or None when its root is no mount."""
+    with open(mountinfo) as f:
+        ids = [line.split()[0] for line in f if _unescape(line.split()[4]) == "/"]
+    return ids[-1] if ids else None
+
+
 def mountpoint_of(path: Path, mounts: set[str]) -> str:
     """The deepest mountpoint that contains ``path``."""
     p = Path(os.path.realpath(path))
@@ -98,6 +109,12 @@ def mountpoint_of(path: Path, mounts: set[str]) -> str:
         if str(candidate) in mounts:
             return str(candidate)
     return "/"
+
+
+def containing_mounts(keep: set[str], mounts: set[str]) -> set[str]:
+    """Mountpoints (besides / and /proc) that contain one of ``keep``: trimming one would detach it."""
+    return {str(parent) for m in keep for parent in Path(m).parents
+            if str(parent) in mounts and str(parent) not in ("/", "/proc")}
 
 
 def _unescape(field: str) -> str:
