@@ -17,6 +17,7 @@ Behaviour switches (environment):
     TEST_FREEZE_FAIL=1      the freeze hook raises
     TEST_CANARY_RANDOM=1    the canary's answer differs on every run (a restore fails its canary check)
     TEST_HOLD_SOCKET=PATH   keep a unix socket connected to PATH (a server outside the sandbox) while parked
+    TEST_HOLD_TCP=PORT      listen on TCP 127.0.0.1:PORT (in the sandbox's own network namespace) while parked
     TEST_LOG=PATH           the log file [default: worker-data.log in the working directory]
     TEST_BALLAST_MB=N       hold N MiB more memory (a bigger image: CRIU takes longer to dump and restore it)
     TEST_TCP_PORT=N         serve on TCP port N of every address instead of the unix socket (a pod's worker)
@@ -84,6 +85,10 @@ def main() -> None:
     if os.environ.get("TEST_HOLD_SOCKET"):
         held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         held.connect(os.environ["TEST_HOLD_SOCKET"])
+    if os.environ.get("TEST_HOLD_TCP"):
+        held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        held.bind(("127.0.0.1", int(os.environ["TEST_HOLD_TCP"])))
+        held.listen()
 
     while True:
         outcome = thaw.worker.quiesce(canary=lambda: canary(digest))

@@ -27,8 +27,8 @@ from typing import Any
 from thaw import __version__
 from thaw.config import Settings
 from thaw.criu import DumpOptions, dump, find_criu
-from thaw.errors import BusyError, CheckpointError, ConfigError, ThawError
-from thaw.pipeline import control, gpu, http_canary, instances, residual
+from thaw.errors import BusyError, CheckpointError, ConfigError, CriuError, ThawError
+from thaw.pipeline import control, gpu, http_canary, instances, residual, sockets
 from thaw.pipeline.instances import Instance
 from thaw.pipeline.phases import Phases, Progress
 from thaw.sandbox import netns
@@ -73,6 +73,7 @@ def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | N
                               "thaw.worker.quiesce(); nothing was frozen")
         # before the freeze: every process of the tree that holds the GPU, and a refusal naming any CRIU could not dump
         tree = gpu.plan_tree(inst.host_pid, ready.pid, ready.hooks)
+        sockets.refuse_inet(inst.name, inst.host_pid)
         with phases("freeze_hooks"):
             try:
                 reply = control.send(inst, Action.FREEZE, timeout=reply_timeout)
@@ -138,9 +139,12 @@ def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, A
         stdio = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (1, 2)]
         op_dir = inst.dir / "ops" / f"snapshot-{staged.artifact_id[:8]}"
         with phases("dump", "CRIU dump"):
-            dump(DumpOptions(pid=pid, images_dir=staged.dir / IMAGES, work_dir=op_dir, leave_running=True,
-                             external=layout.dump_externals() + [netns.dump_external(pid)]),
-                 criu=criu)
+            try:
+                dump(DumpOptions(pid=pid, images_dir=staged.dir / IMAGES, work_dir=op_dir, leave_running=True,
+                                 external=layout.dump_externals() + [netns.dump_external(pid)]),
+                     criu=criu)
+            except CriuError as exc:
+                raise sockets.explain_dump_failure(inst.name, exc, op_dir / "dump.log") or exc from exc
         _check_images(staged.dir / IMAGES)
         http: HttpCanary | None = None
         if canary_http:
