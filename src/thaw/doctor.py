@@ -102,9 +102,22 @@ def _criu(settings: Settings) -> list[Check]:
     try:
         with tempfile.TemporaryDirectory(prefix="thaw-doctor-") as d:
             check(Path(d), criu=criu)
-        return [found, _page_fill(criu), Check("criu check", True, "Looks good")]
+        return [found, _page_fill(criu), Check("criu check", True, "Looks good"), _ipv4_sockets(criu)]
     except ThawError as exc:
         return [found, _page_fill(criu), Check("criu check", False, exc.message.splitlines()[0], _criu_check_fix())]
+
+
+def _ipv4_sockets(criu: Criu) -> Check:
+    """Whether this kernel + CRIU can dump a TCP socket (CRIU 4.1.1 on Linux >= 6.16 cannot: criu#2705)."""
+    from thaw.criu.probe import can_dump_ipv4
+
+    ok, detail = can_dump_ipv4(criu)
+    if ok:
+        return Check("ipv4 sockets", True, f"CRIU can dump them ({detail})", required=False)
+    return Check("ipv4 sockets", False, f"CRIU {criu.version} on Linux {os.uname().release} cannot dump a TCP/UDP "
+                 f"socket: {detail}",
+                 "workers must hold none when snapshotted (thaw refuses them before the freeze); a server thaw does "
+                 "not own runs with --park-at-listen; fixed in CRIU after 4.1 (criu#2705)", required=False)
 
 
 def _criu_check_fix() -> str:
