@@ -91,8 +91,11 @@ def test_a_failed_dump_reports_criu_s_reason_and_the_worker_goes_on(thaw, tmp_pa
             done = thaw("snapshot", "w", "-a", "a1")
 
     assert done.returncode == 1
-    assert done.stderr.startswith("error: snapshot of 'w' failed: criu dump failed:")
-    assert "External socket is used" in done.stderr
+    assert done.stderr.splitlines() == [
+        f"error: snapshot of 'w' failed: it holds a unix socket connected to {tmp_path / 'outside.sock'}, outside "
+        "its sandbox; CRIU cannot snapshot that (External socket is used)",
+        "hint: open sockets after thaw.worker.quiesce() returns, and close connections to other services before it "
+        "(a server thaw does not own: thaw run --park-at-listen); the worker is parked as before"]
     assert "RLIMIT_NOFILE" not in done.stderr and "Traceback" not in done.stderr
     assert thaw.json("ls") == []
     thaw.ok("release", "w")
@@ -118,6 +121,11 @@ def test_a_failed_dump_reports_criu_s_reason_and_the_worker_goes_on(thaw, tmp_pa
 ])
 def test_bad_input_gets_one_line_and_a_non_zero_exit(thaw, args: list[str], message: str) -> None:
     thaw.fails(*args, message=message)
+
+
+def test_run_of_a_missing_binary_fails_naming_it(thaw) -> None:
+    thaw.fails("run", "--name", "w", "--", "/no/such/binary", message="cannot start '/no/such/binary': No such file")
+    assert [w["state"] for w in thaw.json("ps", "--all")] == ["failed"]
 
 
 def test_run_without_a_command_is_a_usage_error(thaw) -> None:

@@ -183,6 +183,7 @@ def main(argv: list[str]) -> None:
     try:
         os.execvp(cmd[0], cmd)
     except OSError as exc:
+        # launch.py reads this line (INIT_CANNOT_EXEC) and fails `thaw run` with it
         print(f"thaw sandbox: cannot exec {cmd[0]!r}: {exc.strerror}", file=sys.stderr, flush=True)
         os._exit(127)
 

@@ -49,15 +49,43 @@ def launch(argv: list[str], *, control_dir: Path, run_dir: Path, layout: Layout,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         child = _first_child(holder.pid)
-        if child is not None:
+        if child is not None and _executed(child, holder.pid):
             return Launched(host_pid=child, pidns=protocol.pidns_inode(child), holder_pid=holder.pid)
         if holder.poll() is not None:
             break
         time.sleep(0.005)
     holder.kill()
-    detail = (control_dir / "sandbox.log").read_text(errors="replace")[-800:]
+    holder.wait()
+    worker_log = _tail(control_dir / protocol.WORKER_LOG)
+    if INIT_CANNOT_EXEC in worker_log:  # the sandbox was fine; the command is not there (or not executable)
+        reason = worker_log[worker_log.index(INIT_CANNOT_EXEC):].splitlines()[0]
+        raise WorkerError(f"cannot start {argv[0]!r}: {reason.rsplit(': ', 1)[-1].strip()}",
+                          hint="give the command's full path, or one on PATH, as the sandbox sees the host's files")
+    detail = _tail(control_dir / "sandbox.log")
     raise WorkerError(f"the sandbox for {argv[0]!r} did not start: {detail.strip() or 'no output'}",
                       hint="`thaw doctor` checks that unshare and namespaces work here")
+
+
+#: what the sandbox's init (init.py) writes to the worker's log when it cannot exec the command
+INIT_CANNOT_EXEC = "thaw sandbox: cannot exec"
+
+
+def _executed(pid: int, holder: int) -> bool:
+    """True once the sandbox's init has become the worker (exec'd its command): neither `unshare`'s fork of
+    itself nor thaw.sandbox.init any more."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f, open(f"/proc/{holder}/cmdline", "rb") as g:
+            mine, unshare = f.read(), g.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return bool(mine) and mine != unshare and b"thaw.sandbox.init" not in mine
+
+
+def _tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-800:]
+    except OSError:
+        return ""
 
 
 def _first_child(pid: int) -> int | None:
