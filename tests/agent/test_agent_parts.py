@@ -96,3 +96,34 @@ def test_canary_differences_name_the_paths():
     assert differences([1, 2], [1]) == ["$: expected 2 items, got 1"]
     assert differences(1, 1.0) == ["$: expected 1, got 1.0"]
     assert differences({"x": 1}, {"x": 1}) == []
+
+
+def test_the_agent_never_replaces_a_file_that_is_not_a_socket(tmp_path: Path) -> None:
+    """Before: `--socket PATH` unlinked whatever was at PATH (a config file, a typo'd path)."""
+    from thaw.agent.server import _unix_socket
+    from thaw.errors import ConfigError
+
+    precious = tmp_path / "notes.txt"
+    precious.write_text("keep me")
+
+    with pytest.raises(ConfigError, match="exists and is not a socket: refusing to replace it"):
+        _unix_socket(precious, None)
+
+    assert precious.read_text() == "keep me"
+
+
+def test_the_agent_replaces_a_socket_a_killed_agent_left(tmp_path: Path) -> None:
+    import socket as _socket
+
+    from thaw.agent.server import _unix_socket
+
+    path = tmp_path / "agent.sock"
+    left = _socket.socket(_socket.AF_UNIX)
+    left.bind(str(path))
+    left.close()  # bound, never listening: what a SIGKILLed agent leaves
+
+    sock = _unix_socket(path, None)
+    try:
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+    finally:
+        sock.close()

@@ -138,3 +138,20 @@ def test_help_lists_flags_without_a_value_label(thaw, command: list[str]) -> Non
 
     assert "<bool>" not in out  # a flag takes no value
     assert "--help" in out and re.search(r"--\w+\s+<(str|path|int|float)>", out) is not None  # options that do, say so
+
+
+def test_gc_prunes_directories_of_workers_gone_longer_than_its_age(thaw) -> None:
+    """Before: instance directories (logs, CRIU logs of every operation) were never removed."""
+    thaw.run_worker("gone", "--wait")
+    thaw.ok("stop", "gone")
+    thaw.run_worker("live", "--wait")
+    dirs = {w["name"]: Path(w["dir"]) for w in thaw.json("ps", "--all")}
+
+    kept = thaw.ok("gc")  # default age 24h: both are young
+    assert "0 instance directories older than 24h" in kept and dirs["gone"].is_dir()
+    pruned = thaw.ok("gc", "--older-than", "0")
+
+    assert "1 instance directories older than 0" in pruned
+    assert not dirs["gone"].exists() and dirs["live"].is_dir()
+    assert [w["name"] for w in thaw.json("ps", "--all")] == ["live"]
+    thaw.fails("gc", "--older-than", "soon", message="--older-than: 'soon' is not a duration", code=2)

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -83,8 +84,8 @@ def serve(config: AgentConfig, options: ServeOptions) -> None:
     finally:
         for s in sockets:
             s.close()
-        if options.socket is not None:
-            options.socket.unlink(missing_ok=True)
+        if options.socket is not None and sockets:
+            _remove_own_socket(options.socket, sockets[0])
         agent.close(wait=True)
         if supervisor is not None:
             supervisor.stop()
@@ -132,7 +133,14 @@ def _server_class() -> type:
 
 def _unix_socket(path: Path, group: str | None) -> socket.socket:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() or path.is_symlink():
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):  # a typo'd --socket must never cost the user a file
+            raise ConfigError("socket", f"{path} exists and is not a socket: refusing to replace it",
+                              hint="give --socket a path where nothing is, or remove that file yourself")
         if _answers(path):
             raise HostError(f"another agent is already listening on {path}", hint="stop it, or use --socket")
         path.unlink()  # left behind by a killed agent
@@ -151,6 +159,15 @@ def _unix_socket(path: Path, group: str | None) -> socket.socket:
         os.chmod(path, 0o660)
     sock.listen(128)
     return sock
+
+
+def _remove_own_socket(path: Path, sock: socket.socket) -> None:
+    """Remove the socket file this agent bound, unless something else has taken its path since."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode) and sock.family == socket.AF_UNIX:
+            path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _tcp_socket(host: str, port: int) -> socket.socket:
