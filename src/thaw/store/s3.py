@@ -197,6 +197,7 @@ class S3Store(S3Calls, Store):
                 key = data_prefix + entry.path
                 multipart[entry.path] = self._call(
                     "create_multipart_upload", Bucket=self.bucket, Key=key)["UploadId"]
+        faults.point("store.upload")  # multipart uploads begun, no part sent
         etags: dict[str, list[tuple[int, str]]] = {path: [] for path in multipart}
         lock = threading.Lock()
         tree = Tree.open(root)
