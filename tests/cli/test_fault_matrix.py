@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from workers import criu_working, processes_of, state, wait_until
+
+THAW = Path(sys.executable).with_name("thaw")
 
 pytestmark = [pytest.mark.criu, pytest.mark.slow]
 
@@ -164,3 +168,70 @@ def test_an_unreachable_store_fails_clearly_before_the_worker_is_touched(thaw) -
     original = the_original(thaw)
     assert original["alive"] and original["parked"]
     thaw.ok("snapshot", "w", "--artifact", "a1", "--local")
+
+
+AGENT_POINTS = ["snapshot.freeze_hooks", "criu.dump", "store.rename", "restore.criu_restore", "criu.restore",
+                "restore.thaw_hooks"]
+
+
+class Agent:
+    """``thaw agent serve`` on a socket of the test's own; ``start(fault)`` (re)starts it."""
+
+    def __init__(self, thaw, sock: Path) -> None:
+        self.thaw, self.sock, self.proc = thaw, sock, None
+
+    def start(self, fault: str | None = None) -> None:
+        env = {**self.thaw.env, **({"THAW_FAULT": fault} if fault else {})}
+        self.proc = subprocess.Popen([str(THAW), "agent", "serve", "--socket", str(self.sock), "--home",
+                                      str(self.thaw.home)], env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.answers(), 30, "the agent to answer")
+
+    def answers(self) -> bool:
+        return self.thaw("ls", THAW_AGENT=str(self.sock)).returncode == 0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def agent(thaw, tmp_path: Path):
+    a = Agent(thaw, tmp_path / "agent.sock")
+    yield a
+    a.stop()
+
+
+@pytest.mark.parametrize("point", AGENT_POINTS)
+def test_the_agent_killed_at_any_phase_recovers_on_restart_and_loses_nothing(thaw, agent: Agent, point: str) -> None:
+    via = {"THAW_AGENT": str(agent.sock)}
+    thaw.run_worker("w", "--wait")
+    token = (thaw.cwd / "w.data.log").read_text().split()[1]
+    restoring = point.startswith("restore") or point == "criu.restore"
+    if restoring:
+        thaw.ok("snapshot", "w", "--artifact", "a1", "--local")
+    agent.start(f"{point}:kill")
+
+    op = ["restore", "a1", "--name", "copy"] if restoring else ["snapshot", "w", "--artifact", "a1"]
+    cut = thaw(*op, **via)
+    assert cut.returncode != 0 and "Traceback" not in cut.stderr
+    assert agent.proc.wait(timeout=60) == -signal.SIGKILL
+    settle(thaw)
+    agent.start()  # recovery runs first
+
+    if restoring:
+        assert [p for p in processes_of(thaw.home)] == []
+        thaw.ok("verify", "a1")
+    else:
+        original = the_original(thaw)
+        assert original["alive"] and original["parked"], original
+        assert artifacts(thaw) == []
+    assert staging_left(thaw) == []
+
+    done = json.loads(thaw.ok(*op, "--json", **via))
+    if restoring:
+        assert state(Path(done["worker"]["control_dir"]))["token"] == token
+    else:
+        assert done["artifact"] == "a1"
+        thaw.ok("verify", "a1")

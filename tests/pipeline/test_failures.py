@@ -185,6 +185,26 @@ def test_one_flipped_byte_in_any_image_file_is_refused_naming_the_file(settings:
     store.verify(name)
 
 
+def test_a_flipped_byte_anywhere_in_the_manifest_is_refused_with_a_pinned_digest(settings: Settings, store: Store,
+                                                                                 artifact) -> None:
+    """The manifest is a file of the artifact too: any byte changed (a digit of a timing, a letter of the
+    canary) changes the digest the caller pinned, or makes it unreadable; either way nothing is restored."""
+    name = artifact()
+    digest = store.manifest(name).digest
+    path = Path(store.root) / name / "manifest.json"
+    size = path.stat().st_size
+
+    for offset in range(0, size, max(1, size // 60)):
+        flip_byte(path, offset)
+        with pytest.raises(IntegrityError):  # UntrustedArtifact (another digest) or malformed
+            pipeline.restore(settings, name, store=store, expected_digest=digest)
+        flip_byte(path, offset)
+
+    assert [i.origin for i in pipeline.list_instances(settings)] == ["launched"]
+    assert processes_of(settings.home) == []
+    assert store.verify(name, expected_digest=digest).digest == digest
+
+
 def test_a_missing_image_file_is_refused_naming_the_file(settings: Settings, store: Store, artifact) -> None:
     name = artifact()
     victim = max(store.manifest(name).files, key=lambda f: f.size).path
