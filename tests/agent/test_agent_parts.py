@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
-from thaw.agent.audit import AuditLog
+from thaw.agent.audit import GENESIS, AuditLog, verify as verify_audit
 from thaw.agent.auth import Tokens
 from thaw.agent.holds import Holds
 from thaw.agent.jobs import JobBook
@@ -83,10 +87,52 @@ def test_audit_log_appends_json_lines_from_many_threads(tmp_path):
     entries = log.read()
     assert len(entries) == 160
     assert set(entries[0]) == {"time", "caller", "operation", "worker", "artifact", "artifact_id", "digest",
-                               "outcome"}
+                               "outcome", "prev"}
     (tmp_path / "audit.log").rename(tmp_path / "audit.log.1")  # rotation: a fresh file at once
     log.record("delete", "succeeded")
     assert json.loads((tmp_path / "audit.log").read_text())["operation"] == "delete"
+    # the chain runs on through the rotation, and through a restart of the agent
+    AuditLog(tmp_path / "audit.log").record("stop", "succeeded")
+    report = verify_audit([tmp_path / "audit.log.1", tmp_path / "audit.log"])
+    assert (report.records, report.anchor, report.bad) == (162, GENESIS, None)
+    assert oct((tmp_path / "audit.log").stat().st_mode & 0o777) == "0o600"
+
+
+def audit_lines(path):
+    return path.read_bytes().splitlines(keepends=True)
+
+
+@pytest.mark.parametrize("tamper", ["change", "remove", "insert", "swap"])
+def test_a_tampered_audit_log_is_named_at_its_first_bad_record(tmp_path, tamper: str) -> None:
+    """Before: nothing tied one record to another; any line could be changed or removed unseen."""
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+    for i in range(10):
+        log.record("restore", "succeeded", caller={"uid": 0}, artifact=f"a{i}")
+    assert verify_audit([path]).bad is None
+    lines = audit_lines(path)
+    if tamper == "change":  # who did it: uid 0 becomes uid 1000 in record 5
+        lines[4] = lines[4].replace(b'"uid": 0', b'"uid": 1000')
+    elif tamper == "remove":
+        del lines[4]
+    elif tamper == "insert":
+        lines.insert(4, lines[3])
+    else:
+        lines[4], lines[5] = lines[5], lines[4]
+    path.write_bytes(b"".join(lines))
+
+    report = verify_audit([path])
+
+    # a changed record shows at the next one; a removed, inserted or moved one where it is
+    assert report.bad is not None and report.bad.startswith(f"{path}:{6 if tamper == 'change' else 5}: ")
+    done = subprocess.run([str(Path(sys.executable).with_name("thaw")), "audit", "verify", str(path)],
+                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "250"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: the audit log was altered: {report.bad}")
+    path.write_bytes(b"".join(audit_lines(path)[:3]))  # what was intact before it verifies
+    ok = subprocess.run([str(Path(sys.executable).with_name("thaw")), "audit", "verify", str(path)],
+                        capture_output=True, text=True, env={**os.environ, "COLUMNS": "250"})
+    assert ok.returncode == 0 and "ok 3 records" in ok.stdout
 
 
 def test_canary_differences_name_the_paths():

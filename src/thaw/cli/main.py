@@ -466,6 +466,7 @@ def _mount_subapps() -> None:
         ("thaw.cli.operator", "operator", "The Kubernetes operator."),
         ("thaw.cli.gms", "gms", "The GPU memory service: weights kept on the node, outside every snapshot."),
         ("thaw.cli.keys", "keys", "Signing keys for artifacts (ed25519)."),
+        ("thaw.cli.audit", "audit", "The node agent's audit log: check its hash chain."),
         ("thaw.cli.bench", "bench", "Measure cold starts and restores of a worker (thaw bench --name N -- CMD)."),
     ):
         try:
