@@ -124,7 +124,7 @@ def test_bad_input_gets_one_line_and_a_non_zero_exit(thaw, args: list[str], mess
 
 
 def test_run_of_a_missing_binary_fails_naming_it(thaw) -> None:
-    thaw.fails("run", "--name", "w", "--", "/no/such/binary", message="cannot start '/no/such/binary': No such file")
+    thaw.fails("run", "--name", "w", "--", "/no/such/binary", message="command: cannot start '/no/such/binary': No such file")
     assert [w["state"] for w in thaw.json("ps", "--all")] == ["failed"]
 
 

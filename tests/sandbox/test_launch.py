@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from thaw.errors import WorkerError
+from thaw.errors import ConfigError
 from thaw.sandbox.launch import child_env, launch
 from thaw.sandbox.layout import plan
 from thaw.worker import protocol
@@ -73,10 +73,10 @@ def test_a_command_that_cannot_start_fails_the_launch_naming_it(tmp_path: Path, 
     control, run = tmp_path / "control", tmp_path / "run"
     control.mkdir()
 
-    with pytest.raises(WorkerError) as failed:
+    with pytest.raises(ConfigError) as failed:
         launch([command], control_dir=control, run_dir=run, layout=plan([tmp_path]),
                env=child_env(dict(os.environ), run_dir=run, name="x"), cwd=tmp_path)
 
-    assert failed.value.message == f"cannot start {command!r}: No such file or directory"
+    assert failed.value.message == f"command: cannot start {command!r}: No such file or directory"
     assert "full path" in failed.value.hint
     assert f"cannot exec {command!r}" in (control / protocol.WORKER_LOG).read_text()

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from thaw.errors import ConfigError
 from thaw.listen.spec import ParkAtListen
-from thaw.store.manifest import HttpCanaryRequest, check_digest, check_name
+from thaw.store.manifest import NAME_PATTERN, HttpCanaryRequest, check_digest, check_name
 
 API_VERSION = "v1"
 
@@ -51,13 +51,19 @@ IdempotencyKey = Field(default=None, min_length=1, max_length=128, pattern=r"^[A
 
 
 class LaunchRequest(_Request):
-    """``POST /v1/workers``: start a command as a snapshot-able worker in a thaw sandbox."""
+    """``POST /v1/workers``: start a command as a snapshot-able worker in a thaw sandbox.
 
-    name: str = Field(description="worker name (lowercase letters, digits, '.', '_', '-')")
-    argv: list[str] = Field(min_length=1, description="the command; argv[0] absolute or on the agent's PATH")
-    env: dict[str, str] = Field(default_factory=dict,
+    Everything here ends up in execve(2): what it cannot take (a NUL byte, an empty command,
+    a variable name with '=', a path longer than the kernel's) is a 422 here, never a 500 later.
+    """
+
+    name: str = Field(description="worker name (lowercase letters, digits, '.', '_', '-')",
+                      json_schema_extra={"pattern": f"^{NAME_PATTERN}$"})
+    argv: list[str] = Field(min_length=1, max_length=4096,
+                            description="the command; argv[0] absolute or on the agent's PATH")
+    env: dict[str, str] = Field(default_factory=dict, max_length=4096,
                                 description="environment of the worker; the agent's own environment is NOT inherited")
-    cwd: str = Field(default="/", description="absolute working directory")
+    cwd: str = Field(default="/", max_length=4095, description="absolute working directory")
     park_at_listen: ParkAtListen | None = Field(
         default=None, description="an unmodified Python server: park it at its first listening socket "
                                   "(thaw run --park-at-listen; docs/integrations.md)")
@@ -72,6 +78,25 @@ class LaunchRequest(_Request):
     def _absolute(cls, v: str) -> str:
         if not v.startswith("/"):
             raise ValueError("cwd must be an absolute path")
+        if "\0" in v or any(len(part.encode()) > 255 for part in v.split("/")):
+            raise ValueError("cwd holds a NUL byte or a name longer than 255 bytes")
+        return v
+
+    @field_validator("argv")
+    @classmethod
+    def _executable(cls, v: list[str]) -> list[str]:
+        if not v[0]:
+            raise ValueError("argv[0] (the command) is empty")
+        if any("\0" in a for a in v):
+            raise ValueError("an argument holds a NUL byte")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _variables(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise ValueError(f"{key!r} cannot be an environment variable (empty, '=' or a NUL byte)")
         return v
 
 

@@ -47,8 +47,9 @@ def launch(argv: list[str], *, control_dir: Path, run_dir: Path, layout: Layout,
         holder = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                   cwd=str(cwd or Path.cwd()), start_new_session=True, close_fds=True)
     deadline = time.monotonic() + timeout
+    child = None
     while time.monotonic() < deadline:
-        child = _first_child(holder.pid)
+        child = _first_child(holder.pid) or child
         if child is not None and _executed(child, holder.pid):
             return Launched(host_pid=child, pidns=protocol.pidns_inode(child), holder_pid=holder.pid)
         if holder.poll() is not None:
@@ -59,9 +60,12 @@ def launch(argv: list[str], *, control_dir: Path, run_dir: Path, layout: Layout,
     worker_log = _tail(control_dir / protocol.WORKER_LOG)
     if INIT_CANNOT_EXEC in worker_log:  # the sandbox was fine; the command is not there (or not executable)
         reason = worker_log[worker_log.index(INIT_CANNOT_EXEC):].splitlines()[0]
-        raise WorkerError(f"cannot start {argv[0]!r}: {reason.rsplit(': ', 1)[-1].strip()}",
+        raise ConfigError("command", f"cannot start {argv[0]!r}: {reason.rsplit(': ', 1)[-1].strip()}",
                           hint="give the command's full path, or one on PATH, as the sandbox sees the host's files")
     detail = _tail(control_dir / "sandbox.log")
+    if child is not None and holder.returncode is not None and not detail.strip():
+        # it ran and ended at once (e.g. `true`): a worker that exited, as `thaw ps` will show
+        return Launched(host_pid=child, pidns=0, holder_pid=holder.pid)
     raise WorkerError(f"the sandbox for {argv[0]!r} did not start: {detail.strip() or 'no output'}",
                       hint="`thaw doctor` checks that unshare and namespaces work here")
 
