@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from thaw.agent.audit import GENESIS, AuditLog, verify as verify_audit
-from thaw.agent.auth import Tokens
+from thaw.agent.auth import Caller, Tokens
 from thaw.agent.holds import Holds
 from thaw.agent.jobs import JobBook
 from thaw.agent.models import JobError, JobKind, JobState
@@ -63,15 +63,21 @@ def test_job_book_is_durable_and_lists_unfinished_jobs(tmp_path):
 
 def test_tokens_file(tmp_path):
     f = tmp_path / "tokens"
-    f.write_text("# comment\n\noperator:abcdefghijklmnopqrstuvwxyz\n0123456789abcdef0123\n")
+    f.write_text("# comment\n\noperator:abcdefghijklmnopqrstuvwxyz\n0123456789abcdef0123\n"
+                 "prometheus@read:readreadreadreadread\n")
     tokens = Tokens.load(f)
-    assert tokens.identify("Bearer abcdefghijklmnopqrstuvwxyz") == "operator"
-    assert tokens.identify("bearer 0123456789abcdef0123").startswith("token-")
+    assert tokens.identify("Bearer abcdefghijklmnopqrstuvwxyz") == Caller("operator", "operate")
+    assert tokens.identify("bearer 0123456789abcdef0123").identity.startswith("token-")
+    reader = tokens.identify("Bearer readreadreadreadread")
+    assert reader == Caller("prometheus", "read") and reader.may("GET") and not reader.may("POST")
     assert tokens.identify("Bearer nope") is None and tokens.identify(None) is None
     assert tokens.identify("Basic abcdefghijklmnopqrstuvwxyz") is None
     assert not Tokens.load(None)
     f.write_text("short\n")
     with pytest.raises(ConfigError, match="shorter than 16"):
+        Tokens.load(f)
+    f.write_text("x@admin:abcdefghijklmnopqrstuvwxyz\n")
+    with pytest.raises(ConfigError, match="unknown scope 'admin'"):
         Tokens.load(f)
 
 
