@@ -127,3 +127,15 @@ def test_the_ipv4_row_says_whether_this_criu_dumps_a_tcp_socket_here() -> None:
         assert "Can't get 1:16 opt" in row.detail and "criu#2705" in row.fix
     else:
         assert row.ok, row.detail
+
+
+def test_the_worker_user_row_names_the_user_and_what_criu_needs_for_it(tmp_path: Path) -> None:
+    from thaw.config import Settings
+    from thaw.sandbox.user import can_dump_other_users
+
+    assert doctor._worker_user(Settings(home=tmp_path)).ok
+    row = doctor._worker_user(Settings(home=tmp_path, worker_user="65534"))
+    assert "uid 65534, gid 65534, no capabilities" in row.detail
+    assert row.ok == can_dump_other_users()
+    if not row.ok:
+        assert "CAP_SYS_RESOURCE" in row.detail and row.required

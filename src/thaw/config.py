@@ -44,6 +44,25 @@ class Settings(BaseSettings):
         default_factory=list, description="ed25519 public keys (PEM files, comma-separated in THAW_TRUSTED_KEYS); "
         "when set, this node restores only artifacts signed by one of them")
 
+    worker_user: str | None = Field(default=None, description="run workers as this unprivileged user (NAME, UID or "
+                                    "UID:GID) with no capability; None runs them as root (docs/security.md)")
+
+    @field_validator("worker_user")
+    @classmethod
+    def _worker_user(cls, v: str | None) -> str | None:
+        if v:
+            from thaw.sandbox.user import WorkerUser  # standard library only
+
+            WorkerUser.parse(v)  # ValueError names what is wrong
+        return v or None
+
+    @property
+    def worker(self):  # -> WorkerUser | None
+        """The user workers run as (``worker_user`` resolved), or None for root."""
+        from thaw.sandbox.user import WorkerUser
+
+        return WorkerUser.parse(self.worker_user) if self.worker_user else None
+
     @field_validator("keep_mounts", "trusted_keys", mode="before")
     @classmethod
     def _split(cls, v: object) -> object:

@@ -32,8 +32,23 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    return [_root(), _caps(), _kernel(), _root_dir(), _unshare(), *_criu(settings), _compiler(), _python_headers(),
-            _store(settings), _thp(), _nvidia()]
+    return [_root(), _caps(), _kernel(), _root_dir(), _unshare(), *_criu(settings), _worker_user(settings),
+            _compiler(), _python_headers(), _store(settings), _thp(), _nvidia()]
+
+
+def _worker_user(settings: Settings) -> Check:
+    """Workers as an unprivileged user (THAW_WORKER_USER): CRIU then needs CAP_SYS_RESOURCE (sandbox/user.py)."""
+    from thaw.sandbox.user import can_dump_other_users
+
+    if settings.worker is None:
+        return Check("worker user", True, "root (THAW_WORKER_USER unset): workers run with the sandbox's "
+                     "privileges", "set THAW_WORKER_USER to run them as an unprivileged user", required=False)
+    who = f"uid {settings.worker.uid}, gid {settings.worker.gid}, no capabilities"
+    if can_dump_other_users():
+        return Check("worker user", True, who)
+    return Check("worker user", False, f"{who}; but CRIU cannot dump them: reading another user's resource limits "
+                 "needs CAP_SYS_RESOURCE, which this thaw lacks",
+                 "grant CAP_SYS_RESOURCE (deploy/kubernetes grants it), or unset THAW_WORKER_USER")
 
 
 def _proc_mounted() -> bool:

@@ -8,6 +8,8 @@ socket ``<control dir>/http.sock``:
     POST /incr    adds one to the counter, returns it
     POST /log     appends the request body as a line to the log file opened before quiesce
     POST /park    closes the server and parks in quiesce() again (to be snapshotted once more)
+    POST /try-write   body: a path; {"written": true} if this process could open it for appending (and
+                  create it), else {"written": false, "error": "EACCES"}; also its uid and capabilities
 
 Behaviour switches (environment):
 
@@ -58,6 +60,19 @@ def thaw_(ctx: thaw.worker.HookContext) -> None:
         time.sleep(float(os.environ["TEST_THAW_SLEEP"]))
     if os.environ.get("TEST_THAW_FAIL"):
         raise RuntimeError("thaw hook failed on purpose")
+
+
+def try_write(path: str) -> dict:
+    status = {k: v for k, v in (line.split(":", 1) for line in open("/proc/self/status"))}
+    facts = {"uid": status["Uid"].split()[0], "cap_eff": status["CapEff"].strip(),
+             "cap_bnd": status["CapBnd"].strip(), "no_new_privs": status["NoNewPrivs"].strip()}
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+        return {"written": True, **facts}
+    except OSError as exc:
+        import errno
+
+        return {"written": False, "error": errno.errorcode.get(exc.errno, str(exc.errno)), **facts}
 
 
 def canary(digest: str) -> dict:
@@ -129,6 +144,8 @@ def serve(outcome: thaw.worker.Outcome, token: str, table: list[str], log) -> bo
             if self.path == "/log":
                 log.write(body + "\n")
                 return self.reply({"ok": True})
+            if self.path == "/try-write":
+                return self.reply(try_write(body))
             if self.path == "/park":
                 state["park"] = True
                 self.reply({"ok": True})

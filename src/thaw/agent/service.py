@@ -103,6 +103,9 @@ class Agent:
         self.staging = self.settings.staging_dir
         self.staging.mkdir(parents=True, exist_ok=True)
         self.store = store or store_for(self.settings)
+        # the job book and the audit log: root's alone; no worker (nor any other user) may read or write them
+        config.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(config.state, 0o700)
         self.book = JobBook(config.state / "jobs.db")
         self.audit = AuditLog(config.audit_log or config.state / "audit.log")
         self.metrics = Metrics()

@@ -257,7 +257,7 @@ def create(settings: Settings, name: str, **fields: Any) -> Instance:
     iid = f"{name}-{uuid.uuid4().hex[:8]}"
     d = settings.instances_dir / iid
     d.mkdir(parents=True)
-    (d / "ops").mkdir()
+    (d / "ops").mkdir(mode=0o700)  # CRIU logs: paths and errors of the worker, for root only
     inst = Instance(id=iid, name=name, dir=d, node=settings.node, **fields)
     inst.save()
     return inst

@@ -24,7 +24,7 @@ from thaw.pipeline import control, gpu, http_canary, instances, placement
 from thaw.pipeline.instances import Instance
 from thaw.pipeline.phases import Phases, Progress
 from thaw.pipeline.snapshot import IMAGES
-from thaw.sandbox import netns
+from thaw.sandbox import netns, user
 from thaw.sandbox.layout import Layout
 from thaw.sandbox.pod import Anchor
 from thaw.store import Manifest, Store, check_name, store_for
@@ -125,6 +125,9 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
         place.close()
     inst.host_pid, inst.pidns, inst.ns_key = pid, protocol.pidns_inode(pid), protocol.sandbox_key(pid)
     inst.save()  # before anything can fail: `recover` needs the pid to kill
+    uid, gid = user.of_process(pid)
+    if uid != 0 and into is None:  # CRIU gave it back its unprivileged user: it may add files to its control dir only
+        user.hand_over(inst.dir, inst.log, uid, gid)
     protocol.link_sandbox(place.run_dir, inst.ns_key, place.control_target)
     if manifest.gpus:
         with phases("gpu_restore", "CUDA restore + unlock"):

@@ -31,7 +31,7 @@ from thaw.errors import BusyError, CheckpointError, ConfigError, CriuError, Thaw
 from thaw.pipeline import control, gpu, http_canary, instances, residual, sockets
 from thaw.pipeline.instances import Instance
 from thaw.pipeline.phases import Phases, Progress
-from thaw.sandbox import netns
+from thaw.sandbox import netns, user
 from thaw.sandbox.layout import Layout
 from thaw.sandbox.pod import run_dir_of
 from thaw.store import Manifest, Store, check_name, store_for
@@ -74,6 +74,10 @@ def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | N
         # before the freeze: every process of the tree that holds the GPU, and a refusal naming any CRIU could not dump
         tree = gpu.plan_tree(inst.host_pid, ready.pid, ready.hooks)
         sockets.refuse_inet(inst.name, inst.host_pid)
+        if why := user.refusal(inst.name, inst.host_pid):
+            raise CheckpointError(f"snapshot of {inst.name!r} refused: {why}", hint="grant thaw (the agent) "
+                                  "CAP_SYS_RESOURCE, as deploy/kubernetes does, or run workers as root (unset "
+                                  "THAW_WORKER_USER); nothing was frozen")
         with phases("freeze_hooks"):
             try:
                 reply = control.send(inst, Action.FREEZE, timeout=reply_timeout)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from thaw.errors import ConfigError, WorkerError
 from thaw.sandbox.layout import Layout
+from thaw.sandbox.user import WorkerUser, hand_over
 from thaw.worker import protocol
 
 
@@ -23,10 +24,11 @@ class Launched:
 
 def launch(argv: list[str], *, control_dir: Path, run_dir: Path, layout: Layout, env: dict[str, str],
            cwd: Path | None = None, timeout: float = 30.0, worker_env: dict[str, str] | None = None,
-           drop_caps: bool = False) -> Launched:
+           drop_caps: bool = False, user: WorkerUser | None = None) -> Launched:
     """Start ``argv`` as pid 1 of a new sandbox with ``layout``; return once it runs there.
 
     ``worker_env`` is added to the environment of ``argv`` alone, not of the sandbox's init.
+    ``user``: run the worker as that unprivileged user, with no capability (user.py).
     """
     if not argv:
         raise ConfigError("command", "no command given", hint="thaw run --name NAME -- CMD [ARGS...]")
@@ -40,7 +42,10 @@ def launch(argv: list[str], *, control_dir: Path, run_dir: Path, layout: Layout,
         "cwd": str(cwd or Path.cwd()),
         "worker_env": dict(worker_env or {}),
         "drop_caps": drop_caps,  # the worker gets no capability (a pod's: sandbox/entrypoint.py)
+        "user": user.to_dict() if user else None,
     }
+    if user:
+        hand_over(control_dir, control_dir / protocol.WORKER_LOG, user.uid, user.gid)
     flags = ["--pid", "--fork", "--mount", "--propagation", "private"] + (["--net"] if layout.private_net else [])
     cmd = ["unshare", *flags, sys.executable, "-m", "thaw.sandbox.init", json.dumps(spec), "--", *argv]
     with open(control_dir / "sandbox.log", "ab") as log:
