@@ -2,14 +2,61 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import socket
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+@dataclass(frozen=True)
+class WorkerUser:
+    """The unprivileged user workers run as (``THAW_WORKER_USER``; what it means: thaw.sandbox.user)."""
+
+    uid: int
+    gid: int
+
+    @classmethod
+    def parse(cls, text: str) -> WorkerUser:
+        """``NAME``, ``UID`` or ``UID:GID``; ValueError naming what is wrong."""
+        name, _, group = text.strip().partition(":")
+        if name.isdigit():
+            uid = int(name)
+            gid = int(group) if group else _primary_gid(uid)
+        else:
+            try:
+                entry = pwd.getpwnam(name)
+            except KeyError:
+                raise ValueError(f"no user named {name!r} on this host") from None
+            uid, gid = entry.pw_uid, entry.pw_gid
+            if group:
+                gid = int(group) if group.isdigit() else _group(group)
+        if uid == 0:
+            raise ValueError("the worker user must not be root (uid 0): leave THAW_WORKER_USER unset to run as root")
+        return cls(uid, gid)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"uid": self.uid, "gid": self.gid}
+
+
+def _primary_gid(uid: int) -> int:
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return uid  # a uid without a passwd entry (a container's numeric user): its own number as the group
+
+
+def _group(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ValueError(f"no group named {name!r} on this host") from None
 
 
 class Settings(BaseSettings):
@@ -51,16 +98,12 @@ class Settings(BaseSettings):
     @classmethod
     def _worker_user(cls, v: str | None) -> str | None:
         if v:
-            from thaw.sandbox.user import WorkerUser  # standard library only
-
             WorkerUser.parse(v)  # ValueError names what is wrong
         return v or None
 
     @property
-    def worker(self):  # -> WorkerUser | None
+    def worker(self) -> WorkerUser | None:
         """The user workers run as (``worker_user`` resolved), or None for root."""
-        from thaw.sandbox.user import WorkerUser
-
         return WorkerUser.parse(self.worker_user) if self.worker_user else None
 
     @field_validator("keep_mounts", "trusted_keys", mode="before")

@@ -136,7 +136,7 @@ def test_a_layout_survives_the_manifest() -> None:
 @pytest.mark.parametrize(("text", "expected"), [("65534", (65534, 65534)), ("nobody", (65534, 65534)),
                                                 ("65534:100", (65534, 100)), ("1234", (1234, 1234))])
 def test_the_worker_user_is_read_as_name_uid_or_uid_gid(text: str, expected: tuple[int, int]) -> None:
-    from thaw.sandbox.user import WorkerUser
+    from thaw.config import WorkerUser
 
     assert (WorkerUser.parse(text).uid, WorkerUser.parse(text).gid) == expected
 

@@ -8,11 +8,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from thaw.errors import ConfigError, WorkerError
 from thaw.sandbox.layout import Layout
-from thaw.sandbox.user import WorkerUser, hand_over
+from thaw.sandbox.user import hand_over
 from thaw.worker import protocol
+
+if TYPE_CHECKING:  # the pod entrypoint runs launch() in the worker's image: standard library only at run time
+    from thaw.config import WorkerUser
 
 
 @dataclass(frozen=True)

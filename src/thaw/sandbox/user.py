@@ -32,10 +32,7 @@ Standard library only: the sandbox's init imports it.
 from __future__ import annotations
 
 import ctypes
-import grp
 import os
-import pwd
-from dataclasses import dataclass
 from pathlib import Path
 
 CAP_SYS_RESOURCE = 24
@@ -45,34 +42,6 @@ CAP_LAST_CAP = Path("/proc/sys/kernel/cap_last_cap")
 #: mode of a control directory shared with an unprivileged worker: root's, the worker's group may add files, the
 #: sticky bit lets nobody but a file's owner rename or remove it
 CONTROL_DIR_MODE = 0o1770
-
-
-@dataclass(frozen=True)
-class WorkerUser:
-    uid: int
-    gid: int
-
-    @classmethod
-    def parse(cls, text: str) -> WorkerUser:
-        """``NAME``, ``UID`` or ``UID:GID``; ValueError naming what is wrong."""
-        name, _, group = text.strip().partition(":")
-        if name.isdigit():
-            uid = int(name)
-            gid = int(group) if group else _primary_gid(uid)
-        else:
-            try:
-                entry = pwd.getpwnam(name)
-            except KeyError:
-                raise ValueError(f"no user named {name!r} on this host") from None
-            uid, gid = entry.pw_uid, entry.pw_gid
-            if group:
-                gid = int(group) if group.isdigit() else _group(group)
-        if uid == 0:
-            raise ValueError("the worker user must not be root (uid 0): leave THAW_WORKER_USER unset to run as root")
-        return cls(uid, gid)
-
-    def to_dict(self) -> dict[str, int]:
-        return {"uid": self.uid, "gid": self.gid}
 
 
 def drop(uid: int, gid: int) -> None:
@@ -126,17 +95,3 @@ def of_process(pid: int) -> tuple[int, int]:
             elif line.startswith("Gid:"):
                 gid = int(line.split()[1])
     return uid, gid
-
-
-def _primary_gid(uid: int) -> int:
-    try:
-        return pwd.getpwuid(uid).pw_gid
-    except KeyError:
-        return uid  # a uid without a passwd entry (a container's numeric user): its own number as the group
-
-
-def _group(name: str) -> int:
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise ValueError(f"no group named {name!r} on this host") from None
