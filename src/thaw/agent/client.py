@@ -16,6 +16,7 @@ HTTP status and the agent's reason, message and hint.
 
 from __future__ import annotations
 
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -56,15 +57,24 @@ class AgentUnavailable(ThawError):
 
 class AgentClient:
     def __init__(self, socket: str | Path | None = None, *, base_url: str | None = None, token: str | None = None,
-                 timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+                 timeout: float = 30.0, transport: httpx.BaseTransport | None = None, ca: Path | None = None,
+                 server_name: str | None = None) -> None:
+        """``ca``: PEM file of the CA that signed the agents' certificates (https:// URLs; else the system's).
+        ``server_name``: the name the agent's certificate must carry when it differs from the URL's host
+        (agents reached by pod IP, sharing one certificate: docs/security.md)."""
         if base_url is None and socket is None and transport is None:
             socket = DEFAULT_SOCKET
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         if transport is None and socket is not None:
             transport = httpx.HTTPTransport(uds=str(socket))
         self.where = str(socket) if socket is not None else (base_url or "agent")
+        verify: ssl.SSLContext | bool = True
+        if ca is not None:
+            verify = ssl.create_default_context(cafile=str(ca))
+            verify.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._extensions = {"sni_hostname": server_name} if server_name else {}
         self._http = httpx.Client(base_url=base_url or "http://thaw-agent", transport=transport, headers=headers,
-                                  timeout=timeout)
+                                  timeout=timeout, verify=verify)
 
     def close(self) -> None:
         self._http.close()
@@ -164,7 +174,7 @@ class AgentClient:
               **kwargs: Any) -> Any:
         try:
             r = self._http.request(method, path, timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-                                   **kwargs)
+                                   extensions=self._extensions, **kwargs)
         except httpx.TransportError as exc:
             raise AgentUnavailable(f"no thaw agent answers at {self.where}: {exc}",
                                    hint="is `thaw agent serve` running? (--socket / --listen)") from exc

@@ -1,8 +1,14 @@
-"""Serving the agent: recover, then answer on a unix socket (default) and optionally TCP.
+"""Serving the agent: recover, then answer on a unix socket (default) and optionally TCP, with TLS.
 
-One uvicorn server listens on every socket at once (``Server.serve(sockets=...)``), with
-``PeerProtocol`` so that each request knows its transport and peer. SIGTERM/SIGINT stop
-accepting requests, let running jobs finish, and remove the socket file.
+One uvicorn server per listener (the unix socket; TCP, with TLS when a certificate is given),
+all in one event loop and on one app, with ``PeerProtocol`` so that each request knows its
+transport and peer. SIGTERM/SIGINT stop every listener, let running jobs finish, and remove
+the socket file.
+
+TCP serves TLS (``--tls-cert``/``--tls-key``: PEM files, e.g. from a Kubernetes Secret; TLS 1.2
+at least). Plain TCP is refused unless on a loopback address or asked for with ``--plain-tcp``
+(behind something else that encrypts, e.g. a service mesh): the bearer token must never
+cross a network in clear text (docs/security.md).
 """
 
 from __future__ import annotations
@@ -10,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import ipaddress
 import logging
 import os
 import signal
 import socket
+import ssl
 import stat
 import threading
 from collections.abc import Iterator
@@ -34,6 +42,30 @@ class ServeOptions:
     listen: str | None = None  # HOST:PORT
     token_file: Path | None = None
     socket_group: str | None = None  # a group allowed to use the socket (mode 0660); else 0600
+    tls_cert: Path | None = None  # PEM certificate (chain) served on TCP
+    tls_key: Path | None = None  # its private key (PEM)
+    plain_tcp: bool = False  # serve TCP without TLS on a non-loopback address (behind a mesh that encrypts)
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The TLS context for TCP, or None for plain TCP (refused off loopback unless ``plain_tcp``)."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls", "give both --tls-cert and --tls-key", hint="PEM files, e.g. from a Secret")
+        tcp = self.tcp()
+        if self.tls_cert is None:
+            if tcp is not None and not self.plain_tcp and not _loopback(tcp[0]):
+                raise ConfigError("listen", f"{self.listen} is not a loopback address, and no TLS certificate "
+                                  "was given: the bearer token would cross the network in clear text",
+                                  hint="give --tls-cert and --tls-key (docs/security.md shows how), or "
+                                  "--plain-tcp behind something that encrypts (a service mesh)")
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError("tls", f"cannot use {self.tls_cert} / {self.tls_key}: {exc}",
+                              hint="PEM certificate and its unencrypted private key") from exc
+        return context
 
     def tcp(self) -> tuple[str, int] | None:
         if not self.listen:
@@ -46,12 +78,11 @@ class ServeOptions:
 
 def serve(config: AgentConfig, options: ServeOptions) -> None:
     """Run the agent until SIGTERM/SIGINT."""
-    import uvicorn
-
     from thaw.agent.api import create_app
 
     tokens = Tokens.load(options.token_file)
     tcp = options.tcp()
+    tls = options.tls()
     if options.socket is None and tcp is None:
         raise ConfigError("socket", "the agent must listen somewhere", hint="give --socket and/or --listen")
     settings = config.settings
@@ -71,24 +102,48 @@ def serve(config: AgentConfig, options: ServeOptions) -> None:
     for job in recovered:
         log.warning("job %s (%s) was cut short by a restart: %s", job.id, job.kind.value,
                     job.error.message if job.error else "")
-    sockets = []
+    listeners: list[tuple[socket.socket, ssl.SSLContext | None]] = []
+    unix = None
     try:
         if options.socket is not None:
-            sockets.append(_unix_socket(options.socket, options.socket_group))
+            unix = _unix_socket(options.socket, options.socket_group)
+            listeners.append((unix, None))
         if tcp is not None:
-            sockets.append(_tcp_socket(*tcp))
+            listeners.append((_tcp_socket(*tcp), tls))
         app = create_app(agent, tokens)
-        server = _server_class()(uvicorn.Config(app, http=PeerProtocol, ws="none", lifespan="off",
-                                               log_level="warning", access_log=False, timeout_graceful_shutdown=5))
-        asyncio.run(server.serve(sockets=sockets))
+        servers = [_server_class()(_ServerConfig(app, context)) for _, context in listeners]
+        for server in servers:
+            server.group = servers  # a signal stops every listener
+        asyncio.run(_serve_all(servers, [sock for sock, _ in listeners]))
     finally:
-        for s in sockets:
+        for s, _ in listeners:
             s.close()
-        if options.socket is not None and sockets:
-            _remove_own_socket(options.socket, sockets[0])
+        if options.socket is not None and unix is not None:
+            _remove_own_socket(options.socket, unix)
         agent.close(wait=True)
         if supervisor is not None:
             supervisor.stop()
+
+
+def _ServerConfig(app: object, context: ssl.SSLContext | None) -> object:  # noqa: N802 - a uvicorn.Config
+    import uvicorn
+
+    config = uvicorn.Config(app, http=PeerProtocol, ws="none", lifespan="off", log_level="warning",
+                            access_log=False, timeout_graceful_shutdown=5)
+    config.load()
+    config.ssl = context  # our own context (minimum TLS 1.2), not one uvicorn builds from file names
+    return config
+
+
+async def _serve_all(servers: list, sockets: list[socket.socket]) -> None:
+    await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in zip(servers, sockets)))
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 THP_KNOB = Path("/sys/kernel/mm/transparent_hugepage/enabled")
@@ -114,6 +169,13 @@ def _server_class() -> type:
     import uvicorn
 
     class Server(uvicorn.Server):
+        #: the servers of one agent (one per listener): a signal to one stops them all
+        group: list[uvicorn.Server] = []
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            for server in self.group or [self]:
+                uvicorn.Server.handle_exit(server, sig, frame)
+
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             # uvicorn re-raises SIGTERM after its graceful shutdown, which would kill the process

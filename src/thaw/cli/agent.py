@@ -33,6 +33,9 @@ def serve(
     no_socket: Annotated[bool, typer.Option("--no-socket", help="serve on TCP only")] = False,
     listen: Annotated[str | None, typer.Option("--listen", envvar="THAW_AGENT_LISTEN", help="also serve on TCP HOST:PORT (needs --token-file: without a token every TCP request gets 401)")] = None,
     token_file: Annotated[Path | None, typer.Option("--token-file", envvar="THAW_AGENT_TOKEN_FILE", help="bearer tokens accepted over TCP, one per line, optionally 'identity:token'")] = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", envvar="THAW_AGENT_TLS_CERT", help="serve TCP with TLS: the certificate (PEM; e.g. from a Secret)")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", envvar="THAW_AGENT_TLS_KEY", help="the certificate's private key (PEM)")] = None,
+    plain_tcp: Annotated[bool, typer.Option("--plain-tcp", help="serve TCP without TLS on a non-loopback address: only behind something that encrypts (a service mesh)")] = False,
     socket_group: Annotated[str | None, typer.Option("--socket-group", help="group allowed to use the socket (mode 0660); default: root only (0600)")] = None,
     store: Annotated[str | None, typer.Option("--store", envvar="THAW_STORE", help="artifact store: a (shared) directory, dir:///path or s3://bucket/prefix?endpoint=URL [default: HOME/artifacts]")] = None,
     staging: Annotated[Path | None, typer.Option("--staging", envvar="THAW_STAGING", help="node-local staging for fetched artifacts (tmpfs or local disk) [default: HOME/staging]")] = None,
@@ -57,7 +60,7 @@ def serve(
                                    "thp": thp}.items() if v is not None}
     settings = Settings(**overrides)  # type: ignore[arg-type]
     options = ServeOptions(socket=None if no_socket else socket, listen=listen, token_file=token_file,
-                           socket_group=socket_group)
+                           socket_group=socket_group, tls_cert=tls_cert, tls_key=tls_key, plain_tcp=plain_tcp)
     console.print(f"thaw agent on [bold]{settings.node}[/]: store {settings.store_url}, staging "
                   f"{settings.staging_dir}" + (f", socket {socket}" if not no_socket else "")
                   + (f", tcp {listen}" if listen else ""), highlight=False)

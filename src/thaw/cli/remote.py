@@ -1,8 +1,9 @@
 """The CLI's route through a node agent, when one runs.
 
 ``thaw snapshot``, ``restore``, ``run``, ``ls``, ``verify`` and ``rm`` go through the agent
-when ``--agent`` or ``$THAW_AGENT`` names one (a unix socket path, or ``http://HOST:PORT`` with
-``$THAW_AGENT_TOKEN``), or when the default socket (/run/thaw/agent.sock) answers: the agent
+when ``--agent`` or ``$THAW_AGENT`` names one (a unix socket path, or ``https://HOST:PORT`` with
+``$THAW_AGENT_TOKEN``, ``$THAW_AGENT_CA`` and, where the certificate names another host,
+``$THAW_AGENT_SERVER_NAME``), or when the default socket (/run/thaw/agent.sock) answers: the agent
 then holds the worker, records the job, checks the canary and writes the audit log. ``--local``
 runs the pipeline in the CLI's own process instead.
 """
@@ -31,7 +32,9 @@ def agent_for(address: str | None, *, local: bool) -> AgentClient | None:
     if target is None:
         return None
     if target.startswith(("http://", "https://")):
-        client = AgentClient(base_url=target, token=os.environ.get("THAW_AGENT_TOKEN"))
+        ca = os.environ.get("THAW_AGENT_CA")  # the CA of the agent's TLS certificate (https://)
+        client = AgentClient(base_url=target, token=os.environ.get("THAW_AGENT_TOKEN"), ca=Path(ca) if ca else None,
+                             server_name=os.environ.get("THAW_AGENT_SERVER_NAME") or None)
     else:
         client = AgentClient(socket=target.removeprefix("unix://"))
     if client.healthy():
