@@ -47,6 +47,17 @@ def run(
     agent_port: Annotated[int, typer.Option(envvar="THAW_AGENT_PORT", help="TCP port the agents listen on")] = 7070,
     agent_token_file: Annotated[Path | None, typer.Option(
         envvar="THAW_AGENT_TOKEN_FILE", help="file with the agents' bearer token")] = None,
+    agent_ca: Annotated[Path | None, typer.Option(
+        envvar="THAW_AGENT_CA", help="CA of the agents' TLS certificate: speak https to them [default: http]")] = None,
+    agent_server_name: Annotated[str, typer.Option(
+        envvar="THAW_AGENT_SERVER_NAME", help="the name the agents' certificate carries")] = "thaw-agent",
+    agent_daemonset: Annotated[str, typer.Option(
+        envvar="THAW_AGENT_DAEMONSET", help="the DaemonSet whose pods are the agents (others are not trusted)")]
+    = "thaw-agent",
+    agent_url_annotation: Annotated[bool, typer.Option(
+        "--agent-url-annotation", envvar="THAW_AGENT_URL_ANNOTATION",
+        help="also reach agents a Node's thaw.dev/agent-url annotation names (agents outside the DaemonSet; "
+             "whoever may annotate Nodes can then redirect the operator)")] = False,
     delete_timeout: Annotated[float, typer.Option(
         envvar="THAW_DELETE_TIMEOUT", help="seconds to keep trying to delete a deleted snapshot's artifact")] = 600.0,
     liveness: Annotated[str | None, typer.Option(
@@ -64,9 +75,11 @@ def run(
     from thaw.k8s.runner import run as run_operator
 
     namespaces = tuple(n for item in namespace or [] for n in item.split(",") if n)
-    config = OperatorConfig(poll=poll, agents=AgentLookup(agent_namespace, agent_selector, agent_port),
-                            token_file=agent_token_file, namespaces=namespaces, delete_timeout=delete_timeout,
-                            liveness=liveness, peering=peering or None, peering_lifetime=peering_lifetime)
+    lookup = AgentLookup(agent_namespace, agent_selector, agent_port, daemonset=agent_daemonset,
+                         scheme="https" if agent_ca else "http", url_annotation=agent_url_annotation)
+    config = OperatorConfig(poll=poll, agents=lookup, token_file=agent_token_file, namespaces=namespaces,
+                            delete_timeout=delete_timeout, liveness=liveness, peering=peering or None,
+                            peering_lifetime=peering_lifetime, agent_ca=agent_ca, agent_server_name=agent_server_name)
     run_operator(config, kubeconfig=kubeconfig, verbose=verbose)
 
 

@@ -8,6 +8,7 @@ ArtifactNotFound, and 5xx stays an AgentError that ``agents.is_temporary`` retri
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from thaw.agent.client import AgentClient, AgentError
@@ -17,9 +18,10 @@ T = TypeVar("T")
 
 
 class HttpAgent:
-    def __init__(self, url: str, *, token: str | None, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, *, token: str | None, timeout: float = 10.0, ca: Path | None = None,
+                 server_name: str | None = None) -> None:
         self.url = url
-        self._client = AgentClient(base_url=url, token=token, timeout=timeout)
+        self._client = AgentClient(base_url=url, token=token, timeout=timeout, ca=ca, server_name=server_name)
 
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True,
                  canary_http: list[dict[str, Any]] | None = None, pod: dict[str, str] | None = None,

@@ -44,11 +44,15 @@ class Cluster(Protocol):
 
 @dataclass(frozen=True)
 class AgentLookup:
-    """Where the DaemonSet's agent pods are: namespace, label selector, port."""
+    """Where the DaemonSet's agent pods are: namespace, label selector, the DaemonSet that owns them, port, scheme;
+    and whether a Node's ``thaw.dev/agent-url`` annotation may name an agent instead (off: see agents.py)."""
 
     namespace: str = "thaw-system"
     selector: str = "app.kubernetes.io/name=thaw-agent"
     port: int = 7070
+    daemonset: str = "thaw-agent"
+    scheme: str = "http"  # https when the operator has the agents' CA (OperatorConfig.agent_ca)
+    url_annotation: bool = False
 
 
 class KubeCluster:
@@ -76,7 +80,7 @@ class KubeCluster:
                                                    _preload_content=False))["items"]
         urls = {}
         for node in nodes:
-            url = agents.agent_url(node, pods, port=self._lookup.port)
+            url = agents.agent_url(node, pods, lookup=self._lookup)
             if url:
                 urls[node["metadata"]["name"]] = url
         return urls

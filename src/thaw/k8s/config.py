@@ -28,12 +28,19 @@ class OperatorConfig:
     peering: str | None = None
     #: seconds a replica's peering record counts as alive: how long a killed leader's work waits for another
     peering_lifetime: int = 30
+    #: the CA of the agents' TLS certificate (PEM, from the thaw-agent-tls Secret): set, the operator speaks
+    #: https to agents and checks their certificate against it and ``agent_server_name``
+    agent_ca: Path | None = None
+    agent_server_name: str = "thaw-agent"
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.poll <= 300:
             raise ConfigError("poll", f"{self.poll} is out of range", hint="use 0.05-300 seconds")
         if not 5 <= self.peering_lifetime <= 3600:
             raise ConfigError("peering_lifetime", f"{self.peering_lifetime} is out of range", hint="use 5-3600 seconds")
+        if self.agent_ca is not None and not Path(self.agent_ca).is_file():
+            raise ConfigError("agent_ca", f"{self.agent_ca} does not exist",
+                              hint="mount ca.crt of the thaw-agent-tls Secret (docs/security.md)")
         if self.token_file is not None and not Path(self.token_file).is_file():
             raise ConfigError("token_file", f"{self.token_file} does not exist",
                               hint="mount the thaw-agent-token Secret, or leave it unset for agents without a token")

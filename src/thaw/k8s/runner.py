@@ -27,7 +27,8 @@ def run(config: OperatorConfig, *, kubeconfig: Path | None = None, verbose: bool
     registry = kopf.OperatorRegistry()
     handlers.register(registry, config)
     memo = handlers.Memo(cluster=KubeCluster(client.ApiClient(cfg), config.agents),
-                         connect=http_connector(config.token()), config=config, kube_config=cfg)
+                         connect=http_connector(config.token(), ca=config.agent_ca,
+                                                                 server_name=config.agent_server_name), config=config, kube_config=cfg)
     if config.peering:
         import secrets
 
