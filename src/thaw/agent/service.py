@@ -56,7 +56,7 @@ from thaw.pipeline import control
 from thaw.pipeline import gpu as pipeline_gpu
 from thaw.pipeline.instances import Instance, reap
 from thaw.sandbox.pod import Anchor
-from thaw.store import Manifest, Staged, Store, check_name, store_for
+from thaw.store import Manifest, Staged, Store, check_name, owner, store_for
 from thaw.worker.protocol import Action
 
 #: phases after which a snapshot's artifact is published and confirmed by the pipeline
@@ -510,8 +510,11 @@ class Agent:
         return notes
 
     def _empty_staging(self) -> None:
-        # node-local and this agent's alone: nothing in it outlives a job
+        # node-local: nothing in it outlives the process that staged it, but a `thaw restore --local` may be
+        # fetching into it right now: only what a dead owner (or no owner of thaw's naming) left goes
         for entry in self.staging.iterdir():
+            if entry.name.startswith(".") or owner.state(entry) in ("alive", "held"):
+                continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
