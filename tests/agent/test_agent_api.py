@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -181,15 +182,18 @@ def test_a_flood_of_unauthenticated_requests_barely_grows_the_audit_log(tcp_node
     audit = tcp_node.root / "agent" / "audit.log"
     before = audit.stat().st_size if audit.exists() else 0
     junk = b"x" * 2000
+    started = time.monotonic()
     with httpx.Client(base_url=tcp_node.url) as http:  # one connection: as fast as a client can send
         for i in range(1500):
             r = http.post(f"/v1/snapshots/{'a' * 500}{i}", content=junk, headers={"Authorization": "Bearer nope"})
             assert r.status_code == 401
+    # one record a minute: on a loaded machine the flood may outlast the first minute
+    allowed = 1 + int((time.monotonic() - started) // 60)
 
     grown = audit.stat().st_size - before
-    assert grown < 2000, f"the audit log grew by {grown} bytes"
+    assert grown < 2000 * allowed, f"the audit log grew by {grown} bytes"
     refused = [e for e in _audit(tcp_node) if e["outcome"] == "rejected"]
-    assert len(refused) == 1 and "(1 refused from 127.0.0.1" in refused[0]["message"]
+    assert 1 <= len(refused) <= allowed and "(1 refused from 127.0.0.1" in refused[0]["message"]
     with AgentClient(base_url=tcp_node.url, token=TOKEN) as c:  # every one is counted all the same
         assert 'thaw_requests_rejected_total{reason="unauthorized"} 1500.0' in c.metrics()
 
