@@ -69,6 +69,7 @@ ALLOWED = {
     "store/testing.py": "a throwaway S3 server for tests gets credentials",
     "store/s3_calls.py": "boto3's region convention (AWS_REGION)",
     "doctor.py": "the compiler check looks where torch.compile will ($CXX), not at a setting of thaw's",
+    "faults.py": "fault points the fault-matrix tests set in real thaw processes, where no setting is passed",
     "listen/hook.py": "the park-at-listen hook runs inside the worker's processes, before thaw's settings exist there",
 }
 

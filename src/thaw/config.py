@@ -4,12 +4,17 @@
 section per component, each read from its own variables::
 
     Settings                 THAW_HOME, THAW_STORE, THAW_STAGING, THAW_CRIU, THAW_NODE, THAW_KEEP_MOUNTS,
-                             THAW_GMS_DIR, THAW_GMS, THAW_GMS_ALLOW, THAW_GMS_DEVICES, THAW_GMS_BUDGET_GB, THAW_THP
-    ├── agent   AgentSettings     the node agent's listeners: THAW_AGENT_SOCKET, _LISTEN, _TOKEN_FILE, _MAX_JOBS
-    ├── client  ClientSettings    how the CLI reaches an agent: THAW_AGENT, THAW_AGENT_TOKEN, THAW_AGENT_URL
+                             THAW_GMS_DIR, THAW_GMS, THAW_GMS_ALLOW, THAW_GMS_DEVICES, THAW_GMS_BUDGET_GB, THAW_THP,
+                             THAW_CGROUP_ROOT, THAW_SIGNING_KEY, THAW_TRUSTED_KEYS, THAW_WORKER_USER
+    ├── agent   AgentSettings     the node agent's listeners: THAW_AGENT_SOCKET, _LISTEN, _TOKEN_FILE, _TLS_CERT,
+    │                             _TLS_KEY, _PLAIN_TCP, _MAX_JOBS
+    ├── client  ClientSettings    how the CLI reaches an agent: THAW_AGENT, THAW_AGENT_TOKEN, THAW_AGENT_URL,
+    │                             THAW_AGENT_CA, THAW_AGENT_SERVER_NAME
     └── operator OperatorSettings the Kubernetes operator: THAW_NAMESPACES, THAW_POLL_SECONDS, THAW_AGENT_NAMESPACE,
-                                  THAW_AGENT_SELECTOR, THAW_AGENT_PORT, THAW_AGENT_TOKEN_FILE, THAW_DELETE_TIMEOUT,
-                                  THAW_LIVENESS, KUBECONFIG (and KUBERNETES_SERVICE_HOST: in a cluster)
+                                  THAW_AGENT_SELECTOR, THAW_AGENT_PORT, THAW_AGENT_TOKEN_FILE, THAW_AGENT_CA,
+                                  THAW_AGENT_SERVER_NAME, THAW_AGENT_DAEMONSET, THAW_AGENT_URL_ANNOTATION,
+                                  THAW_DELETE_TIMEOUT, THAW_LIVENESS, THAW_PEERING, THAW_PEERING_LIFETIME,
+                                  KUBECONFIG (and KUBERNETES_SERVICE_HOST: in a cluster)
 
 Command-line options override the variables (the CLI passes what was given). Nothing else
 in thaw reads the environment for a setting; a worker's own process reads what thaw hands it
@@ -18,8 +23,11 @@ through the worker SDK (thaw.worker.environment).
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import socket
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -53,6 +61,10 @@ class AgentSettings(BaseSettings):
     socket_group: str | None = Field(default=None, description="group allowed to use the socket (0660); else 0600")
     listen: str | None = Field(default=None, description="also serve on TCP HOST:PORT (needs token_file)")
     token_file: Path | None = Field(default=None, description="bearer tokens accepted over TCP, one per line")
+    tls_cert: Path | None = Field(default=None, description="serve TCP with TLS: the certificate (PEM)")
+    tls_key: Path | None = Field(default=None, description="the TLS certificate's private key (PEM)")
+    plain_tcp: bool = Field(default=False, description="serve TCP without TLS off loopback (behind a mesh that "
+                            "encrypts)")
     max_jobs: int = Field(default=8, ge=1, le=256, description="operations run at once")
 
     def tcp(self) -> tuple[str, int] | None:
@@ -78,6 +90,10 @@ class ClientSettings(BaseSettings):
     token: str | None = Field(default=None, description="bearer token sent over TCP")
     url: str | None = Field(default=None, description="`thaw agent status` over TCP: http://HOST:PORT")
     token_file: Path | None = Field(default=None, description="file whose first token is sent over TCP")
+    ca: Path | None = Field(default=None, description="CA (PEM) of the agent's TLS certificate, for https:// "
+                            "addresses (else the system's)")
+    server_name: str | None = Field(default=None, description="the name the agent's certificate carries, when "
+                                    "it is not the address's host (agents reached by pod IP share one)")
 
     def bearer(self) -> str | None:
         """The token to send: given directly, else the first one in ``token_file``."""
@@ -99,6 +115,14 @@ class OperatorSettings(BaseSettings):
     agent_selector: str = Field(default="app.kubernetes.io/name=thaw-agent", description="label selector of agent pods")
     agent_port: int = Field(default=7070, description="TCP port the agents listen on")
     agent_token_file: Path | None = Field(default=None, description="file with the agents' bearer token")
+    agent_ca: Path | None = Field(default=None, description="CA of the agents' TLS certificate: speak https to "
+                                  "them (none: http)")
+    agent_server_name: str = Field(default="thaw-agent", description="the name the agents' certificate carries")
+    agent_daemonset: str = Field(default="thaw-agent", description="the DaemonSet whose pods are the agents "
+                                 "(pods that only carry the label are not trusted)")
+    agent_url_annotation: bool = Field(default=False, description="also reach agents a Node's thaw.dev/agent-url "
+                                       "annotation names (whoever may annotate Nodes can then redirect the "
+                                       "operator)")
     delete_timeout: float = Field(default=600.0, description="seconds to keep trying to delete a snapshot's artifact")
     liveness: str | None = Field(default=None, description="kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     peering: str | None = Field(default=None, description="leader election among replicas through this "
@@ -127,6 +151,50 @@ class OperatorSettings(BaseSettings):
         if not 0.05 <= v <= 300:
             raise ValueError(f"{v} is out of range (0.05-300 seconds)")
         return v
+
+
+@dataclass(frozen=True)
+class WorkerUser:
+    """The unprivileged user workers run as (``THAW_WORKER_USER``; what it means: thaw.sandbox.user)."""
+
+    uid: int
+    gid: int
+
+    @classmethod
+    def parse(cls, text: str) -> WorkerUser:
+        """``NAME``, ``UID`` or ``UID:GID``; ValueError naming what is wrong."""
+        name, _, group = text.strip().partition(":")
+        if name.isdigit():
+            uid = int(name)
+            gid = int(group) if group else _primary_gid(uid)
+        else:
+            try:
+                entry = pwd.getpwnam(name)
+            except KeyError:
+                raise ValueError(f"no user named {name!r} on this host") from None
+            uid, gid = entry.pw_uid, entry.pw_gid
+            if group:
+                gid = int(group) if group.isdigit() else _group(group)
+        if uid == 0:
+            raise ValueError("the worker user must not be root (uid 0): leave THAW_WORKER_USER unset to run as root")
+        return cls(uid, gid)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"uid": self.uid, "gid": self.gid}
+
+
+def _primary_gid(uid: int) -> int:
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return uid  # a uid without a passwd entry (a container's numeric user): its own number as the group
+
+
+def _group(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ValueError(f"no group named {name!r} on this host") from None
 
 
 class Settings(BaseSettings):
@@ -163,6 +231,21 @@ class Settings(BaseSettings):
     trusted_keys: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="ed25519 public keys (PEM files, comma-separated in THAW_TRUSTED_KEYS); "
         "when set, this node restores only artifacts signed by one of them")
+
+    worker_user: str | None = Field(default=None, description="run workers as this unprivileged user (NAME, UID or "
+                                    "UID:GID) with no capability; None runs them as root (docs/security.md)")
+
+    @field_validator("worker_user")
+    @classmethod
+    def _worker_user(cls, v: str | None) -> str | None:
+        if v:
+            WorkerUser.parse(v)  # ValueError names what is wrong
+        return v or None
+
+    @property
+    def worker(self) -> WorkerUser | None:
+        """The user workers run as (``worker_user`` resolved), or None for root."""
+        return WorkerUser.parse(self.worker_user) if self.worker_user else None
 
     agent: AgentSettings = Field(default_factory=AgentSettings)
     client: ClientSettings = Field(default_factory=ClientSettings)

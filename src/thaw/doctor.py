@@ -32,8 +32,23 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    return [_root(), _caps(), _kernel(), _root_dir(), _unshare(), *_criu(settings), _compiler(), _python_headers(),
-            _store(settings), _thp(), _nvidia()]
+    return [_root(), _caps(), _kernel(), _root_dir(), _unshare(), *_criu(settings), _worker_user(settings),
+            _compiler(), _python_headers(), _store(settings), _thp(), _nvidia()]
+
+
+def _worker_user(settings: Settings) -> Check:
+    """Workers as an unprivileged user (THAW_WORKER_USER): CRIU then needs CAP_SYS_RESOURCE (sandbox/user.py)."""
+    from thaw.sandbox.user import can_dump_other_users
+
+    if settings.worker is None:
+        return Check("worker user", True, "root (THAW_WORKER_USER unset): workers run with the sandbox's "
+                     "privileges", "set THAW_WORKER_USER to run them as an unprivileged user", required=False)
+    who = f"uid {settings.worker.uid}, gid {settings.worker.gid}, no capabilities"
+    if can_dump_other_users():
+        return Check("worker user", True, who)
+    return Check("worker user", False, f"{who}; but CRIU cannot dump them: reading another user's resource limits "
+                 "needs CAP_SYS_RESOURCE, which this thaw lacks",
+                 "grant CAP_SYS_RESOURCE (deploy/kubernetes grants it), or unset THAW_WORKER_USER")
 
 
 def _root() -> Check:
@@ -94,9 +109,22 @@ def _criu(settings: Settings) -> list[Check]:
     try:
         with tempfile.TemporaryDirectory(prefix="thaw-doctor-") as d:
             check(Path(d), criu=criu)
-        return [found, _page_fill(criu), Check("criu check", True, "Looks good")]
+        return [found, _page_fill(criu), Check("criu check", True, "Looks good"), _ipv4_sockets(criu)]
     except ThawError as exc:
         return [found, _page_fill(criu), Check("criu check", False, exc.message.splitlines()[0], _criu_check_fix())]
+
+
+def _ipv4_sockets(criu: Criu) -> Check:
+    """Whether this kernel + CRIU can dump a TCP socket (CRIU 4.1.1 on Linux >= 6.16 cannot: criu#2705)."""
+    from thaw.criu.probe import can_dump_ipv4
+
+    ok, detail = can_dump_ipv4(criu)
+    if ok:
+        return Check("ipv4 sockets", True, f"CRIU can dump them ({detail})", required=False)
+    return Check("ipv4 sockets", False, f"CRIU {criu.version} on Linux {os.uname().release} cannot dump a TCP/UDP "
+                 f"socket: {detail}",
+                 "workers must hold none when snapshotted (thaw refuses them before the freeze); a server thaw does "
+                 "not own runs with --park-at-listen; fixed in CRIU after 4.1 (criu#2705)", required=False)
 
 
 def _criu_check_fix() -> str:

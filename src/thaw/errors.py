@@ -30,7 +30,8 @@ answer); the operator and the CLI decide on ``retryable`` alone, never on a type
     │   └── GmsUnavailable     no GPU memory service answers for that GPU                  yes
     ├── AgentUnavailable       no thaw agent answers at that address                       yes
     ├── AgentError             an agent answered with an error thaw has no type for        5xx, 408, 429
-    └── NoPlacement            no node or GPU fits a restore (now)                         yes
+    ├── NoPlacement            no node or GPU fits a restore (now)                         yes
+    └── InjectedFault          a failure THAW_FAULT asked for (thaw.faults; tests only)
 """
 
 from __future__ import annotations
@@ -259,6 +260,12 @@ class NoPlacement(ThawError):
 
     reason = "no_placement"
     retryable = True  # capacity frees up, nodes and agents come
+
+
+class InjectedFault(ThawError):
+    """A failure THAW_FAULT asked for (thaw.faults: the fault-matrix tests only)."""
+
+    reason = "injected"
 
 
 def rebuild(kind: str, message: str, *, hint: str | None = None, reason: str | None = None,

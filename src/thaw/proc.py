@@ -198,17 +198,25 @@ def rss(pid: int | str = "self") -> int:
     return int(path(pid, "statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def holders(directory: Path | str) -> list[int]:
-    """Processes (other than this one) with a file under ``directory`` open."""
+def holders(directory: Path | str, *, cwd: bool = False) -> list[int]:
+    """Processes (other than this one) with ``directory`` or a file under it open (``cwd``: or working there)."""
     prefix = str(directory).rstrip("/") + "/"
     found = []
     for pid in pids():
         try:
-            if any(target.startswith(prefix) for target in fd_targets(pid).values()):
+            targets = list(fd_targets(pid).values())
+            if cwd:
+                targets.append(os.readlink(path(pid, "cwd")))
+            if any(target == prefix[:-1] or target.startswith(prefix) for target in targets):
                 found.append(pid)
         except OSError:
             continue  # gone, or not ours to look at
     return found
+
+
+def net_table(pid: int, name: str) -> list[str]:
+    """The rows of ``net/NAME`` (tcp, tcp6, udp, udp6, ...) of ``pid``'s network namespace, header left out."""
+    return path(pid, "net", name).read_text().splitlines()[1:]
 
 
 # --- namespaces ----------------------------------------------------------------------------------
@@ -314,6 +322,11 @@ def memory_total() -> int | None:
 
 #: writing 3 drops the page cache, dentries and inodes (root only)
 DROP_CACHES = PROC / "sys" / "vm" / "drop_caches"
+
+
+def boot_id() -> str:
+    """This boot's id (``sys/kernel/random/boot_id``): it changes at every boot."""
+    return (PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
 
 
 def checkpoint_restore_kernel() -> bool:

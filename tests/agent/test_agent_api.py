@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -175,3 +176,59 @@ def test_a_restore_pinned_to_a_digest_is_refused_at_once_when_the_artifact_diffe
     with httpx.Client(base_url=tcp_node.url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
         r = http.post("/v1/restores", json={"artifact": "a1", "digest": "xxh3_128:00"})
         assert r.status_code == 422 and "is not an artifact digest" in r.json()["error"]["message"]
+
+
+def test_a_flood_of_unauthenticated_requests_barely_grows_the_audit_log(tcp_node):
+    """Before: each refused request was one audit record written with fsync (+17 MiB in 5 s of junk)."""
+    audit = tcp_node.root / "agent" / "audit.log"
+    before = audit.stat().st_size if audit.exists() else 0
+    junk = b"x" * 2000
+    started = time.monotonic()
+    with httpx.Client(base_url=tcp_node.url) as http:  # one connection: as fast as a client can send
+        for i in range(1500):
+            r = http.post(f"/v1/snapshots/{'a' * 500}{i}", content=junk, headers={"Authorization": "Bearer nope"})
+            assert r.status_code == 401
+    # one record a minute: on a loaded machine the flood may outlast the first minute
+    allowed = 1 + int((time.monotonic() - started) // 60)
+
+    grown = audit.stat().st_size - before
+    assert grown < 2000 * allowed, f"the audit log grew by {grown} bytes"
+    refused = [e for e in _audit(tcp_node) if e["outcome"] == "rejected"]
+    assert 1 <= len(refused) <= allowed and "(1 refused from 127.0.0.1" in refused[0]["message"]
+    with AgentClient(base_url=tcp_node.url, token=TOKEN) as c:  # every one is counted all the same
+        assert 'thaw_requests_rejected_total{reason="unauthorized"} 1500.0' in c.metrics()
+
+
+def test_a_body_larger_than_the_limit_is_refused_unread(tcp_node):
+    with httpx.Client(base_url=tcp_node.url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        big = b'{"worker": "w", "artifact": "a", "x": "' + b"y" * (2 << 20) + b'"}'
+        r = http.post("/v1/snapshots", content=big, headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"]["reason"] == "too_large"
+
+        def chunks():  # no Content-Length: the limit holds for a streamed body too
+            for _ in range(40):
+                yield b"y" * (64 << 10)
+
+        r = http.post("/v1/snapshots", content=chunks(), headers={"Content-Type": "application/json"})
+        assert r.status_code == 413
+        assert http.get("/v1/status").status_code == 200  # and the agent goes on
+
+
+def test_a_read_only_token_may_look_but_not_change_anything(make_node, tmp_path):
+    port = free_port()
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"ci-operator:{TOKEN}\nprometheus@read:{'r' * 32}\n")
+    node = make_node("scoped", namespaced=False, args=["--listen", f"127.0.0.1:{port}", "--token-file", str(tokens)])
+    url = f"http://127.0.0.1:{port}"
+    reader = {"Authorization": f"Bearer {'r' * 32}"}
+
+    for path in ("/v1/status", "/metrics", "/v1/workers", "/v1/jobs", "/v1/artifacts"):
+        assert httpx.get(url + path, headers=reader).status_code == 200, path
+    for method, path in (("POST", "/v1/snapshots"), ("POST", "/v1/restores"), ("POST", "/v1/workers"),
+                         ("DELETE", "/v1/workers/w"), ("DELETE", "/v1/artifacts/a"), ("POST", "/v1/artifacts/a/verify")):
+        r = httpx.request(method, url + path, json={"worker": "w", "artifact": "a"}, headers=reader)
+        assert r.status_code == 403, (method, path, r.text)
+        assert r.json()["error"]["reason"] == "forbidden" and "'prometheus' may only read" in r.json()["error"]["message"]
+    r = httpx.post(url + "/v1/snapshots", json={"worker": "w", "artifact": "a"}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 404  # the operate token gets through to the route (no such worker)
+    assert node  # the agent on its socket is unaffected

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
-from thaw.agent.audit import AuditLog
-from thaw.agent.auth import Tokens
+from thaw.agent.audit import GENESIS, AuditLog, verify as verify_audit
+from thaw.agent.auth import Caller, Tokens
 from thaw.agent.holds import Holds
 from thaw.agent.jobs import JobBook
 from thaw.api.models import JobError, JobKind, JobState, VerifyResult
@@ -60,15 +64,21 @@ def test_job_book_is_durable_and_lists_unfinished_jobs(tmp_path):
 
 def test_tokens_file(tmp_path):
     f = tmp_path / "tokens"
-    f.write_text("# comment\n\noperator:abcdefghijklmnopqrstuvwxyz\n0123456789abcdef0123\n")
+    f.write_text("# comment\n\noperator:abcdefghijklmnopqrstuvwxyz\n0123456789abcdef0123\n"
+                 "prometheus@read:readreadreadreadread\n")
     tokens = Tokens.load(f)
-    assert tokens.identify("Bearer abcdefghijklmnopqrstuvwxyz") == "operator"
-    assert tokens.identify("bearer 0123456789abcdef0123").startswith("token-")
+    assert tokens.identify("Bearer abcdefghijklmnopqrstuvwxyz") == Caller("operator", "operate")
+    assert tokens.identify("bearer 0123456789abcdef0123").identity.startswith("token-")
+    reader = tokens.identify("Bearer readreadreadreadread")
+    assert reader == Caller("prometheus", "read") and reader.may("GET") and not reader.may("POST")
     assert tokens.identify("Bearer nope") is None and tokens.identify(None) is None
     assert tokens.identify("Basic abcdefghijklmnopqrstuvwxyz") is None
     assert not Tokens.load(None)
     f.write_text("short\n")
     with pytest.raises(ConfigError, match="shorter than 16"):
+        Tokens.load(f)
+    f.write_text("x@admin:abcdefghijklmnopqrstuvwxyz\n")
+    with pytest.raises(ConfigError, match="unknown scope 'admin'"):
         Tokens.load(f)
 
 
@@ -84,10 +94,52 @@ def test_audit_log_appends_json_lines_from_many_threads(tmp_path):
     entries = log.read()
     assert len(entries) == 160
     assert set(entries[0]) == {"time", "caller", "operation", "worker", "artifact", "artifact_id", "digest",
-                               "outcome"}
+                               "outcome", "prev"}
     (tmp_path / "audit.log").rename(tmp_path / "audit.log.1")  # rotation: a fresh file at once
     log.record("delete", "succeeded")
     assert json.loads((tmp_path / "audit.log").read_text())["operation"] == "delete"
+    # the chain runs on through the rotation, and through a restart of the agent
+    AuditLog(tmp_path / "audit.log").record("stop", "succeeded")
+    report = verify_audit([tmp_path / "audit.log.1", tmp_path / "audit.log"])
+    assert (report.records, report.anchor, report.bad) == (162, GENESIS, None)
+    assert oct((tmp_path / "audit.log").stat().st_mode & 0o777) == "0o600"
+
+
+def audit_lines(path):
+    return path.read_bytes().splitlines(keepends=True)
+
+
+@pytest.mark.parametrize("tamper", ["change", "remove", "insert", "swap"])
+def test_a_tampered_audit_log_is_named_at_its_first_bad_record(tmp_path, tamper: str) -> None:
+    """Before: nothing tied one record to another; any line could be changed or removed unseen."""
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+    for i in range(10):
+        log.record("restore", "succeeded", caller={"uid": 0}, artifact=f"a{i}")
+    assert verify_audit([path]).bad is None
+    lines = audit_lines(path)
+    if tamper == "change":  # who did it: uid 0 becomes uid 1000 in record 5
+        lines[4] = lines[4].replace(b'"uid": 0', b'"uid": 1000')
+    elif tamper == "remove":
+        del lines[4]
+    elif tamper == "insert":
+        lines.insert(4, lines[3])
+    else:
+        lines[4], lines[5] = lines[5], lines[4]
+    path.write_bytes(b"".join(lines))
+
+    report = verify_audit([path])
+
+    # a changed record shows at the next one; a removed, inserted or moved one where it is
+    assert report.bad is not None and report.bad.startswith(f"{path}:{6 if tamper == 'change' else 5}: ")
+    done = subprocess.run([str(Path(sys.executable).with_name("thaw")), "audit", "verify", str(path)],
+                          check=False, capture_output=True, text=True, env={**os.environ, "COLUMNS": "250"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: the audit log was altered: {report.bad}")
+    path.write_bytes(b"".join(audit_lines(path)[:3]))  # what was intact before it verifies
+    ok = subprocess.run([str(Path(sys.executable).with_name("thaw")), "audit", "verify", str(path)],
+                        check=False, capture_output=True, text=True, env={**os.environ, "COLUMNS": "250"})
+    assert ok.returncode == 0 and "ok 3 records" in ok.stdout
 
 
 def test_canary_differences_name_the_paths():
@@ -97,3 +149,34 @@ def test_canary_differences_name_the_paths():
     assert differences([1, 2], [1]) == ["$: expected 2 items, got 1"]
     assert differences(1, 1.0) == ["$: expected 1, got 1.0"]
     assert differences({"x": 1}, {"x": 1}) == []
+
+
+def test_the_agent_never_replaces_a_file_that_is_not_a_socket(tmp_path: Path) -> None:
+    """Before: `--socket PATH` unlinked whatever was at PATH (a config file, a typo'd path)."""
+    from thaw.agent.server import _unix_socket
+    from thaw.errors import ConfigError
+
+    precious = tmp_path / "notes.txt"
+    precious.write_text("keep me")
+
+    with pytest.raises(ConfigError, match="exists and is not a socket: refusing to replace it"):
+        _unix_socket(precious, None)
+
+    assert precious.read_text() == "keep me"
+
+
+def test_the_agent_replaces_a_socket_a_killed_agent_left(tmp_path: Path) -> None:
+    import socket as _socket
+
+    from thaw.agent.server import _unix_socket
+
+    path = tmp_path / "agent.sock"
+    left = _socket.socket(_socket.AF_UNIX)
+    left.bind(str(path))
+    left.close()  # bound, never listening: what a SIGKILLed agent leaves
+
+    sock = _unix_socket(path, None)
+    try:
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+    finally:
+        sock.close()

@@ -72,7 +72,9 @@ def test_agent_killed_while_uploading_to_s3(make_node, s3_url, tmp_path):
         assert wait_until(lambda: c.worker(worker.id).parked, 30, "the worker to be parked again")
     assert s3._client.list_objects_v2(Bucket=bucket, Prefix=s3.prefix).get("KeyCount") == 0
     assert s3._client.list_multipart_uploads(Bucket=bucket, Prefix=s3.prefix).get("Uploads", []) == []
-    assert list(node.staging.iterdir()) == [], "the local copy is gone"
+    # the local copy is gone (the scratch directory, where uploads are staged, stays: empty)
+    assert [e.name for e in node.staging.iterdir()] in ([], [".scratch"])
+    assert not list((node.staging / ".scratch").glob("*")), "the local copy is gone"
 
 
 def test_agent_killed_during_a_restore(make_node):
@@ -104,3 +106,20 @@ def test_agent_killed_during_a_restore(make_node):
     with a.client() as ca:
         assert ca.worker(original.id).alive
     assert a.worker_state(original.control_dir)["token"] == served["token"], "the original still answers"
+
+
+def test_agent_start_leaves_a_live_restore_s_staging_alone(make_node, tmp_path):
+    """Before: the agent emptied node staging at start, also a `thaw restore --local` copy being fetched there."""
+    import os
+
+    from thaw.store.confined import new_private_dir
+
+    node = make_node("a", start=False)
+    node.staging.mkdir(parents=True, exist_ok=True)
+    live = new_private_dir(node.staging, prefix="a1.0123abcd.")  # owned by this (live) process
+    dead = node.staging / f"{live.name.split('-', 2)[0]}-999999999-1.a1.dead.x"  # a pid that cannot run
+    dead.mkdir()
+    node.start()
+
+    assert live.is_dir() and not dead.exists()
+    os.rmdir(live)

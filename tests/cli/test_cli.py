@@ -91,8 +91,11 @@ def test_a_failed_dump_reports_criu_s_reason_and_the_worker_goes_on(thaw, tmp_pa
             done = thaw("snapshot", "w", "-a", "a1")
 
     assert done.returncode == 1
-    assert done.stderr.startswith("error: snapshot of 'w' failed: criu dump failed:")
-    assert "External socket is used" in done.stderr
+    assert done.stderr.splitlines() == [
+        f"error: snapshot of 'w' failed: it holds a unix socket connected to {tmp_path / 'outside.sock'}, outside "
+        "its sandbox; CRIU cannot snapshot that (External socket is used)",
+        "hint: open sockets after thaw.worker.quiesce() returns, and close connections to other services before it "
+        "(a server thaw does not own: thaw run --park-at-listen); the worker is parked as before"]
     assert "RLIMIT_NOFILE" not in done.stderr and "Traceback" not in done.stderr
     assert thaw.json("ls") == []
     thaw.ok("release", "w")
@@ -120,6 +123,11 @@ def test_bad_input_gets_one_line_and_a_non_zero_exit(thaw, args: list[str], mess
     thaw.fails(*args, message=message)
 
 
+def test_run_of_a_missing_binary_fails_naming_it(thaw) -> None:
+    thaw.fails("run", "--name", "w", "--", "/no/such/binary", message="command: cannot start '/no/such/binary': No such file")
+    assert [w["state"] for w in thaw.json("ps", "--all")] == ["failed"]
+
+
 def test_run_without_a_command_is_a_usage_error(thaw) -> None:
     thaw.fails("run", "--name", "w", message="no command given", code=2)
 
@@ -130,3 +138,20 @@ def test_help_lists_flags_without_a_value_label(thaw, command: list[str]) -> Non
 
     assert "<bool>" not in out  # a flag takes no value
     assert "--help" in out and re.search(r"--\w+\s+<(str|path|int|float)>", out) is not None  # options that do, say so
+
+
+def test_gc_prunes_directories_of_workers_gone_longer_than_its_age(thaw) -> None:
+    """Before: instance directories (logs, CRIU logs of every operation) were never removed."""
+    thaw.run_worker("gone", "--wait")
+    thaw.ok("stop", "gone")
+    thaw.run_worker("live", "--wait")
+    dirs = {w["name"]: Path(w["control_dir"]) for w in thaw.json("ps", "--all")}
+
+    kept = thaw.ok("gc")  # default age 24h: both are young
+    assert "0 instance directories older than 24h" in kept and dirs["gone"].is_dir()
+    pruned = thaw.ok("gc", "--older-than", "0")
+
+    assert "1 instance directories older than 0" in pruned
+    assert not dirs["gone"].exists() and dirs["live"].is_dir()
+    assert [w["name"] for w in thaw.json("ps", "--all")] == ["live"]
+    thaw.fails("gc", "--older-than", "soon", message="--older-than: 'soon' is not a duration", code=2)

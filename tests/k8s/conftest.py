@@ -387,7 +387,8 @@ def operator(control_plane: ControlPlane, agents: Agents, tmp_path_factory: pyte
     port = free_port()
     cmd = [sys.executable, "-m", "thaw.cli.operator", "run", "--kubeconfig", str(control_plane.operator_kubeconfig),
            "--poll", "0.25", "--agent-token-file", str(agents.token_file), "--agent-namespace", "thaw-system",
-           "--liveness", f"http://127.0.0.1:{port}/healthz", "--verbose"]
+           "--liveness", f"http://127.0.0.1:{port}/healthz", "--verbose",
+           "--agent-url-annotation"]  # these agents are processes, not DaemonSet pods: their Nodes name them
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     with open(log, "wb") as out:

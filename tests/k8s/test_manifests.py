@@ -173,6 +173,20 @@ def test_overlays_change_what_they_say() -> None:
     assert bindings == {("ml", "thaw-operator"), ("thaw-system", "thaw-operator-agents")}
     (settings,) = [c for c in by_kind(hardened, "ConfigMap") if c["metadata"]["name"].startswith("thaw-settings-")]
     assert settings["data"]["THAW_NAMESPACES"] == "ml"
+    # the agents serve TLS from the thaw-agent-tls Secret; the operator trusts only its CA
+    agent = one(hardened, "DaemonSet", "thaw-agent")["spec"]["template"]["spec"]
+    args = agent["containers"][0]["args"]
+    assert "--tls-cert=/etc/thaw/tls/tls.crt" in args and "--tls-key=/etc/thaw/tls/tls.key" in args
+    assert "--plain-tcp" not in args
+    assert {"name": "tls", "mountPath": "/etc/thaw/tls", "readOnly": True} in agent["containers"][0]["volumeMounts"]
+    operator = one(hardened, "Deployment", "thaw-operator")["spec"]["template"]["spec"]
+    assert {"name": "THAW_AGENT_CA", "value": "/etc/thaw/tls/ca.crt"} in operator["containers"][0]["env"]
+    (ca,) = [v for v in operator["volumes"] if v["name"] == "agent-ca"]
+    assert ca["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]  # the CA only, never the agents' key
+    # the operator reaches the API server's own address, not every host on 443 and 6443 (the base's comment
+    # said the overlay did this; before, it did not)
+    api = one(hardened, "NetworkPolicy", "thaw-operator")["spec"]["egress"][0]
+    assert {p["port"] for p in api["ports"]} == {443, 6443} and [t.get("ipBlock") for t in api["to"]]
 
     s3 = render(DEPLOY / "overlays" / "s3")
     assert not by_kind(s3, "PersistentVolumeClaim")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from datetime import UTC, datetime, timedelta
 
+from thaw.k8s.cluster import AgentLookup
 from thaw.k8s import restores
 from thaw.k8s.status import condition
 
@@ -342,12 +343,29 @@ def test_the_agent_of_a_node_is_its_ready_pod_not_merely_a_running_one():
     from thaw.k8s.agents import agent_url
 
     n = node("node-b")
-    running = {"metadata": {"name": "thaw-agent-x"}, "spec": {"nodeName": "node-b"},
+    owner = [{"kind": "DaemonSet", "name": "thaw-agent", "controller": True}]
+    running = {"metadata": {"name": "thaw-agent-x", "ownerReferences": owner}, "spec": {"nodeName": "node-b"},
                "status": {"phase": "Running", "podIP": "10.0.0.7",
                           "conditions": [{"type": "Ready", "status": "False"}]}}  # crash-looping: Running, not Ready
-    assert agent_url(n, [running], port=7070) is None
+    assert agent_url(n, [running], lookup=AgentLookup()) is None
     running["status"]["conditions"][0]["status"] = "True"
-    assert agent_url(n, [running], port=7070) == "http://10.0.0.7:7070"
+    assert agent_url(n, [running], lookup=AgentLookup()) == "http://10.0.0.7:7070"
+    assert agent_url(n, [running], lookup=AgentLookup(scheme="https")) == "https://10.0.0.7:7070"
+
+
+def test_only_pods_of_the_agent_daemonset_are_agents_and_node_annotations_only_when_allowed():
+    """Before: any pod with the agent's label, or any URL a Node annotation named, got the operator's token."""
+    from thaw.k8s.agents import agent_url
+
+    impostor = {"metadata": {"name": "thaw-agent-evil", "ownerReferences": [
+                    {"kind": "ReplicaSet", "name": "thaw-agent", "controller": True}]},
+                "spec": {"nodeName": "node-b"},
+                "status": {"podIP": "10.0.0.66", "conditions": [{"type": "Ready", "status": "True"}]}}
+    annotated = node("node-b", agent="http://attacker.example:80")
+    assert agent_url(annotated, [impostor], lookup=AgentLookup()) is None
+    assert agent_url(annotated, [impostor], lookup=AgentLookup(url_annotation=True)) == "http://attacker.example:80"
+    impostor["metadata"]["ownerReferences"] = [{"kind": "DaemonSet", "name": "thaw-agent", "controller": True}]
+    assert agent_url(annotated, [impostor], lookup=AgentLookup()) == "http://10.0.0.66:7070"
 
 
 def test_a_pod_is_restored_into_only_once_its_entrypoint_runs():

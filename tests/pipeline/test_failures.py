@@ -32,8 +32,10 @@ def test_a_failed_dump_leaves_the_worker_usable_and_publishes_nothing(settings: 
         pipeline.snapshot(settings, "w", "a1", store=store)
 
     message = str(failed.value)
-    assert "snapshot of 'w' failed" in message
-    assert "External socket is used" in message  # CRIU's own reason, from its log
+    # one error naming the socket and the fix (before: CRIU's log tail, which names neither)
+    assert failed.value.message == (f"snapshot of 'w' failed: it holds a unix socket connected to {outside_server}, "
+                                    "outside its sandbox; CRIU cannot snapshot that (External socket is used)")
+    assert failed.value.hint.startswith("open sockets after thaw.worker.quiesce() returns")
     assert "RLIMIT_NOFILE" not in message
     assert not store.exists("a1") and store.list() == []
     assert staging_debris(store) == []
@@ -44,6 +46,23 @@ def test_a_failed_dump_leaves_the_worker_usable_and_publishes_nothing(settings: 
     served = state(original.dir)
     assert served["outcome"] == "released"
     assert served["hooks"] == ["freeze:snapshot", "thaw:abort"]
+
+
+def test_a_tcp_socket_opened_before_quiesce_is_named_before_anything_is_frozen(settings: Settings, store: Store,
+                                                                             launch_worker) -> None:
+    """Before: CRIU's raw text ("sockets: Can't get 1:16 opt: Operation not supported" on Linux >= 6.16,
+    criu#2705, or a hint to use --tcp-established, which thaw has no option for), after the freeze."""
+    original = launch_worker(TEST_HOLD_TCP="8123")
+
+    with pytest.raises(CheckpointError) as refused:
+        pipeline.snapshot(settings, "w", "a1", store=store)
+
+    assert refused.value.message.startswith("snapshot of 'w' refused: it holds a socket CRIU cannot snapshot: "
+                                            "TCP 127.0.0.1:8123 (listening; pid ")
+    assert refused.value.hint.startswith("open sockets after thaw.worker.quiesce() returns")
+    assert store.list() == [] and staging_debris(store) == []
+    pipeline.release(settings, "w")
+    assert state(original.dir)["hooks"] == []  # never frozen: no freeze (or thaw) hook ran
 
 
 def test_a_failed_freeze_hook_fails_the_snapshot_and_the_worker_stays_parked(settings: Settings, store: Store,
@@ -164,6 +183,26 @@ def test_one_flipped_byte_in_any_image_file_is_refused_naming_the_file(settings:
     assert pipeline.list_instances(settings)[0].origin == "launched"  # no restore ever started
     assert processes_of(settings.home) == []
     store.verify(name)
+
+
+def test_a_flipped_byte_anywhere_in_the_manifest_is_refused_with_a_pinned_digest(settings: Settings, store: Store,
+                                                                                 artifact) -> None:
+    """The manifest is a file of the artifact too: any byte changed (a digit of a timing, a letter of the
+    canary) changes the digest the caller pinned, or makes it unreadable; either way nothing is restored."""
+    name = artifact()
+    digest = store.manifest(name).digest
+    path = Path(store.root) / name / "manifest.json"
+    size = path.stat().st_size
+
+    for offset in range(0, size, max(1, size // 60)):
+        flip_byte(path, offset)
+        with pytest.raises(IntegrityError):  # UntrustedArtifact (another digest) or malformed
+            pipeline.restore(settings, name, store=store, expected_digest=digest)
+        flip_byte(path, offset)
+
+    assert [i.origin for i in pipeline.list_instances(settings)] == ["launched"]
+    assert processes_of(settings.home) == []
+    assert store.verify(name, expected_digest=digest).digest == digest
 
 
 def test_a_missing_image_file_is_refused_naming_the_file(settings: Settings, store: Store, artifact) -> None:

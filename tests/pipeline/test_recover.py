@@ -6,14 +6,15 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
 
 from thaw import pipeline
 from thaw.config import Settings
-from thaw.pipeline import Instance
+from thaw.pipeline import Instance, instances
 from thaw.store import Store
-from workers import processes_of, wait_until
+from workers import criu_working, processes_of, wait_until
 
 pytestmark = pytest.mark.criu
 
@@ -57,3 +58,28 @@ def test_a_copy_whose_restorer_was_killed_is_recovered(settings: Settings, store
     assert processes_of(settings.home) == []
     assert pipeline.recover(settings) == []  # done once
     store.verify("a1")
+
+
+def test_a_copy_is_recovered_although_a_long_dead_instance_had_its_network_namespace_inode(
+        settings: Settings, store: Store, launch_worker) -> None:
+    """The kernel reuses namespace inodes: a record of an instance gone long ago may name the inode the
+    copy's namespace has now. Before the fix, recover() took that as "CRIU made no copy" and left the copy
+    running, unseen by `thaw ps`/`thaw gc` (3 of 7 killed restores)."""
+    launch_worker()
+    pipeline.snapshot(settings, "w", "a1", store=store)
+    # killed while CRIU restores: CRIU finishes the copy, and thaw never learns its pid
+    restorer = subprocess.run([sys.executable, "-c", RESTORE, str(settings.home), settings.store_url],
+                              env={**os.environ, "THAW_FAULT": "criu.restore:kill"}, check=False, capture_output=True, timeout=60)
+    assert restorer.returncode == -signal.SIGKILL
+    wait_until(lambda: not criu_working(settings.home), 60, "CRIU to finish the restore")
+    copy = next(i for i in pipeline.list_instances(settings) if i.origin == "restored")
+    assert (copy.state, copy.host_pid) == ("restoring", 0) and copy.netns
+    assert len(processes_of(settings.home)) == 1  # the copy runs, parked, unknown to thaw
+    long_dead = instances.create(settings, "old", origin="restored", artifact="a0", state="stopped",
+                                 netns=copy.netns, created_at=copy.created_at - timedelta(days=3))
+
+    recovered = pipeline.recover(settings)
+
+    assert [i.id for i in recovered] == [copy.id]
+    assert processes_of(settings.home) == []
+    assert pipeline.find(settings, long_dead.id, alive=False).state == "stopped"  # a record of the past: untouched

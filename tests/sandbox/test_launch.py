@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from thaw.errors import ConfigError
 from thaw.sandbox.launch import child_env, launch
 from thaw.sandbox.layout import plan
 from thaw.worker import protocol
@@ -66,12 +67,16 @@ def test_a_launched_worker_lives_in_its_own_namespaces(tmp_path: Path) -> None:
     assert "reported" in (control / protocol.WORKER_LOG).read_text()  # stdout goes to the worker log
 
 
-def test_a_command_that_cannot_start_is_reported_in_the_worker_log(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["/no/such/worker", "no-such-command-on-path"])
+def test_a_command_that_cannot_start_fails_the_launch_naming_it(tmp_path: Path, command: str) -> None:
+    """Before: launch returned as soon as the sandbox existed, `thaw run` said "started" and exited 0."""
     control, run = tmp_path / "control", tmp_path / "run"
     control.mkdir()
 
-    started = launch(["/no/such/worker"], control_dir=control, run_dir=run, layout=plan([tmp_path]),
-                     env=child_env(dict(os.environ), run_dir=run, name="x"), cwd=tmp_path)
-    wait_until(lambda: os.waitpid(started.holder_pid, os.WNOHANG)[0], 10, "the sandbox to end")
+    with pytest.raises(ConfigError) as failed:
+        launch([command], control_dir=control, run_dir=run, layout=plan([tmp_path]),
+               env=child_env(dict(os.environ), run_dir=run, name="x"), cwd=tmp_path)
 
-    assert "cannot exec '/no/such/worker'" in (control / protocol.WORKER_LOG).read_text()
+    assert failed.value.message == f"command: cannot start {command!r}: No such file or directory"
+    assert "full path" in failed.value.hint
+    assert f"cannot exec {command!r}" in (control / protocol.WORKER_LOG).read_text()

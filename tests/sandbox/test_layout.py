@@ -133,3 +133,22 @@ def test_a_layout_survives_the_manifest() -> None:
 
     assert Layout.model_validate(lay.model_dump()) == lay
     assert Layout.model_validate({}) == Layout(keep=[], private_net=True)  # an older manifest without the fields
+
+
+@pytest.mark.parametrize(("text", "expected"), [("65534", (65534, 65534)), ("nobody", (65534, 65534)),
+                                                ("65534:100", (65534, 100)), ("1234", (1234, 1234))])
+def test_the_worker_user_is_read_as_name_uid_or_uid_gid(text: str, expected: tuple[int, int]) -> None:
+    from thaw.config import WorkerUser
+
+    assert (WorkerUser.parse(text).uid, WorkerUser.parse(text).gid) == expected
+
+
+@pytest.mark.parametrize(("text", "message"), [("root", "must not be root"), ("0", "must not be root"),
+                                               ("no-such-user-here", "no user named")])
+def test_a_worker_user_that_cannot_be_is_a_clear_settings_error(text: str, message: str) -> None:
+    from pydantic import ValidationError
+
+    from thaw.config import Settings
+
+    with pytest.raises(ValidationError, match=message):
+        Settings(worker_user=text)

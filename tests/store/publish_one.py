@@ -20,7 +20,8 @@ from thaw.model.manifest import Manifest, SourceInfo, WorkerInfo
 
 url, name, size, start_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 die = "--die-after-write" in sys.argv
-store = open_store(url, scratch=Path(os.environ.get("SCRATCH", "/tmp")) / f"scratch-{os.getpid()}")
+scratch = os.environ.get("SCRATCH_DIR") or Path(os.environ.get("SCRATCH", "/tmp")) / f"scratch-{os.getpid()}"
+store = open_store(url, scratch=Path(scratch))
 byte = os.getpid() % 251 + 1
 while time.time() < start_at:
     time.sleep(0.001)

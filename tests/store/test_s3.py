@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -189,3 +190,25 @@ def test_url_options_and_errors(s3_url, tmp_path):
         S3Store.from_url("s3:///prefix")
     with pytest.raises(ConfigError, match="no bucket"):
         S3Store.from_url(f"s3://no-such-bucket?{query}").list()
+
+
+def test_thaw_gc_aborts_the_multipart_upload_of_a_publisher_that_was_killed(s3_prefix_url, tmp_path):
+    """Before: nothing ever aborted an upload whose publisher died (S3 keeps its parts, and bills them, forever)."""
+    home = tmp_path / "home"
+    scratch = home / "staging" / ".scratch"
+    killed = subprocess.run([sys.executable, str(HERE / "publish_one.py"), s3_prefix_url, "big", str(12 * MIB), "0"],
+                            env={**os.environ, "SCRATCH_DIR": str(scratch), "THAW_FAULT": "store.upload:kill"},
+                            check=False, capture_output=True, timeout=120)
+    assert killed.returncode == -9
+    store = open_store(s3_prefix_url, scratch=scratch)
+    uploads = store._client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix).get("Uploads", [])
+    assert len(uploads) == 1 and len(os.listdir(scratch)) == 1
+
+    gc = subprocess.run([str(Path(sys.executable).with_name("thaw")), "gc", "--home", str(home),
+                         "--store", s3_prefix_url], check=False, capture_output=True, text=True, timeout=120,
+                        env={**os.environ, "COLUMNS": "250"})
+
+    assert gc.returncode == 0, gc.stderr
+    assert "1 store staging entries and uploads" in gc.stdout
+    assert store._client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix).get("Uploads", []) == []
+    assert os.listdir(scratch) == [] and _keys(store) == []

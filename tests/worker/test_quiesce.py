@@ -106,6 +106,20 @@ def test_abort_undoes_the_freeze_and_the_worker_stays_parked(start_parked) -> No
     assert worker.outcome()["outcome"] == "stopped"
 
 
+def test_a_second_freeze_reports_what_the_first_freeze_did(start_parked) -> None:
+    """A snapshot killed after the freeze (SIGKILL, OOM) leaves the worker frozen; the next snapshot's FREEZE must
+    get the same report (released memory, weight sets), or its manifest says nothing was released and the
+    restore never reacquires it. Before the fix the second reply's report was empty."""
+    worker = start_parked()
+
+    first = worker.send(Action.FREEZE, {"artifact": "a1"})
+    second = worker.send(Action.FREEZE, {"artifact": "a2"})
+
+    assert first.ok and second.ok
+    assert second.data == first.data and set(second.data) == {"a", "b", "c"}
+    assert len([h for h in worker.hooks_run() if h[0].startswith("freeze:")]) == 3  # the hooks ran once
+
+
 def test_thaw_returns_thawed_after_running_the_thaw_hooks(start_parked) -> None:
     worker = start_parked()
     worker.send(Action.FREEZE)

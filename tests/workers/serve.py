@@ -8,6 +8,8 @@ socket ``<control dir>/http.sock``:
     POST /incr    adds one to the counter, returns it
     POST /log     appends the request body as a line to the log file opened before quiesce
     POST /park    closes the server and parks in quiesce() again (to be snapshotted once more)
+    POST /try-write   body: a path; {"written": true} if this process could open it for appending (and
+                  create it), else {"written": false, "error": "EACCES"}; also its uid and capabilities
 
 Behaviour switches (environment):
 
@@ -17,6 +19,7 @@ Behaviour switches (environment):
     TEST_FREEZE_FAIL=1      the freeze hook raises
     TEST_CANARY_RANDOM=1    the canary's answer differs on every run (a restore fails its canary check)
     TEST_HOLD_SOCKET=PATH   keep a unix socket connected to PATH (a server outside the sandbox) while parked
+    TEST_HOLD_TCP=PORT      listen on TCP 127.0.0.1:PORT (in the sandbox's own network namespace) while parked
     TEST_LOG=PATH           the log file [default: worker-data.log in the working directory]
     TEST_BALLAST_MB=N       hold N MiB more memory (a bigger image: CRIU takes longer to dump and restore it)
     TEST_TCP_PORT=N         serve on TCP port N of every address instead of the unix socket (a pod's worker)
@@ -59,6 +62,19 @@ def thaw_(ctx: thaw.worker.HookContext) -> None:
         raise RuntimeError("thaw hook failed on purpose")
 
 
+def try_write(path: str) -> dict:
+    status = {k: v for k, v in (line.split(":", 1) for line in open("/proc/self/status"))}
+    facts = {"uid": status["Uid"].split()[0], "cap_eff": status["CapEff"].strip(),
+             "cap_bnd": status["CapBnd"].strip(), "no_new_privs": status["NoNewPrivs"].strip()}
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+        return {"written": True, **facts}
+    except OSError as exc:
+        import errno
+
+        return {"written": False, "error": errno.errorcode.get(exc.errno, str(exc.errno)), **facts}
+
+
 def canary(digest: str) -> dict:
     if os.environ.get("TEST_CANARY_RANDOM"):  # a worker whose answers change after a restore
         return {"digest": digest, "nonce": os.urandom(8).hex()}
@@ -84,6 +100,10 @@ def main() -> None:
     if os.environ.get("TEST_HOLD_SOCKET"):
         held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         held.connect(os.environ["TEST_HOLD_SOCKET"])
+    if os.environ.get("TEST_HOLD_TCP"):
+        held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        held.bind(("127.0.0.1", int(os.environ["TEST_HOLD_TCP"])))
+        held.listen()
 
     while True:
         outcome = thaw.worker.quiesce(canary=lambda: canary(digest))
@@ -124,6 +144,8 @@ def serve(outcome: thaw.worker.Outcome, token: str, table: list[str], log) -> bo
             if self.path == "/log":
                 log.write(body + "\n")
                 return self.reply({"ok": True})
+            if self.path == "/try-write":
+                return self.reply(try_write(body))
             if self.path == "/park":
                 state["park"] = True
                 self.reply({"ok": True})

@@ -11,6 +11,7 @@ Routes (all under auth; see auth.py for the security model)::
     DELETE /v1/workers/{ref}              Worker           (stopped)
     POST   /v1/workers/{ref}/release      Worker           (a parked worker goes on serving)
     POST   /v1/recover                    [Recovery]         (settle operations whose process died: `thaw gc`)
+    POST   /v1/sweep                      SweepRequest → Swept (remove what crashed operations left: `thaw gc`)
     POST   /v1/snapshots                  SnapshotRequest → 202 Job
     POST   /v1/restores                   RestoreRequest → 202 Job
     GET    /v1/jobs[?limit=N]             [Job]
@@ -23,8 +24,10 @@ Routes (all under auth; see auth.py for the security model)::
 
 Every error is ``{"error": {"reason", "message", "hint", "kind", "retryable", "fields", "detail"}}``
 (thaw.api.ErrorBody; ``kind`` names the thaw.errors type) with
-401 (no or bad credentials), 404, 409 (busy: another operation holds the worker or
-artifact, or the name is taken), 422 (malformed request or invalid name) or 500.
+401 (no or bad credentials), 403 (a read-only token asked to change something), 404, 409
+(busy: another operation holds the worker or artifact, or the name is taken), 413 (a body
+over MAX_BODY), 422 (malformed request or invalid name) or 500 (a bug: the API is fuzzed
+for it, tests/agent/test_api_fuzz.py).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from thaw import __version__
-from thaw.agent.auth import PEER_KEY, Tokens
+from thaw.agent.auth import PEER_KEY, RejectionLog, Tokens
 from thaw.agent.metrics import CONTENT_TYPE
 from thaw.agent.runner import error_detail
 from thaw.agent.service import Agent
@@ -56,6 +59,8 @@ from thaw.api.models import (
     Recovery,
     RestoreRequest,
     SnapshotRequest,
+    Swept,
+    SweepRequest,
     Worker,
 )
 from thaw.errors import (
@@ -70,6 +75,9 @@ from thaw.errors import (
 )
 
 CALLER_KEY = "thaw_caller"
+#: the largest request body the agent reads (the largest real one, a snapshot with 64 HTTP canary requests, is far
+#: smaller); a larger one is refused before it is read
+MAX_BODY = 1 << 20
 #: how often a long-polling GET /v1/jobs/{id}?wait=S looks at its job
 JOB_POLL_S = 0.05
 
@@ -127,6 +135,10 @@ def create_app(agent: Agent, tokens: Tokens | None = None) -> FastAPI:
     @app.post("/v1/workers/{ref:path}/release", response_model=Worker)
     async def release(ref: str, request: Request) -> Worker:
         return await run_in_threadpool(agent.release_worker, ref, caller(request))
+
+    @app.post("/v1/sweep", response_model=Swept)
+    async def sweep(req: SweepRequest, request: Request) -> Swept:
+        return await run_in_threadpool(agent.sweep, req, caller(request))
 
     @app.post("/v1/recover", response_model=list[Recovery])
     async def recover(request: Request) -> list[Recovery]:
@@ -230,6 +242,7 @@ class _Authenticate:
         self.app = app
         self.tokens = tokens
         self.agent = agent
+        self.rejections = RejectionLog()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -237,26 +250,76 @@ class _Authenticate:
             return
         state = scope.setdefault("state", {})
         peer = state.get(PEER_KEY) or {"transport": "unknown"}
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if peer.get("transport") == "unix":
             state[CALLER_KEY] = dict(peer)
-            await self.app(scope, receive, send)
+            await self._with_body(scope, receive, send, headers)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if not self.tokens:
             message, hint = ("this agent accepts no requests over TCP: no token is configured",
                              "start the agent with --token-file, or use its unix socket")
         else:
-            identity = self.tokens.identify(headers.get("authorization"))
-            if identity is not None:
-                state[CALLER_KEY] = {"transport": "tcp", "identity": identity, "address": peer.get("address")}
-                await self.app(scope, receive, send)
+            caller = self.tokens.identify(headers.get("authorization"))
+            if caller is not None and not caller.may(scope.get("method", "")):
+                self.agent.metrics.requests_rejected.labels("forbidden").inc()
+                response = _error(403, "forbidden", f"the token of {caller.identity!r} may only read (scope "
+                                  f"{caller.scope}): {scope.get('method')} is refused",
+                                  "use a token with the operate scope (the token file's 'identity:token' lines)")
+                await response(scope, receive, send)
+                return
+            if caller is not None:
+                state[CALLER_KEY] = {"transport": "tcp", "identity": caller.identity, "scope": caller.scope,
+                                     "address": peer.get("address")}
+                await self._with_body(scope, receive, send, headers)
                 return
             message, hint = ("missing or invalid bearer token" if headers.get("authorization") else
                              "authentication required: send 'Authorization: Bearer <token>'",
                              "the token is one of the lines of the agent's --token-file")
         self.agent.metrics.requests_rejected.labels("unauthorized").inc()
-        self.agent.audit.record(f"{scope.get('method', '')} {scope.get('path', '')}", "rejected",
-                                caller={"transport": peer.get("transport"), "address": peer.get("address")},
-                                reason="unauthorized", message=message)
+        address = str(peer.get("address") or "unknown").rsplit(":", 1)[0]  # the host: each connection has a port
+        refused = self.rejections.admit(address)
+        if refused is not None:  # the body is never read; the path is cut short: a flood cannot fill the disk
+            self.agent.audit.record(f"{scope.get('method', '')[:16]} {scope.get('path', '')[:200]}", "rejected",
+                                    caller={"transport": peer.get("transport"), "address": peer.get("address")},
+                                    reason="unauthorized",
+                                    message=f"{message} ({refused} refused from {address} since the last record)")
         response = _error(401, "unauthorized", message, hint, headers={"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)
+
+    async def _with_body(self, scope: dict[str, Any], receive: Any, send: Any, headers: dict[str, str]) -> None:
+        """Pass the request on with its body read first, up to MAX_BODY; a larger one gets 413 unread."""
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY:
+            await self._too_large(scope, receive, send)
+            return
+        if scope.get("method") in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY:  # a chunked body that did not say how large it is
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal delivered
+            if delivered:
+                return await receive()  # after the body: wait for the client to go (http.disconnect)
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.agent.metrics.requests_rejected.labels("too_large").inc()
+        await _error(413, "too_large", f"the request body is larger than {MAX_BODY} bytes",
+                     "no request of the agent's API needs that much")(scope, receive, send)

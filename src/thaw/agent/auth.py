@@ -10,6 +10,11 @@ Security model (docs/agent.md):
   configured token every TCP request is refused (401): TCP is never open by accident.
 * A connection whose transport the agent does not know (neither of the above) is
   treated like TCP: fail closed.
+* **Scopes**: a token may only read (``identity@read:token``: status, metrics, workers,
+  jobs and artifacts; GET alone) or operate (the default: everything). Give monitoring
+  a read token; only the operator needs one that operates.
+* A refused request is answered 401 before its body is read, and the audit log gets one
+  record per client address a minute (``RejectionLog``), however many it sends.
 
 The transport and peer are learnt when uvicorn accepts the connection (a subclass of
 its h11 protocol puts them into the ASGI scope's ``state``), because ASGI itself does
@@ -22,8 +27,11 @@ import hashlib
 import hmac
 import socket
 import struct
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -58,8 +66,9 @@ class Tokens:
     the first 8 hex digits of its SHA-256.
     """
 
-    def __init__(self, tokens: dict[str, str] | None = None) -> None:
+    def __init__(self, tokens: dict[str, str] | None = None, scopes: dict[str, Scope] | None = None) -> None:
         self._by_digest = {_digest(t): ident for t, ident in (tokens or {}).items()}
+        self._scope = {_digest(t): (scopes or {}).get(t, "operate") for t in (tokens or {})}
 
     @classmethod
     def load(cls, path: Path | None) -> Tokens:
@@ -70,6 +79,7 @@ class Tokens:
         except OSError as exc:
             raise ConfigError("token-file", f"cannot read {path}: {exc.strerror}") from exc
         tokens: dict[str, str] = {}
+        scopes: dict[str, Scope] = {}
         for line in text.splitlines():
             line = line.strip()
             if not line or line.startswith("#"):
@@ -77,25 +87,72 @@ class Tokens:
             ident, sep, token = line.partition(":")
             if not sep:
                 ident, token = "", ident
+            ident, _, scope = ident.strip().partition("@")
             token = token.strip()
             if len(token) < 16:
                 raise ConfigError("token-file", f"a token in {path} is shorter than 16 characters",
                                   hint="generate one with: openssl rand -hex 32")
-            tokens[token] = ident.strip() or f"token-{_digest(token)[:8]}"
-        return cls(tokens)
+            if scope not in ("", "read", "operate"):
+                raise ConfigError("token-file", f"unknown scope {scope!r} in {path}",
+                                  hint="a line is [IDENTITY[@read|@operate]:]TOKEN")
+            tokens[token] = ident or f"token-{_digest(token)[:8]}"
+            scopes[token] = "read" if scope == "read" else "operate"
+        return cls(tokens, scopes)
 
     def __bool__(self) -> bool:
         return bool(self._by_digest)
 
-    def identify(self, header: str | None) -> str | None:
-        """The identity of the bearer token in an Authorization header, or None."""
+    def identify(self, header: str | None) -> Caller | None:
+        """Who holds the bearer token in an Authorization header, and what it may do; None for no known token."""
         if not header or not header.lower().startswith("bearer "):
             return None
         given = _digest(header[7:].strip())
         for known, ident in self._by_digest.items():
             if hmac.compare_digest(known, given):
-                return ident
+                return Caller(ident, self._scope[known])
         return None
+
+
+Scope = Literal["read", "operate"]
+#: what a read-only token may do: look, never change
+READ_METHODS = ("GET", "HEAD")
+
+
+@dataclass(frozen=True)
+class Caller:
+    identity: str
+    scope: Scope
+
+    def may(self, method: str) -> bool:
+        return self.scope == "operate" or method.upper() in READ_METHODS
+
+
+class RejectionLog:
+    """Which refused requests reach the audit log: the first from an address, then one a minute with the count.
+
+    A client sending junk as fast as it can must not fill the disk with audit records
+    (before: +17 MiB in 5 s, each written with fsync); the metrics count every one.
+    """
+
+    def __init__(self, interval_s: float = 60.0, max_addresses: int = 4096) -> None:
+        self.interval_s = interval_s
+        self.max_addresses = max_addresses
+        self._seen: dict[str, tuple[float, int]] = {}  # address -> (last audited at, refused since)
+        self._lock = threading.Lock()
+
+    def admit(self, address: str) -> int | None:
+        """The number of refusals to report now (this one included), or None to stay quiet."""
+        now = time.monotonic()
+        with self._lock:
+            last, count = self._seen.get(address, (-self.interval_s, 0))
+            count += 1
+            if now - last < self.interval_s:
+                self._seen[address] = (last, count)
+                return None
+            if len(self._seen) >= self.max_addresses:
+                self._seen.clear()  # a flood from many addresses: forget, and audit at most one each again
+            self._seen[address] = (now, 0)
+            return count
 
 
 def _digest(token: str) -> str:

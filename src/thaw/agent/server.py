@@ -1,8 +1,14 @@
-"""Serving the agent: recover, then answer on a unix socket (default) and optionally TCP.
+"""Serving the agent: recover, then answer on a unix socket (default) and optionally TCP, with TLS.
 
-One uvicorn server listens on every socket at once (``Server.serve(sockets=...)``), with
-``PeerProtocol`` so that each request knows its transport and peer. SIGTERM/SIGINT stop
-accepting requests, let running jobs finish, and remove the socket file.
+One uvicorn server per listener (the unix socket; TCP, with TLS when a certificate is given),
+all in one event loop and on one app, with ``PeerProtocol`` so that each request knows its
+transport and peer. SIGTERM/SIGINT stop every listener, let running jobs finish, and remove
+the socket file.
+
+TCP serves TLS (``--tls-cert``/``--tls-key``: PEM files, e.g. from a Kubernetes Secret; TLS 1.2
+at least). Plain TCP is refused unless on a loopback address or asked for with ``--plain-tcp``
+(behind something else that encrypts, e.g. a service mesh): the bearer token must never
+cross a network in clear text (docs/security.md).
 """
 
 from __future__ import annotations
@@ -10,16 +16,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import ipaddress
 import logging
 import os
 import signal
 import socket
+import ssl
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from thaw.agent.auth import PeerProtocol, Tokens
 from thaw.agent.service import Agent, AgentConfig
+from thaw.config import AgentSettings
 from thaw.errors import ConfigError, HostError
 
 log = logging.getLogger("thaw.agent")
@@ -27,13 +39,12 @@ log = logging.getLogger("thaw.agent")
 
 def serve(config: AgentConfig) -> None:
     """Run the agent until SIGTERM/SIGINT, listening where ``config.settings.agent`` says."""
-    import uvicorn
-
     from thaw.agent.api import create_app
 
     options = config.settings.agent
     tokens = Tokens.load(options.token_file)
     tcp = options.tcp()
+    tls = tls_context(options)
     if options.socket is None and tcp is None:
         raise ConfigError("socket", "the agent must listen somewhere", hint="give --socket and/or --listen")
     settings = config.settings
@@ -53,24 +64,70 @@ def serve(config: AgentConfig) -> None:
     for job in recovered:
         log.warning("job %s (%s) was cut short by a restart: %s", job.id, job.kind.value,
                     job.error.message if job.error else "")
-    sockets = []
+    listeners: list[tuple[socket.socket, ssl.SSLContext | None]] = []
+    unix = None
     try:
         if options.socket is not None:
-            sockets.append(_unix_socket(options.socket, options.socket_group))
+            unix = _unix_socket(options.socket, options.socket_group)
+            listeners.append((unix, None))
         if tcp is not None:
-            sockets.append(_tcp_socket(*tcp))
+            listeners.append((_tcp_socket(*tcp), tls))
         app = create_app(agent, tokens)
-        server = _server_class()(uvicorn.Config(app, http=PeerProtocol, ws="none", lifespan="off",
-                                               log_level="warning", access_log=False, timeout_graceful_shutdown=5))
-        asyncio.run(server.serve(sockets=sockets))
+        servers = [_server_class()(_ServerConfig(app, context)) for _, context in listeners]
+        for server in servers:
+            server.group = servers  # a signal stops every listener
+        asyncio.run(_serve_all(servers, [sock for sock, _ in listeners]))
     finally:
-        for s in sockets:
+        for s, _ in listeners:
             s.close()
-        if options.socket is not None:
-            options.socket.unlink(missing_ok=True)
+        if options.socket is not None and unix is not None:
+            _remove_own_socket(options.socket, unix)
         agent.close(wait=True)
         if supervisor is not None:
             supervisor.stop()
+
+
+def _ServerConfig(app: Any, context: ssl.SSLContext | None) -> Any:  # noqa: N802 - a uvicorn.Config
+    import uvicorn
+
+    config = uvicorn.Config(app, http=PeerProtocol, ws="none", lifespan="off", log_level="warning",
+                            access_log=False, timeout_graceful_shutdown=5)
+    config.load()
+    config.ssl = context  # our own context (minimum TLS 1.2), not one uvicorn builds from file names
+    return config
+
+
+async def _serve_all(servers: list[Any], sockets: list[socket.socket]) -> None:
+    await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in zip(servers, sockets)))
+
+
+def tls_context(options: AgentSettings) -> ssl.SSLContext | None:
+    """The TLS context for TCP, or None for plain TCP (refused off loopback unless ``plain_tcp``)."""
+    if (options.tls_cert is None) != (options.tls_key is None):
+        raise ConfigError("tls", "give both --tls-cert and --tls-key", hint="PEM files, e.g. from a Secret")
+    tcp = options.tcp()
+    if options.tls_cert is None or options.tls_key is None:
+        if tcp is not None and not options.plain_tcp and not _loopback(tcp[0]):
+            raise ConfigError("listen", f"{options.listen} is not a loopback address, and no TLS certificate "
+                              "was given: the bearer token would cross the network in clear text",
+                              hint="give --tls-cert and --tls-key (docs/security.md shows how), or "
+                              "--plain-tcp behind something that encrypts (a service mesh)")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(options.tls_cert, options.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("tls", f"cannot use {options.tls_cert} / {options.tls_key}: {exc}",
+                          hint="PEM certificate and its unencrypted private key") from exc
+    return context
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 THP_KNOB = Path("/sys/kernel/mm/transparent_hugepage/enabled")
@@ -100,6 +157,13 @@ def _server_class() -> type:
     import uvicorn
 
     class Server(uvicorn.Server):
+        #: the servers of one agent (one per listener): a signal to one stops them all
+        group: list[uvicorn.Server] = []
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            for server in self.group or [self]:
+                uvicorn.Server.handle_exit(server, sig, frame)
+
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             # uvicorn re-raises SIGTERM after its graceful shutdown, which would kill the process
@@ -119,7 +183,14 @@ def _server_class() -> type:
 
 def _unix_socket(path: Path, group: str | None) -> socket.socket:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() or path.is_symlink():
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):  # a typo'd --socket must never cost the user a file
+            raise ConfigError("socket", f"{path} exists and is not a socket: refusing to replace it",
+                              hint="give --socket a path where nothing is, or remove that file yourself")
         if _answers(path):
             raise HostError(f"another agent is already listening on {path}", hint="stop it, or use --socket")
         path.unlink()  # left behind by a killed agent
@@ -138,6 +209,15 @@ def _unix_socket(path: Path, group: str | None) -> socket.socket:
         os.chmod(path, 0o660)
     sock.listen(128)
     return sock
+
+
+def _remove_own_socket(path: Path, sock: socket.socket) -> None:
+    """Remove the socket file this agent bound, unless something else has taken its path since."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode) and sock.family == socket.AF_UNIX:
+            path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _tcp_socket(host: str, port: int) -> socket.socket:

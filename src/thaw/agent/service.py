@@ -45,6 +45,8 @@ from thaw.api.models import (
     Recovery,
     RestoreRequest,
     SnapshotRequest,
+    Swept,
+    SweepRequest,
     Worker,
 )
 from thaw.config import Settings
@@ -82,6 +84,9 @@ class Agent:
         self.staging = self.settings.staging_dir
         self.staging.mkdir(parents=True, exist_ok=True)
         self.store = store or store_for(self.settings)
+        # the job book and the audit log: root's alone; no worker (nor any other user) may read or write them
+        config.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(config.state, 0o700)
         self.ops = LocalOperations(self.settings, self.store)
         self.book = JobBook(config.state / "jobs.db")
         self.audit = AuditLog(config.audit_log or config.state / "audit.log")
@@ -161,6 +166,14 @@ class Agent:
             released = self.ops.release(inst.id)
         self.audit.record("release", "succeeded", caller=caller, worker=inst.id)
         return released
+
+    def sweep(self, req: SweepRequest, caller: dict[str, Any]) -> Swept:
+        """``thaw gc`` through the agent: remove what crashed operations left on this node and in its store."""
+        swept = self.ops.sweep(req.older_than_s)
+        self.audit.record("sweep", "succeeded", caller=caller,
+                          message=f"{len(swept.staging)} node staging entries, {swept.store_entries} store entries, "
+                                  f"{len(swept.instances)} instance directories removed")
+        return swept
 
     def recover_workers(self, caller: dict[str, Any]) -> list[Recovery]:
         """``thaw gc`` through the agent: settle operations whose process died (this agent's own jobs hold theirs)."""
@@ -257,7 +270,16 @@ class Agent:
             self.audit.record(job.kind.value, "failed", caller=job.caller, worker=job.worker, artifact=job.artifact,
                               job=job.id, reason="agent_restarted", message=message)
             failed.append(self.book.get(job.id))
-        pipeline.clear_staging(self.settings)  # node-local and this agent's alone: nothing in it outlives a job
+        # node-local staging: a `thaw restore --local` may be fetching into it right now; only what no live
+        # process owns goes (pipeline.clear_staging)
+        pipeline.clear_staging(self.settings)
+        try:  # the store's staging left by dead writers of this node (a killed `thaw snapshot --local` too)
+            swept = self.store.sweep()
+            if swept:
+                self.audit.record("sweep", "succeeded", caller={"via": "agent start"},
+                                  message=f"{swept} staging entries of dead writers removed")
+        except (ThawError, OSError) as exc:  # `thaw gc` reports what it cannot remove
+            log.warning("sweeping the store's staging at start: %s", exc)
         return [j for j in failed if j is not None]
 
     # ---- helpers ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ ArtifactNotFound, ...). No agent answering is ``AgentUnavailable`` (retryable).
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,8 @@ from thaw.api.models import (
     LaunchRequest,
     PodRef,
     Recovery,
+    Swept,
+    SweepRequest,
     RestoreRequest,
     SnapshotRequest,
     Worker,
@@ -51,15 +54,24 @@ DEFAULT_SOCKET = str(DEFAULT_AGENT_SOCKET)
 
 class AgentClient:
     def __init__(self, socket: str | Path | None = None, *, base_url: str | None = None, token: str | None = None,
-                 timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+                 timeout: float = 30.0, transport: httpx.BaseTransport | None = None, ca: Path | None = None,
+                 server_name: str | None = None) -> None:
+        """``ca``: PEM file of the CA that signed the agents' certificates (https:// URLs; else the system's).
+        ``server_name``: the name the agent's certificate must carry when it differs from the URL's host
+        (agents reached by pod IP, sharing one certificate: docs/security.md)."""
         if base_url is None and socket is None and transport is None:
             socket = DEFAULT_SOCKET
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         if transport is None and socket is not None:
             transport = httpx.HTTPTransport(uds=str(socket))
         self.where = str(socket) if socket is not None else (base_url or "agent")
+        verify: ssl.SSLContext | bool = True
+        if ca is not None:
+            verify = ssl.create_default_context(cafile=str(ca))
+            verify.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._extensions = {"sni_hostname": server_name} if server_name else {}
         self._http = httpx.Client(base_url=base_url or "http://thaw-agent", transport=transport, headers=headers,
-                                  timeout=timeout)
+                                  timeout=timeout, verify=verify)
 
     def close(self) -> None:
         self._http.close()
@@ -162,6 +174,11 @@ class AgentClient:
     def delete(self, name: str) -> Deleted:
         return Deleted.model_validate(self._call("DELETE", f"/v1/artifacts/{name}"))
 
+    def sweep(self, older_than_s: float | None = None) -> Swept:
+        """``thaw gc``: remove what crashed operations left on the agent's node and in its store."""
+        req = _request(SweepRequest, older_than_s=older_than_s)
+        return Swept.model_validate(self._call("POST", "/v1/sweep", json=req))
+
     def recover(self) -> list[Recovery]:
         """Have the agent settle operations whose process died without unwinding (``thaw gc``)."""
         return [Recovery.model_validate(r) for r in self._call("POST", "/v1/recover")]
@@ -171,7 +188,7 @@ class AgentClient:
               **kwargs: Any) -> Any:
         try:
             r = self._http.request(method, path, timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-                                   **kwargs)
+                                   extensions=self._extensions, **kwargs)
         except httpx.TransportError as exc:
             raise AgentUnavailable(f"no thaw agent answers at {self.where}: {exc}",
                                    hint="is `thaw agent serve` running? (--socket / --listen)") from exc

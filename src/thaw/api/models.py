@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from thaw.errors import ConfigError
 from thaw.listen.spec import ParkAtListen
 from thaw.model import GpuInfo, GpuTarget, Manifest, check_name
-from thaw.model.manifest import HttpCanaryRequest, check_digest
+from thaw.model.manifest import NAME_PATTERN, HttpCanaryRequest, check_digest
 
 API_VERSION = "v1"
 
@@ -54,13 +54,19 @@ IdempotencyKey = Field(default=None, min_length=1, max_length=128, pattern=r"^[A
 
 
 class LaunchRequest(_Request):
-    """``POST /v1/workers``: start a command as a snapshot-able worker in a thaw sandbox."""
+    """``POST /v1/workers``: start a command as a snapshot-able worker in a thaw sandbox.
 
-    name: str = Field(description="worker name (lowercase letters, digits, '.', '_', '-')")
-    argv: list[str] = Field(min_length=1, description="the command; argv[0] absolute or on the agent's PATH")
-    env: dict[str, str] = Field(default_factory=dict,
+    Everything here ends up in execve(2): what it cannot take (a NUL byte, an empty command,
+    a variable name with '=', a path longer than the kernel's) is a 422 here, never a 500 later.
+    """
+
+    name: str = Field(description="worker name (lowercase letters, digits, '.', '_', '-')",
+                      json_schema_extra={"pattern": f"^{NAME_PATTERN}$"})
+    argv: list[str] = Field(min_length=1, max_length=4096,
+                            description="the command; argv[0] absolute or on the agent's PATH")
+    env: dict[str, str] = Field(default_factory=dict, max_length=4096,
                                 description="environment of the worker; the agent's own environment is NOT inherited")
-    cwd: str = Field(default="/", description="absolute working directory")
+    cwd: str = Field(default="/", max_length=4095, description="absolute working directory")
     park_at_listen: ParkAtListen | None = Field(
         default=None, description="an unmodified Python server: park it at its first listening socket "
                                   "(thaw run --park-at-listen; docs/integrations.md)")
@@ -75,6 +81,25 @@ class LaunchRequest(_Request):
     def _absolute(cls, v: str) -> str:
         if not v.startswith("/"):
             raise ValueError("cwd must be an absolute path")
+        if "\0" in v or any(len(part.encode()) > 255 for part in v.split("/")):
+            raise ValueError("cwd holds a NUL byte or a name longer than 255 bytes")
+        return v
+
+    @field_validator("argv")
+    @classmethod
+    def _executable(cls, v: list[str]) -> list[str]:
+        if not v[0]:
+            raise ValueError("argv[0] (the command) is empty")
+        if any("\0" in a for a in v):
+            raise ValueError("an argument holds a NUL byte")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _variables(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise ValueError(f"{key!r} cannot be an environment variable (empty, '=' or a NUL byte)")
         return v
 
 
@@ -308,6 +333,23 @@ class Recovery(BaseModel):
     owner_pid: int = Field(description="the process that died running it")
     phase: str = Field(default="", description="how far it had got")
     notes: list[str] = Field(default_factory=list, description="what recovery did")
+
+
+class SweepRequest(_Request):
+    """``POST /v1/sweep``: remove what crashed operations left (``thaw gc``)."""
+
+    older_than_s: float | None = Field(default=None, ge=0, le=10 * 365 * 86400,
+                                       description="also what no owner on this node can claim once older than this "
+                                                   "(other nodes' or earlier boots' staging, unfinished uploads, "
+                                                   "directories of workers gone); None: only what dead owners left")
+
+
+class Swept(BaseModel):
+    """What a sweep removed (``thaw gc``; thaw.pipeline.cleanup)."""
+
+    staging: list[str] = Field(default_factory=list, description="node-local staging entries removed")
+    store_entries: int = Field(default=0, description="store staging entries, uploads and stale objects removed")
+    instances: list[str] = Field(default_factory=list, description="ids of the instance directories pruned")
 
 
 class ArtifactSummary(BaseModel):

@@ -43,6 +43,14 @@ def serve(
         "--listen", help="also serve on TCP HOST:PORT (needs --token-file: without a token every TCP request gets "
         "401) [env THAW_AGENT_LISTEN]", show_default=False)] = None,
     token_file: TokenFileOpt = None,
+    tls_cert: Annotated[Path | None, typer.Option(
+        "--tls-cert", help="serve TCP with TLS: the certificate (PEM; e.g. from a Secret) [env THAW_AGENT_TLS_CERT]",
+        show_default=False)] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        "--tls-key", help="the certificate's private key (PEM) [env THAW_AGENT_TLS_KEY]", show_default=False)] = None,
+    plain_tcp: Annotated[bool | None, typer.Option(
+        "--plain-tcp", help="serve TCP without TLS on a non-loopback address: only behind something that encrypts "
+        "(a service mesh) [env THAW_AGENT_PLAIN_TCP]", show_default=False)] = None,
     socket_group: Annotated[str | None, typer.Option(
         "--socket-group", help="group allowed to use the socket (mode 0660); default: root only (0600)")] = None,
     store: Annotated[str | None, typer.Option(
@@ -77,7 +85,8 @@ def serve(
     from thaw.config import AgentSettings, load, settings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    given = {"listen": listen, "token_file": token_file, "socket_group": socket_group, "max_jobs": max_jobs}
+    given = {"listen": listen, "token_file": token_file, "socket_group": socket_group, "max_jobs": max_jobs,
+             "tls_cert": tls_cert, "tls_key": tls_key, "plain_tcp": plain_tcp}
     listeners = load(AgentSettings, **given)
     if socket is not None:
         listeners.socket = socket
@@ -96,7 +105,8 @@ def serve(
 def status(
     socket: SocketOpt = None,
     url: Annotated[str | None, typer.Option(
-        "--url", help="talk over TCP instead: http://HOST:PORT [env THAW_AGENT_URL]", show_default=False)] = None,
+        "--url", help="talk over TCP instead: https://HOST:PORT (THAW_AGENT_CA, THAW_AGENT_SERVER_NAME) or "
+        "http://HOST:PORT [env THAW_AGENT_URL]", show_default=False)] = None,
     token_file: TokenFileOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
 ) -> None:
@@ -108,7 +118,8 @@ def status(
     client_settings = config.client.model_copy(update={k: v for k, v in {"url": url, "token_file": token_file}.items()
                                                         if v is not None})
     if client_settings.url:
-        client = AgentClient(base_url=client_settings.url, token=client_settings.bearer())
+        client = AgentClient(base_url=client_settings.url, token=client_settings.bearer(), ca=client_settings.ca,
+                             server_name=client_settings.server_name)
     else:
         client = AgentClient(socket or config.agent.socket or DEFAULT_SOCKET)
     with client:

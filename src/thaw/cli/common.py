@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from thaw.config import ClientSettings, Settings, load
+from thaw.errors import ConfigError
 from thaw.model import GpuTarget, parse_gpu_target
 from thaw.ops import Operations, connect
 
@@ -27,8 +28,9 @@ StoreOpt = Annotated[str | None, typer.Option(
 JsonOpt = Annotated[bool, typer.Option(
     "--json", help="print machine-readable JSON (the same with or without an agent)")]
 AgentOpt = Annotated[str | None, typer.Option(
-    "--agent", help="go through this node agent: a unix socket path or http://HOST:PORT ($THAW_AGENT_TOKEN) "
-    "[env THAW_AGENT; default: /run/thaw/agent.sock when an agent serves it]", show_default=False)]
+    "--agent", help="go through this node agent: a unix socket path, or https://HOST:PORT ($THAW_AGENT_TOKEN, "
+    "$THAW_AGENT_CA, $THAW_AGENT_SERVER_NAME) [env THAW_AGENT; default: /run/thaw/agent.sock when an agent "
+    "serves it]", show_default=False)]
 LocalOpt = Annotated[bool, typer.Option("--local", help="run in this process even when an agent runs")]
 
 
@@ -51,6 +53,19 @@ def operations(home: Path | None = None, store: str | None = None, agent: str | 
                local: bool = False) -> Operations:
     """The one route of every command: through the node agent when one runs, else in this process."""
     return connect(settings(home, store, agent), local=local)
+
+
+def duration(text: str, *, option: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` → seconds (ConfigError names ``option`` otherwise)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise ConfigError(option, f"{text!r} is not a duration", hint="e.g. 3600, 90m, 24h or 7d") from None
+    if value < 0 or value != value or value == float("inf"):
+        raise ConfigError(option, f"{text!r} is not a duration", hint="e.g. 3600, 90m, 24h or 7d")
+    return value
 
 
 @contextmanager

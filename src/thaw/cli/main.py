@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from thaw.cli import agent, artifacts, bench, cost, engine, gms, keys, operator, workers
+from thaw.cli import agent, artifacts, audit, bench, cost, engine, gms, keys, operator, workers
 from thaw.cli.common import HomeOpt, StoreOpt, settings
 from thaw.cli.output import console, friendly
 
@@ -77,6 +77,7 @@ app.add_typer(agent.app, name="agent", help="The per-node agent: snapshot/restor
 app.add_typer(operator.app, name="operator", help="The Kubernetes operator.")
 app.add_typer(gms.app, name="gms", help="The GPU memory service: weights kept on the node, outside every snapshot.")
 app.add_typer(keys.app, name="keys", help="Signing keys for artifacts (ed25519).")
+app.add_typer(audit.app, name="audit", help="The node agent's audit log: check its hash chain.")
 app.add_typer(bench.app, name="bench",
               help="Measure cold starts and restores of a worker (thaw bench --name N -- CMD).")
 app.command("cost")(cost.cost)

@@ -52,6 +52,20 @@ def run(
         help="TCP port the agents listen on [env THAW_AGENT_PORT; default: 7070]", show_default=False)] = None,
     agent_token_file: Annotated[Path | None, typer.Option(
         help="file with the agents' bearer token [env THAW_AGENT_TOKEN_FILE]", show_default=False)] = None,
+    agent_ca: Annotated[Path | None, typer.Option(
+        help="CA of the agents' TLS certificate: speak https to them [env THAW_AGENT_CA; default: http]",
+        show_default=False)] = None,
+    agent_server_name: Annotated[str | None, typer.Option(
+        help="the name the agents' certificate carries [env THAW_AGENT_SERVER_NAME; default: thaw-agent]",
+        show_default=False)] = None,
+    agent_daemonset: Annotated[str | None, typer.Option(
+        help="the DaemonSet whose pods are the agents (others are not trusted) [env THAW_AGENT_DAEMONSET; "
+             "default: thaw-agent]", show_default=False)] = None,
+    agent_url_annotation: Annotated[bool | None, typer.Option(
+        "--agent-url-annotation",
+        help="also reach agents a Node's thaw.dev/agent-url annotation names (agents outside the DaemonSet; "
+             "whoever may annotate Nodes can then redirect the operator) [env THAW_AGENT_URL_ANNOTATION]",
+        show_default=False)] = None,
     delete_timeout: Annotated[float | None, typer.Option(
         help="seconds to keep trying to delete a deleted snapshot's artifact [env THAW_DELETE_TIMEOUT; default: 600]",
         show_default=False)] = None,
@@ -74,7 +88,9 @@ def run(
     given = {"namespaces": namespace or None, "kubeconfig": kubeconfig, "poll": poll,
              "agent_namespace": agent_namespace, "agent_selector": agent_selector, "agent_port": agent_port,
              "agent_token_file": agent_token_file, "delete_timeout": delete_timeout, "liveness": liveness,
-             "peering": peering, "peering_lifetime": peering_lifetime}
+             "peering": peering, "peering_lifetime": peering_lifetime, "agent_ca": agent_ca,
+             "agent_server_name": agent_server_name, "agent_daemonset": agent_daemonset,
+             "agent_url_annotation": agent_url_annotation}
     settings = load(OperatorSettings, **given)
     run_operator(OperatorConfig.of(settings), kubeconfig=settings.kubeconfig, in_cluster=settings.in_cluster,
                  verbose=verbose)

@@ -10,8 +10,9 @@ import typer
 from rich.table import Table
 
 from thaw.api.models import Recovery, Worker
-from thaw.cli.common import AgentOpt, HomeOpt, JsonOpt, LocalOpt, operations
+from thaw.cli.common import AgentOpt, HomeOpt, JsonOpt, LocalOpt, StoreOpt, duration, operations
 from thaw.cli.output import console, emit_json, err, fail, friendly, progress
+from thaw.errors import ConfigError
 from thaw.listen import ParkAtListen
 from thaw.ops import Operations
 
@@ -97,16 +98,33 @@ def ps(
 
 
 @friendly
-def gc(home: HomeOpt = None, agent: AgentOpt = None, local: LocalOpt = False, json_out: JsonOpt = False) -> None:
-    """Settle operations whose process died before they finished (SIGKILL): kill copies, roll workers back."""
-    recovered = _recover(operations(home, agent=agent, local=local))
+def gc(
+    older_than: Annotated[str, typer.Option(
+        "--older-than", help="also remove what no owner on this node can claim once older than this: other nodes' or "
+        "earlier boots' staging, unfinished S3 uploads, directories of workers gone (90m, 24h, 7d)")] = "24h",
+    home: HomeOpt = None, store: StoreOpt = None, agent: AgentOpt = None, local: LocalOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Clean up after crashes: kill restored copies whose restore died (e.g. SIGKILL), roll back interrupted
+    snapshots, remove staging debris of dead snapshots and fetches, abort interrupted uploads, and prune old
+    instance directories."""
+    try:
+        age = duration(older_than, option="--older-than")
+    except ConfigError as exc:
+        fail(exc.message, exc.hint, code=2)  # a usage error, like typer's own
+    ops = operations(home, store, agent, local)
+    recovered = _recover(ops)
+    swept = ops.sweep(age)
     if json_out:
-        emit_json([r.model_dump(mode="json") for r in recovered])
+        emit_json({"recovered": [r.model_dump(mode="json") for r in recovered], "swept": swept.model_dump(mode="json")})
         return
     restores = sum(1 for r in recovered if r.operation == "restore")
     snapshots = len(recovered) - restores
     console.print(f"recovered {restores} interrupted restore(s)"
-                  + (f", {snapshots} interrupted snapshot(s)" if snapshots else ""))
+                  + (f", {snapshots} interrupted snapshot(s)" if snapshots else "")
+                  + f"; removed {len(swept.staging)} node staging entries, {swept.store_entries} store staging "
+                  f"entries and uploads, {len(swept.instances)} instance directories older than {older_than}",
+                  highlight=False)
 
 
 @friendly

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from thaw import faults
 from thaw.criu import messages
 from thaw.criu.locate import Criu, find_criu
 from thaw.errors import CriuError
@@ -40,6 +41,8 @@ KNOWN_CAUSES = (
     ("Can't get 1:16 opt", "this CRIU cannot dump a TCP or UDP socket on Linux >= 6.16 (criu#2705): the worker "
      "must hold none when it is snapshotted: no listening socket before it parks (--park-at-listen stashes the one "
      "it parks at), no connection to another service left open, no torch.distributed TCP store"),
+    ("No space left on device", "the artifact store or its staging is full: free space there, or snapshot to "
+     "another store (--store); nothing was published and the worker is parked as before"),
 )
 
 
@@ -168,9 +171,11 @@ def _call(req: Any, operation: str, log: Path | None, *, criu: Criu | None, time
     try:
         ours.settimeout(timeout)
         ours.send(req.SerializeToString())
+        # CRIU at work (its log started: it holds its directories): what a crash now leaves is tested
+        faults.point(f"criu.{operation}", child=proc.pid, once=lambda: log is None or log.exists())
         try:
             data = ours.recv(1 << 20)
-        except ConnectionResetError:  # CRIU (or the wrapper it runs under) exited without a word
+        except ConnectionResetError:  # CRIU (or the wrapper it runs under) died or exited without a word
             data = b""
         except TimeoutError as exc:
             proc.kill()

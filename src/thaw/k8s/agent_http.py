@@ -9,6 +9,7 @@ or WorkerNotFound), so that the reconcile logic handles thaw's own errors and de
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from thaw.api.client import AgentClient
@@ -20,9 +21,10 @@ T = TypeVar("T")
 
 
 class HttpAgent:
-    def __init__(self, url: str, *, token: str | None, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, *, token: str | None, timeout: float = 10.0, ca: Path | None = None,
+                 server_name: str | None = None) -> None:
         self.url = url
-        self._client = AgentClient(base_url=url, token=token, timeout=timeout)
+        self._client = AgentClient(base_url=url, token=token, timeout=timeout, ca=ca, server_name=server_name)
 
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool = True,
                  canary_http: list[dict[str, Any]] | None = None, pod: PodRef | None = None,

@@ -6,13 +6,18 @@ artifact, stop a worker — in the agent's own models (thaw.api), never guessed 
 in the agent; the operator only starts and polls them, so an operator restart loses
 nothing (the job id is in the object's status).
 
-Finding a node's agent (``agent_url``), first match wins:
+Finding a node's agent (``agent_url``): the Ready pod on that node of the agent DaemonSet
+(label selector ``app.kubernetes.io/name=thaw-agent`` in the agents' namespace, *and*
+controlled by the DaemonSet ``thaw-agent``): ``https://<pod IP>:<agent port>`` when the
+operator has the agents' CA (TLS, checked against one certificate name), else ``http://``.
+Ready, not Running: a crash-looping pod keeps phase Running and its IP but fails its
+readiness probe. A pod that merely carries the label is not an agent: the operator sends
+its token only to pods the DaemonSet made.
 
-1. the Node annotation ``thaw.dev/agent-url`` (e.g. ``http://10.0.3.7:7070``) — for
-   agents that are not the DaemonSet's pods: bare-metal installs, and the tests;
-2. the Ready agent pod on that node (label selector ``app.kubernetes.io/name=thaw-agent``
-   in the operator's namespace): ``http://<pod IP>:<agent port>``. Ready, not Running: a
-   crash-looping pod keeps phase Running and its IP but fails its readiness probe.
+The Node annotation ``thaw.dev/agent-url`` (e.g. ``http://10.0.3.7:7070``) names an agent
+instead only when the operator is told to honour it (``--agent-url-annotation``): for
+agents that are not the DaemonSet's pods (bare-metal installs, the tests). Off by default,
+because whoever may annotate Nodes could otherwise send the operator, and its token, anywhere.
 
 The agent needs no Kubernetes API access for this: it does not register itself.
 """
@@ -20,6 +25,8 @@ The agent needs no Kubernetes API access for this: it does not register itself.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from thaw.api.models import AgentStatus, Job, PodRef
@@ -27,7 +34,7 @@ from thaw.errors import AgentUnavailable, ThawError
 from thaw.k8s.resources import AGENT_URL
 from thaw.model import GpuTarget, Manifest
 
-__all__ = ["AgentPort", "AgentUnavailable", "Connect", "agent_url", "http_connector", "is_temporary"]
+__all__ = ["AgentLookup", "AgentPort", "AgentUnavailable", "Connect", "agent_url", "http_connector", "is_temporary"]
 
 
 class AgentPort(Protocol):
@@ -76,10 +83,24 @@ class AgentPort(Protocol):
 Connect = Callable[[str], AgentPort]
 
 
-def agent_url(node: dict[str, Any], agent_pods: list[dict[str, Any]], *, port: int) -> str | None:
-    """The URL of ``node``'s agent: its ``thaw.dev/agent-url`` annotation, else its Running agent pod's IP."""
+@dataclass(frozen=True)
+class AgentLookup:
+    """Where the DaemonSet's agent pods are: namespace, label selector, the DaemonSet that owns them, port, scheme;
+    and whether a Node's ``thaw.dev/agent-url`` annotation may name an agent instead (off: see above)."""
+
+    namespace: str = "thaw-system"
+    selector: str = "app.kubernetes.io/name=thaw-agent"
+    port: int = 7070
+    daemonset: str = "thaw-agent"
+    scheme: str = "http"  # https when the operator has the agents' CA (OperatorConfig.agent_ca)
+    url_annotation: bool = False
+
+
+def agent_url(node: dict[str, Any], agent_pods: list[dict[str, Any]], *, lookup: AgentLookup) -> str | None:
+    """The URL of ``node``'s agent: its Ready pod of the agent DaemonSet (or, only when ``lookup.url_annotation``,
+    the node's ``thaw.dev/agent-url`` annotation); None when it has none."""
     annotations = (node.get("metadata") or {}).get("annotations") or {}
-    if annotations.get(AGENT_URL):
+    if lookup.url_annotation and annotations.get(AGENT_URL):
         return annotations[AGENT_URL].rstrip("/")
     name = (node.get("metadata") or {}).get("name")
     for pod in agent_pods:
@@ -87,12 +108,18 @@ def agent_url(node: dict[str, Any], agent_pods: list[dict[str, Any]], *, port: i
         # Ready, not Running: a crash-looping agent pod keeps phase Running and its IP, but is never Ready
         if spec.get("nodeName") != name or not pod_ready(pod) or not status.get("podIP"):
             continue
-        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        if (pod.get("metadata") or {}).get("deletionTimestamp") or not _made_by(pod, lookup.daemonset):
             continue
         host = status["podIP"]
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{port}"
+        return f"{lookup.scheme}://{host}:{lookup.port}"
     return None
+
+
+def _made_by(pod: dict[str, Any], daemonset: str) -> bool:
+    """The pod is controlled by the DaemonSet ``daemonset`` (its controller owner reference says so)."""
+    return any(ref.get("kind") == "DaemonSet" and ref.get("name") == daemonset and ref.get("controller")
+               for ref in (pod.get("metadata") or {}).get("ownerReferences") or [])
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:
@@ -106,8 +133,10 @@ def is_temporary(exc: BaseException) -> bool:
     return (isinstance(exc, ThawError) and exc.retryable) or isinstance(exc, (ConnectionError, TimeoutError))
 
 
-def http_connector(token: str | None, *, timeout: float = 10.0) -> Connect:
-    """Connect to agents over HTTP with the bearer token; one client (and its connection pool) per agent URL."""
+def http_connector(token: str | None, *, timeout: float = 10.0, ca: Path | None = None,
+                   server_name: str | None = None) -> Connect:
+    """Connect to agents over HTTP(S) with the bearer token; one client (and its connection pool) per agent URL.
+    ``ca``/``server_name``: the agents' TLS certificate is checked against that CA and that name."""
     import threading
 
     from thaw.k8s.agent_http import HttpAgent
@@ -118,7 +147,7 @@ def http_connector(token: str | None, *, timeout: float = 10.0) -> Connect:
     def connect(url: str) -> AgentPort:
         with lock:
             if url not in clients:
-                clients[url] = HttpAgent(url, token=token, timeout=timeout)
+                clients[url] = HttpAgent(url, token=token, timeout=timeout, ca=ca, server_name=server_name)
             return clients[url]
 
     return connect

@@ -9,11 +9,10 @@ and applies its status patch.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from thaw.k8s import agents
-from thaw.k8s.agents import AgentPort, AgentUnavailable, Connect
+from thaw.k8s.agents import AgentLookup, AgentPort, AgentUnavailable, Connect
 from thaw.k8s.resources import GROUP, RESTORES, SNAPSHOTS, VERSION
 from thaw.k8s.status import PodPatch
 
@@ -42,15 +41,6 @@ class Cluster(Protocol):
     def patch_pod(self, patch: PodPatch) -> None: ...
 
 
-@dataclass(frozen=True)
-class AgentLookup:
-    """Where the DaemonSet's agent pods are: namespace, label selector, port."""
-
-    namespace: str = "thaw-system"
-    selector: str = "app.kubernetes.io/name=thaw-agent"
-    port: int = 7070
-
-
 class KubeCluster:
     """``Cluster`` over the official client. Objects come back as raw JSON dicts, not client models."""
 
@@ -76,7 +66,7 @@ class KubeCluster:
                                                    _preload_content=False))["items"]
         urls = {}
         for node in nodes:
-            url = agents.agent_url(node, pods, port=self._lookup.port)
+            url = agents.agent_url(node, pods, lookup=self._lookup)
             if url:
                 urls[node["metadata"]["name"]] = url
         return urls

@@ -29,7 +29,9 @@ def run(config: OperatorConfig, *, kubeconfig: Path | None = None, in_cluster: b
     registry = kopf.OperatorRegistry()
     handlers.register(registry, config)
     memo = handlers.Memo(cluster=KubeCluster(client.ApiClient(cfg), config.agents),
-                         connect=http_connector(config.token()), config=config, kube_config=cfg)
+                         connect=http_connector(config.token(), ca=config.agent_ca,
+                                                server_name=config.agent_server_name),
+                         config=config, kube_config=cfg)
     # with peering, distinct random priorities: kopf pauses every replica that sees one of a higher (or equal)
     # priority; without, one standalone replica
     kopf.run(registry=registry, memo=memo, clusterwide=not config.namespaces, namespaces=list(config.namespaces),

@@ -39,7 +39,8 @@ def agent_client(settings: Settings) -> AgentClient | None:
     if target is None:
         return None
     if target.startswith(("http://", "https://")):
-        client = AgentClient(base_url=target, token=settings.client.bearer())
+        client = AgentClient(base_url=target, token=settings.client.bearer(), ca=settings.client.ca,
+                             server_name=settings.client.server_name)
     else:
         client = AgentClient(socket=target.removeprefix("unix://"))
     if client.healthy():

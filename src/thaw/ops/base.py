@@ -19,6 +19,7 @@ from thaw.api.models import (
     Recovery,
     RestoreResult,
     SnapshotResult,
+    Swept,
     VerifyResult,
     Worker,
 )
@@ -63,6 +64,10 @@ class Operations(Protocol):
 
     def recover(self) -> list[Recovery]:
         """Settle operations whose process died without unwinding (kill half-restored copies, ...)."""
+        ...
+
+    def sweep(self, older_than_s: float | None) -> Swept:
+        """Remove what crashed operations left: staging of dead owners (with an age: what nobody can claim)."""
         ...
 
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool, ready_timeout: float,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 from thaw import pipeline
+from thaw.pipeline import cleanup
 from thaw.api.models import (
     ArtifactSummary,
     Deleted,
@@ -13,11 +15,12 @@ from thaw.api.models import (
     Recovery,
     RestoreResult,
     SnapshotResult,
+    Swept,
     VerifyResult,
     Worker,
 )
 from thaw.config import Settings
-from thaw.errors import ArtifactNotFound
+from thaw.errors import ArtifactNotFound, ThawError
 from thaw.listen import ParkAtListen
 from thaw.model import GpuTarget, check_name
 from thaw.model.manifest import HttpCanaryRequest
@@ -25,6 +28,8 @@ from thaw.ops import views
 from thaw.ops.base import Progress
 from thaw.sandbox.pod import Anchor
 from thaw.store import Store, store_for
+
+log = logging.getLogger("thaw")
 
 
 class LocalOperations:
@@ -41,6 +46,10 @@ class LocalOperations:
         # opened on first use: `thaw ps` and `thaw stop` need no store (and a bad --store fails only where used)
         if self._store is None:
             self._store = store_for(self.settings)
+            try:  # what crashed operations left in its staging and the node's (their owners are dead)
+                cleanup.sweep(self.settings, self._store)
+            except (ThawError, OSError) as exc:  # a clean-up that fails must not fail the command: `thaw gc` says more
+                log.warning("could not sweep staging debris: %s", exc)
         return self._store
 
     # ---- workers ----
@@ -67,6 +76,12 @@ class LocalOperations:
 
     def recover(self) -> list[Recovery]:
         return [views.recovery(r) for r in pipeline.recover(self.settings, self._store)]
+
+    def sweep(self, older_than_s: float | None) -> Swept:
+        if self._store is None:  # opened without the implicit sweep of `store`: this one counts what it removes
+            self._store = store_for(self.settings)
+        swept = cleanup.sweep(self.settings, self._store, older_than_s=older_than_s)
+        return Swept(staging=swept.staging, store_entries=swept.store_entries, instances=swept.instances)
 
     # ---- snapshot and restore ----
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool, ready_timeout: float,

@@ -15,6 +15,7 @@ from thaw.api.models import (
     Recovery,
     RestoreResult,
     SnapshotResult,
+    Swept,
     VerifyResult,
     Worker,
 )
@@ -76,6 +77,9 @@ class AgentOperations:
 
     def recover(self) -> list[Recovery]:
         return self.client.recover()
+
+    def sweep(self, older_than_s: float | None) -> Swept:
+        return self.client.sweep(older_than_s)
 
     # ---- snapshot and restore: agent jobs ----
     def snapshot(self, worker: str, artifact: str, *, leave_running: bool, ready_timeout: float,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import time
 import uuid
@@ -200,7 +201,7 @@ def create(settings: Settings, name: str, **fields: Any) -> Instance:
     iid = f"{name}-{uuid.uuid4().hex[:8]}"
     d = settings.instances_dir / iid
     d.mkdir(parents=True)
-    (d / "ops").mkdir()
+    (d / "ops").mkdir(mode=0o700)  # CRIU logs: paths and errors of the worker, for root only
     inst = Instance(id=iid, name=name, dir=d, node=settings.node, **fields)
     inst.save()
     return inst
@@ -240,3 +241,37 @@ def find(settings: Settings, ref: str, *, alive: bool = True) -> Instance:
         raise WorkerNotFound(f"worker {ref!r} is not running (last state: {named[0].state})",
                              hint="`thaw ps --all` shows past workers")
     raise WorkerNotFound(f"no worker named {ref!r} on this node", hint="`thaw ps` lists the running workers")
+
+
+#: states after which an instance never runs again: its directory is kept only for `thaw ps --all` and its logs
+FINAL_STATES = ("stopped", "exited", "failed", "snapshotted")
+
+
+def prune(settings: Settings, older_than_s: float) -> list[Instance]:
+    """Remove the directories of instances that are gone and last changed more than ``older_than_s`` ago.
+
+    Only instances in a final state whose sandbox is no longer alive go (a live or
+    restoring one never does); a directory without a readable instance.json goes by its age.
+    """
+    pruned: list[Instance] = []
+    now = time.time()
+    if not settings.instances_dir.is_dir():
+        return pruned
+    for d in settings.instances_dir.iterdir():
+        try:
+            age = now - max(d.stat().st_mtime, (d / "instance.json").stat().st_mtime)
+        except FileNotFoundError:
+            age = now - d.lstat().st_mtime
+        if age < older_than_s or d.is_symlink() or not d.is_dir():
+            continue
+        try:
+            inst = load(d)
+        except (OSError, ValueError):
+            inst = None
+        if inst is not None and (inst.state not in FINAL_STATES or inst.alive() or proc.holders(d)):
+            continue
+        if inst is not None:
+            inst.unlink()
+            pruned.append(inst)
+        shutil.rmtree(d, ignore_errors=True)
+    return pruned

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
+from thaw import faults
 from thaw.model import Phase, PhaseTime, Timings
 
 #: progress callback: (phase, fraction done or None, detail)
@@ -19,7 +20,9 @@ def no_progress(phase: str, fraction: float | None, detail: str) -> None:
 class Phases:
     """Times the phases of one operation, tells ``progress`` when each starts, and ends in one ``Timings``."""
 
-    def __init__(self, progress: Progress | None = None) -> None:
+    def __init__(self, progress: Progress | None = None, *, operation: str = "") -> None:
+        #: names the fault points of this operation's phases (``snapshot.dump``; thaw.faults)
+        self.operation = operation
         self.started = time.perf_counter()
         self._phases: list[PhaseTime] = []
         self.progress = progress or no_progress
@@ -27,6 +30,7 @@ class Phases:
     @contextmanager
     def __call__(self, phase: Phase, detail: str = "") -> Iterator[None]:
         self.progress(phase.value, None, detail)
+        faults.point(f"{self.operation}.{phase.value}")
         t0 = time.perf_counter()
         try:
             yield

@@ -32,7 +32,7 @@ from thaw.model import Phase
 from thaw.model.timing import PUBLISHED
 from thaw.pipeline import control, gpu
 from thaw.pipeline.instances import Instance, all_instances
-from thaw.store import Store, open_store
+from thaw.store import Store, open_store, owner
 from thaw.worker.protocol import Action
 
 #: how long recovery waits for a CRIU dump or restore that outlived the process that started it
@@ -94,11 +94,18 @@ def roll_back(inst: Instance, *, gpu_pids: list[int], timeout: float, notes: lis
 
 
 def clear_staging(settings: Settings) -> None:
-    """Empty node-local staging: for an agent at start, whose staging is its own (nothing in it outlives a job)."""
+    """Empty node-local staging at an agent's start of what no live process owns.
+
+    Nothing in it outlives the process that staged it, but a ``thaw restore --local`` may be
+    fetching into it right now: its entry (named after its owner, store/owner.py) stays, and
+    so does one CRIU still reads; everything else goes, foreign or unnamed entries too.
+    """
     staging = settings.staging_dir
     if not staging.is_dir():
         return
     for entry in staging.iterdir():
+        if entry.name.startswith(".") or owner.state(entry) in ("alive", "held"):
+            continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
@@ -117,7 +124,9 @@ def _restore(inst: Instance, everyone: list[Instance]) -> Recovered:
             time.sleep(0.05)
         # With its restorer gone, the namespace outlives only in the copy; had CRIU made no copy, the
         # kernel may have given its inode to a newer sandbox, which then records it too: not ours.
-        if any(other.netns == inst.netns and other.id != inst.id for other in everyone):
+        # An older record of that inode is the past (inodes are reused once freed): it says nothing.
+        if any(other.netns == inst.netns and other.id != inst.id
+               and (other.created_at > inst.created_at or other.alive()) for other in everyone):
             inst.netns = 0
     was_alive = inst.alive()
     inst.kill()

@@ -25,6 +25,7 @@ from thaw.pipeline import canary, control, gpu, http_canary, instances, placemen
 from thaw.pipeline.instances import Instance
 from thaw.pipeline.phases import Phases, Progress
 from thaw.pipeline.snapshot import IMAGES
+from thaw.sandbox import user
 from thaw.sandbox.pod import Anchor
 from thaw.store import Store, store_for
 from thaw.worker import protocol
@@ -66,7 +67,7 @@ def restore(settings: Settings, artifact: str, *, store: Store | None = None, gp
     """
     check_name(artifact)
     store = store or store_for(settings)
-    phases = Phases(progress)
+    phases = Phases(progress, operation="restore")
     with phases(Phase.FETCH, f"fetching and verifying {artifact}"):
         fetched = store.fetch(artifact, settings.staging_dir, expected_digest=expected_digest)
     try:
@@ -132,6 +133,9 @@ def _bring_up(settings: Settings, inst: Instance, manifest: Manifest, artifact_d
         place.close()
     inst.host_pid, inst.pidns, inst.ns_key = pid, protocol.pidns_inode(pid), protocol.sandbox_key(pid)
     inst.save()  # before anything can fail: `recover` needs the pid to kill
+    uid, gid = user.of_process(pid)
+    if uid != 0 and into is None:  # CRIU gave it back its unprivileged user: it may add files to its control dir only
+        user.hand_over(inst.dir, inst.log, uid, gid)
     protocol.link_sandbox(place.run_dir, inst.ns_key, place.control_target)
     if manifest.gpus:
         with phases(Phase.GPU_RESTORE, "CUDA restore + unlock"):

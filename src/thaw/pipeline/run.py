@@ -40,7 +40,7 @@ def launch(settings: Settings, argv: list[str], *, name: str, env: dict[str, str
                   settings.keep_mounts)
     try:
         started = launch_sandbox(list(argv), control_dir=inst.dir, run_dir=settings.run_dir, layout=layout,
-                                 env=merged, cwd=cwd, worker_env=worker_env)
+                                 env=merged, cwd=cwd, worker_env=worker_env, user=settings.worker)
     except BaseException:
         inst.state = "failed"
         inst.save()

@@ -30,7 +30,7 @@ from typing import Any
 from thaw import __version__, proc
 from thaw.config import Settings
 from thaw.criu import DumpOptions, dump, find_criu
-from thaw.errors import BusyError, CheckpointError, ConfigError, ThawError
+from thaw.errors import BusyError, CheckpointError, ConfigError, CriuError, ThawError
 from thaw.model import (
     Manifest,
     MemoryResidual,
@@ -45,10 +45,10 @@ from thaw.model import (
     check_name,
 )
 from thaw.model.manifest import HttpCanary, HttpCanaryRequest
-from thaw.pipeline import control, gpu, http_canary, instances, recovery, residual
+from thaw.pipeline import control, gpu, http_canary, instances, recovery, residual, sockets
 from thaw.pipeline.instances import Instance, SnapshotAttempt
 from thaw.pipeline.phases import Phases, Progress
-from thaw.sandbox import netns
+from thaw.sandbox import netns, user
 from thaw.sandbox.pod import run_dir_of
 from thaw.store import Store, store_for
 from thaw.worker.protocol import Action
@@ -88,7 +88,7 @@ def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | N
                                                       leave_running=leave_running)
         inst.save()
         try:
-            phases = Phases(_recorded(inst, progress))
+            phases = Phases(_recorded(inst, progress), operation="snapshot")
             manifest, stats = _freeze_and_capture(settings, inst, artifact, store, phases, ready_timeout,
                                                   reply_timeout, canary_http or [])
             if leave_running and attempt.released:
@@ -119,6 +119,11 @@ def _freeze_and_capture(settings: Settings, inst: Instance, artifact: str, store
                           "thaw.worker.quiesce(); nothing was frozen")
     # before the freeze: every process of the tree that holds the GPU, and a refusal naming any CRIU could not dump
     tree = gpu.plan_tree(inst.host_pid, ready.pid, ready.hooks)
+    sockets.refuse_inet(inst.name, inst.host_pid)
+    if why := user.refusal(inst.name, inst.host_pid):
+        raise CheckpointError(f"snapshot of {inst.name!r} refused: {why}", hint="grant thaw (the agent) "
+                              "CAP_SYS_RESOURCE, as deploy/kubernetes does, or run workers as root (unset "
+                              "THAW_WORKER_USER); nothing was frozen")
     with phases(Phase.FREEZE_HOOKS):
         try:
             reply = control.send(inst, Action.FREEZE, timeout=reply_timeout)
@@ -180,9 +185,12 @@ def _capture(settings: Settings, inst: Instance, ready: Any, report: dict[str, A
         stdio = [proc.fd_target(pid, fd) for fd in (1, 2)]
         op_dir = inst.dir / "ops" / f"snapshot-{staged.artifact_id[:8]}"
         with phases(Phase.DUMP, "CRIU dump"):
-            dump(DumpOptions(pid=pid, images_dir=staged.dir / IMAGES, work_dir=op_dir, leave_running=True,
-                             external=layout.dump_externals() + [netns.dump_external(pid)]),
-                 criu=criu)
+            try:
+                dump(DumpOptions(pid=pid, images_dir=staged.dir / IMAGES, work_dir=op_dir, leave_running=True,
+                                 external=layout.dump_externals() + [netns.dump_external(pid)]),
+                     criu=criu)
+            except CriuError as exc:
+                raise sockets.explain_dump_failure(inst.name, exc, op_dir / "dump.log") or exc from exc
         _check_images(staged.dir / IMAGES)
         http: HttpCanary | None = None
         if canary_http:

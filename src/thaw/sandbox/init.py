@@ -14,7 +14,9 @@ uses the standard library only and keeps its work short:
 5. link ``<run dir>/ns/<pid-namespace inode>`` to the control directory, so the
    worker SDK finds it;
 6. reopen stdio inside the namespace (descriptors opened outside point at mounts the
-   dump cannot see) and exec the worker, with the spec's ``worker_env`` added to its
+   dump cannot see), drop to the worker user if one is configured (user.py: no capability,
+   no way back) or else, for a pod, drop every capability, and exec the worker, with the
+   spec's ``worker_env`` added to its
    environment only (``thaw run --park-at-listen``: this process must not load the
    server's start-up hook).
 """
@@ -172,12 +174,17 @@ def main(argv: list[str]) -> None:
     link_control_dir(spec["run_dir"], spec["control_dir"])
     reopen_stdio(spec["log"])
     os.chdir(spec.get("cwd") or "/")
-    if spec.get("drop_caps"):
+    if spec.get("user"):  # everything that needs root is done: the worker runs unprivileged from here on
+        from thaw.sandbox.user import drop  # standard library only
+
+        drop(spec["user"]["uid"], spec["user"]["gid"])
+    elif spec.get("drop_caps"):
         drop_capabilities()
     os.environ.update(spec.get("worker_env") or {})
     try:
         os.execvp(cmd[0], cmd)
     except OSError as exc:
+        # launch.py reads this line (INIT_CANNOT_EXEC) and fails `thaw run` with it
         print(f"thaw sandbox: cannot exec {cmd[0]!r}: {exc.strerror}", file=sys.stderr, flush=True)
         os._exit(127)
 

@@ -9,6 +9,7 @@ never modify a published artifact; ``delete`` is the only way one goes away.
 from __future__ import annotations
 
 import builtins
+import re
 import shutil
 import uuid
 from abc import ABC, abstractmethod
@@ -17,8 +18,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from thaw.errors import IntegrityError
+from thaw import faults
+from thaw.errors import ConfigError, IntegrityError
 from thaw.model.manifest import FileEntry, Manifest, check_name
+from thaw.store import owner
 from thaw.store.signing import Signer, Trust
 
 
@@ -68,18 +71,21 @@ class Store(ABC):
         On any error, or if no manifest was set, nothing becomes visible.
         """
         check_name(name)
-        staged = Staged(name=name, artifact_id=uuid.uuid4().hex, dir=self._staging_dir())
+        artifact_id = uuid.uuid4().hex
+        staged = Staged(name=name, artifact_id=artifact_id, dir=self._staging_dir(name, artifact_id))
         try:
             yield staged
             if staged.published is None:
                 raise RuntimeError("stage() block ended without a manifest: nothing published")
+            faults.point("store.publish")
             staged.published = self._publish(staged)
         finally:
             shutil.rmtree(staged.dir, ignore_errors=True)
 
     @abstractmethod
-    def _staging_dir(self) -> Path:
-        """A fresh, empty directory for a new artifact (on the same filesystem where that makes publish a rename)."""
+    def _staging_dir(self, name: str, artifact_id: str) -> Path:
+        """A fresh, empty, private directory for a new artifact, named by ``staging_name`` (on the same
+        filesystem where that makes publish a rename)."""
 
     @abstractmethod
     def _publish(self, staged: Staged) -> Manifest:
@@ -148,6 +154,29 @@ class Store(ABC):
         """
         shutil.rmtree(staged_dir, ignore_errors=True)
 
+    def sweep(self, older_than_s: float | None = None) -> int:
+        """Remove what crashed writers left in this store's staging; returns how many entries went.
+
+        An entry goes when its owner (named in it: owner.py) is dead and no process uses it
+        any more (CRIU may write on after the thaw that started it died). With
+        ``older_than_s``, entries whose owner this node cannot judge (another node, an
+        earlier boot, an unnamed entry) go too once older than that.
+        """
+        gone = 0
+        for entry in self._staging_entries():
+            if owner.abandoned(entry, older_than_s):
+                name, artifact_id = parse_staging_name(entry.name)
+                if name and artifact_id:
+                    self.abandon(name, artifact_id, entry)
+                else:
+                    shutil.rmtree(entry, ignore_errors=True)
+                gone += 1
+        return gone
+
+    def _staging_entries(self) -> builtins.list[Path]:
+        """The directories this store stages new artifacts in (swept by ``sweep``)."""
+        return []
+
     def exists(self, name: str) -> bool:
         from thaw.errors import ArtifactNotFound
 
@@ -156,3 +185,20 @@ class Store(ABC):
         except ArtifactNotFound:
             return False
         return True
+
+
+def staging_name(name: str, artifact_id: str) -> str:
+    """``<owner>.<artifact id>.<name>``: the directory a new artifact is staged in says who writes it and what."""
+    return f"{owner.tag()}.{artifact_id}.{name}"
+
+
+def parse_staging_name(entry: str) -> tuple[str | None, str | None]:
+    """(name, artifact id) from a ``staging_name``; (None, None) for anything else."""
+    parts = entry.split(".", 2)
+    if len(parts) == 3 and re.fullmatch(r"[0-9a-f]{32}", parts[1]):
+        try:
+            return check_name(parts[2]), parts[1]
+        except ConfigError:
+            pass
+    return None, None
+

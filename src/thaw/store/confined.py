@@ -21,6 +21,7 @@ from types import TracebackType
 
 from thaw.errors import ConfigError, IntegrityError
 from thaw.model.manifest import MANIFEST, MAX_DEPTH, MAX_MANIFEST_BYTES, Manifest, check_relative
+from thaw.store import owner
 
 FILE_MODE, DIR_MODE = 0o600, 0o700
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -58,9 +59,12 @@ def private_dir(path: Path, *, what: str = "staging", check_owner: bool = True) 
 
 
 def new_private_dir(parent: Path, prefix: str) -> Path:
-    """A fresh directory under ``parent`` (made private first) with an unpredictable name, mode 0700."""
+    """A fresh directory under ``parent`` (made private first) with an unpredictable name, mode 0700.
+
+    The name starts with this process's owner tag (owner.py): what a crash leaves there is swept later.
+    """
     private_dir(parent)
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    return Path(tempfile.mkdtemp(prefix=f"{owner.tag()}.{prefix}", dir=parent))
 
 
 def read_small_file(path: Path, limit: int) -> bytes:

@@ -23,8 +23,9 @@ import time
 import uuid
 from pathlib import Path
 
+from thaw import faults
 from thaw.errors import ArtifactNotFound, BusyError, ConfigError, IntegrityError
-from thaw.store.base import Fetched, Staged, Store
+from thaw.store.base import Fetched, Staged, Store, staging_name
 from thaw.store.confined import DIR_MODE, Tree, new_private_dir, private_dir, read_manifest, write_manifest
 from thaw.store.digest import copy_verified, describe_tree, verify_tree
 from thaw.model.manifest import MANIFEST, Manifest, check_name
@@ -59,10 +60,13 @@ class DirectoryStore(Store):
         except OSError as exc:
             raise ConfigError("store", f"cannot use {self.root}: {exc.strerror}") from exc
 
-    def _staging_dir(self) -> Path:
-        d = self.root / ".staging" / uuid.uuid4().hex
+    def _staging_dir(self, name: str, artifact_id: str) -> Path:
+        d = self.root / ".staging" / staging_name(name, artifact_id)
         d.mkdir(mode=DIR_MODE)
         return d
+
+    def _staging_entries(self) -> list[Path]:
+        return sorted((self.root / ".staging").iterdir())
 
     def _publish(self, staged: Staged) -> Manifest:
         t0 = time.perf_counter()
@@ -70,6 +74,7 @@ class DirectoryStore(Store):
         write_manifest(manifest, staged.dir)
         _fsync_tree(staged.dir)
         staged.stats["digest_s"] = time.perf_counter() - t0
+        faults.point("store.rename")  # everything written and durable, not yet visible
         target = self.root / staged.name
         try:
             os.rename(staged.dir, target)
@@ -125,6 +130,7 @@ class DirectoryStore(Store):
                            stats={"verify_s": dt, "read_gbps": manifest.size / dt / 1e9 if dt > 0 else 0.0})
         local = new_private_dir(staging_root, prefix=f"{manifest.name}.{manifest.artifact_id[:8]}.")
         try:
+            faults.point("store.fetch")
             copy_verified(d, local, manifest)
             write_manifest(manifest, local)
         except BaseException:
@@ -160,15 +166,12 @@ class DirectoryStore(Store):
         shutil.rmtree(trash, ignore_errors=True)
         return kind
 
-    def sweep(self, older_than_s: float = 0.0) -> int:
-        """Remove staging and trash debris left by crashed writers; returns how many entries went."""
-        n = 0
-        now = time.time()
-        for sub in (".staging", ".trash"):
-            for d in (self.root / sub).iterdir():
-                if now - d.stat().st_mtime >= older_than_s:
-                    shutil.rmtree(d, ignore_errors=True)
-                    n += 1
+    def sweep(self, older_than_s: float | None = None) -> int:
+        """Remove staging debris of crashed writers (Store.sweep), and deleted artifacts a crash left in .trash."""
+        n = super().sweep(older_than_s)
+        for d in (self.root / ".trash").iterdir():
+            shutil.rmtree(d, ignore_errors=True)  # renamed away from its name: no reader or writer can want it
+            n += 1
         return n
 
 

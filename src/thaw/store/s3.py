@@ -44,9 +44,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from thaw import faults
 from thaw.errors import ArtifactNotFound, BusyError, ConfigError, IntegrityError
-from thaw.store.base import Fetched, Staged, Store
-from thaw.store.confined import Tree, new_private_dir, write_manifest
+from thaw.store.base import Fetched, Staged, Store, staging_name
+from thaw.store.confined import Tree, new_private_dir, private_dir, write_manifest
 from thaw.store.digest import chunk_digest, describe_tree
 from thaw.store.s3_calls import S3Calls, make_client, Refused
 from thaw.model.manifest import (CHUNK_SIZE, MANIFEST, MAX_CHUNK_SIZE, MAX_MANIFEST_BYTES, MIN_CHUNK_SIZE,
@@ -138,11 +139,17 @@ class S3Store(S3Calls, Store):
 
     # ---- publish ----------------------------------------------------------------------
 
-    def _staging_dir(self) -> Path:
+    def _staging_dir(self, name: str, artifact_id: str) -> Path:
         if self.scratch is None:
             raise ConfigError("store", f"{self.url} has no scratch directory to write new artifacts in",
                               hint="open it with thaw.store.store_for(settings) or open_store(url, scratch=...)")
-        return new_private_dir(self.scratch, prefix="stage-")
+        private_dir(self.scratch)
+        d = self.scratch / staging_name(name, artifact_id)
+        d.mkdir(mode=0o700)
+        return d
+
+    def _staging_entries(self) -> list[Path]:
+        return sorted(self.scratch.iterdir()) if self.scratch is not None and self.scratch.is_dir() else []
 
     def _publish(self, staged: Staged) -> Manifest:
         """Upload every file under the artifact id, then the manifest, conditionally."""
@@ -157,6 +164,7 @@ class S3Store(S3Calls, Store):
         data_prefix = self._data_prefix(staged.name, staged.artifact_id)
         try:
             self._upload_files(staged.dir, manifest, data_prefix)
+            faults.point("store.rename")  # every file uploaded, the manifest not yet
             t2 = time.perf_counter()
             self._put_manifest(manifest)
         except BaseException:
@@ -190,6 +198,7 @@ class S3Store(S3Calls, Store):
                 key = data_prefix + entry.path
                 multipart[entry.path] = self._call(
                     "create_multipart_upload", Bucket=self.bucket, Key=key)["UploadId"]
+        faults.point("store.upload")  # multipart uploads begun, no part sent
         etags: dict[str, list[tuple[int, str]]] = {path: [] for path in multipart}
         lock = threading.Lock()
         tree = Tree.open(root)
@@ -298,6 +307,7 @@ class S3Store(S3Calls, Store):
             with Tree.open(target) as tree:
                 for entry in manifest.files:
                     tree.create_file(entry.path, entry.size)
+                faults.point("store.fetch")
                 self._download(manifest, lambda piece, data: tree.write_at(piece.entry.path, piece.offset, data))
             write_manifest(manifest, target)
             dt = time.perf_counter() - t0
@@ -369,13 +379,15 @@ class S3Store(S3Calls, Store):
                                    UploadId=up["UploadId"])
         self._delete_prefix(prefix)
 
-    def sweep(self, older_than_s: float = 3600.0) -> int:
-        """Remove debris of crashed publishers: unreferenced files, stale multipart uploads, local scratch.
-
-        Only debris older than ``older_than_s`` goes, so uploads in progress on other nodes survive.
+    def sweep(self, older_than_s: float | None = None) -> int:
+        """Remove debris of crashed publishers: this node's scratch entries whose owner died, with their uploads
+        (Store.sweep, abandon); with ``older_than_s``, also every multipart upload and unreferenced file older than
+        that, whoever started it (so that uploads in progress on other nodes survive).
         """
+        n = super().sweep(older_than_s)
+        if older_than_s is None:
+            return n
         now = datetime.now(UTC)
-        n = 0
         for page in self._pages("list_multipart_uploads", Bucket=self.bucket, Prefix=self.prefix):
             for up in page.get("Uploads", []):
                 if (now - up["Initiated"]).total_seconds() >= older_than_s:
@@ -398,13 +410,7 @@ class S3Store(S3Calls, Store):
                 if artifact_id != current[name] and (now - obj["LastModified"]).total_seconds() >= older_than_s:
                     stale.append(obj["Key"])
         self._delete_keys(stale)
-        n += len(stale)
-        if self.scratch is not None and self.scratch.is_dir():
-            for d in self.scratch.iterdir():
-                if time.time() - d.stat().st_mtime >= older_than_s:
-                    shutil.rmtree(d, ignore_errors=True)
-                    n += 1
-        return n
+        return n + len(stale)
 
     def _delete_prefix(self, prefix: str) -> None:
         keys = [o["Key"] for page in self._pages("list_objects_v2", Bucket=self.bucket, Prefix=prefix)

@@ -118,6 +118,9 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        # readable by the other side: thaw (root) and a worker run as another user (its group owns the directory,
+        # which nobody else may enter: sandbox/user.py)
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, default=_jsonable)
         os.rename(tmp, path)

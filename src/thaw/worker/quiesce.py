@@ -119,6 +119,8 @@ class _Parked:
         self.canary = canary
         self.handled: set[str] = set()
         self.frozen = False
+        #: what the freeze hooks reported: a FREEZE of a frozen worker (the snapshot before it died) gets it again
+        self.freeze_report: dict[str, Any] = {}
         self.pending_thaw: dict[str, Any] | None = None
         #: (dev, inode, mtime) of the command file last read: a poll opens it only when it changed, so
         #: no descriptor of thaw's is ever open while the process is dumped (commands are written by rename)
@@ -200,8 +202,9 @@ class _Parked:
             match cmd.action:
                 case Action.FREEZE:
                     if not self.frozen:
-                        data = hooks.run_freeze(hooks.HookContext("snapshot", cmd.info))
+                        self.freeze_report = hooks.run_freeze(hooks.HookContext("snapshot", cmd.info))
                         self.frozen = True
+                    data = self.freeze_report
                 case Action.ABORT:
                     data = self._unfreeze("abort", cmd.info)
                 case Action.RELEASE:
