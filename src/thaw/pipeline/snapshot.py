@@ -28,7 +28,7 @@ from thaw import __version__
 from thaw.config import Settings
 from thaw.criu import DumpOptions, dump, find_criu
 from thaw.errors import BusyError, CheckpointError, ConfigError, CriuError, ThawError
-from thaw.pipeline import control, gpu, http_canary, instances, residual, sockets
+from thaw.pipeline import control, gpu, http_canary, instances, io_uring, residual, sockets
 from thaw.pipeline.instances import Instance
 from thaw.pipeline.phases import Phases, Progress
 from thaw.sandbox import netns, user
@@ -74,6 +74,7 @@ def snapshot(settings: Settings, worker: str, artifact: str, *, store: Store | N
         # before the freeze: every process of the tree that holds the GPU, and a refusal naming any CRIU could not dump
         tree = gpu.plan_tree(inst.host_pid, ready.pid, ready.hooks)
         sockets.refuse_inet(inst.name, inst.host_pid)
+        io_uring.refuse_io_uring(inst.name, inst.host_pid)
         if why := user.refusal(inst.name, inst.host_pid):
             raise CheckpointError(f"snapshot of {inst.name!r} refused: {why}", hint="grant thaw (the agent) "
                                   "CAP_SYS_RESOURCE, as deploy/kubernetes does, or run workers as root (unset "
