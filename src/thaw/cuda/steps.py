@@ -15,15 +15,14 @@ leaves the process as the step found it where the driver allows it, and says so.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from thaw.cuda import checkpointing, gpus, process
 from thaw.cuda.checkpointing import DEFAULT_LOCK_TIMEOUT_MS, GpuPair, ProcessState
+from thaw.cuda.timing import timed
 from thaw.cuda.gpus import GpuInfo
 from thaw.errors import CheckpointError, ConfigError, CudaError, RestoreError, ThawError
 
@@ -102,9 +101,9 @@ def checkpoint_gpu(pid: int, lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS) -> 
             hint="another snapshot may be in progress; or roll it back with rollback_gpu",
         )
     try:
-        with _timed(timings, "cuda_lock"):
+        with timed(timings, "cuda_lock"):
             checkpointing.lock(pid, lock_timeout_ms)
-        with _timed(timings, "cuda_checkpoint"):
+        with timed(timings, "cuda_checkpoint"):
             checkpointing.checkpoint(pid)
     except CudaError as exc:
         raise CheckpointError(f"GPU checkpoint of pid {pid} failed: {exc}; {_roll_back_after(pid)}") from exc
@@ -125,11 +124,11 @@ def rollback_gpu(pid: int) -> dict[str, float]:
             detail="the driver marked the process FAILED; it cannot be rolled back and must be killed",
         )
     if state is ProcessState.CHECKPOINTED:
-        with _timed(timings, "cuda_restore"):
+        with timed(timings, "cuda_restore"):
             checkpointing.restore(pid)
         state = ProcessState.LOCKED
     if state is ProcessState.LOCKED:
-        with _timed(timings, "cuda_unlock"):
+        with timed(timings, "cuda_unlock"):
             checkpointing.unlock(pid)
     return timings
 
@@ -149,9 +148,9 @@ def restore_gpu(pid: int, pairs: Sequence[GpuPair] | None = None) -> dict[str, f
     if state is not ProcessState.CHECKPOINTED:
         raise RestoreError(f"cannot restore the GPU state of pid {pid}: it is {state.name}, not CHECKPOINTED")
     try:
-        with _timed(timings, "cuda_restore"):
+        with timed(timings, "cuda_restore"):
             checkpointing.restore(pid, list(pairs) if pairs else None)
-        with _timed(timings, "cuda_unlock"):
+        with timed(timings, "cuda_unlock"):
             checkpointing.unlock(pid)
     except CudaError as exc:
         raise RestoreError(f"GPU restore of pid {pid} failed: {exc}; the process is {_state_text(pid)}") from exc
@@ -318,15 +317,6 @@ def _state_text(pid: int) -> str:
 
 def _gib(value: int | None) -> str:
     return "unknown" if value is None else f"{value / 2**30:.2f} GiB"
-
-
-@contextmanager
-def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[name] = round(time.perf_counter() - start, 6)
 
 
 __all__ = [
