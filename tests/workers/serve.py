@@ -16,6 +16,7 @@ Behaviour switches (environment):
     TEST_NO_QUIESCE=1       never reach the quiesce point (warm up forever)
     TEST_THAW_FAIL=1        the thaw hook raises when the worker was restored
     TEST_THAW_SLEEP=S       the thaw hook sleeps S seconds when the worker was restored
+    TEST_THAW_GATE=PATH     the thaw hook waits (up to 100 s) until PATH exists when the worker was restored
     TEST_FREEZE_FAIL=1      the freeze hook raises
     TEST_CANARY_RANDOM=1    the canary's answer differs on every run (a restore fails its canary check)
     TEST_HOLD_SOCKET=PATH   keep a unix socket connected to PATH (a server outside the sandbox) while parked
@@ -59,6 +60,10 @@ def thaw_(ctx: thaw.worker.HookContext) -> None:
         return
     if os.environ.get("TEST_THAW_SLEEP"):
         time.sleep(float(os.environ["TEST_THAW_SLEEP"]))
+    if os.environ.get("TEST_THAW_GATE"):  # a restore held in flight until the test lets it finish
+        gate, deadline = Path(os.environ["TEST_THAW_GATE"]), time.monotonic() + 100
+        while not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
     if os.environ.get("TEST_THAW_FAIL"):
         raise RuntimeError("thaw hook failed on purpose")
 
