@@ -179,6 +179,13 @@ def mapped_paths(pid: int) -> set[str]:
         return {fields[5].strip() for line in maps if len(fields := line.split(maxsplit=5)) == 6}
 
 
+def mappings(pid: int) -> list[tuple[str, str]]:
+    """(address range, what is mapped there: a path, ``[heap]``, ``anon_inode:[...]``, or "") of each mapping."""
+    with open(path(pid, "maps")) as maps:
+        return [(fields[0], fields[5].strip() if len(fields) == 6 else "")
+                for line in maps if (fields := line.split(maxsplit=5))]
+
+
 def smaps(pid: int) -> list[tuple[str, dict[str, int]]]:
     """Every mapping of ``pid``: its name (a path, ``[heap]``, "" for anonymous) and its sizes in bytes (Rss, ...)."""
     out: list[tuple[str, dict[str, int]]] = []

@@ -14,7 +14,8 @@ Everything runs on loopback and is started here, once per session:
   artifact directory, listening on 127.0.0.2 and 127.0.0.3. Nodes point at them with the
   thaw.dev/agent-url annotation. Workers run under a seccomp filter, as pods do.
 * ``operator``: ``python -m thaw.cli.operator run`` as a separate process, authenticated as the
-  thaw-operator ServiceAccount, so that it has the base's RBAC and nothing more.
+  thaw-operator ServiceAccount, so that it has the base's RBAC and nothing more; one per module
+  (``start_operator`` starts more, e.g. replicas with leader election).
 """
 
 from __future__ import annotations
@@ -377,19 +378,26 @@ class Operator:
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
+    def stop(self) -> None:
+        _terminate(self.pid)
 
-@pytest.fixture(scope="session")
-def operator(control_plane: ControlPlane, agents: Agents, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    """The operator as its own process, as the thaw-operator ServiceAccount (the base's RBAC, nothing more)."""
+    def kill(self) -> None:
+        """SIGKILL: no chance to hand anything over (kopf's peering record stays until it expires)."""
+        os.kill(self.pid, signal.SIGKILL)
+        wait_for(lambda: not _alive(self.pid), timeout=10, what=f"operator {self.pid} to die")
+
+
+def start_operator(cp: ControlPlane, agents: Agents, log: Path, *args: str, env: dict[str, str] | None = None) -> Operator:
+    """``python -m thaw.cli.operator run`` (plus ``args``) as the thaw-operator ServiceAccount, once its liveness
+    endpoint answers."""
     import httpx
 
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
     port = free_port()
-    cmd = [sys.executable, "-m", "thaw.cli.operator", "run", "--kubeconfig", str(control_plane.operator_kubeconfig),
+    cmd = [sys.executable, "-m", "thaw.cli.operator", "run", "--kubeconfig", str(cp.operator_kubeconfig),
            "--poll", "0.25", "--agent-token-file", str(agents.token_file), "--agent-namespace", "thaw-system",
            "--liveness", f"http://127.0.0.1:{port}/healthz", "--verbose",
-           "--agent-url-annotation"]  # these agents are processes, not DaemonSet pods: their Nodes name them
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+           "--agent-url-annotation", *args]  # these agents are processes, not DaemonSet pods: their Nodes name them
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -402,12 +410,24 @@ def operator(control_plane: ControlPlane, agents: Agents, tmp_path_factory: pyte
         except httpx.HTTPError:
             return False
 
-    wait_for(live, timeout=60, what="the operator's liveness endpoint")
-    op = Operator(proc.pid, log)
+    try:
+        wait_for(live, timeout=60, what="the operator's liveness endpoint")
+    except BaseException:
+        _terminate(proc.pid)
+        raise
+    return Operator(proc.pid, log)
+
+
+@pytest.fixture(scope="module")
+def operator(control_plane: ControlPlane, agents: Agents, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    """The operator as its own process, standalone, as the thaw-operator ServiceAccount (the base's RBAC, nothing
+    more). Per module: a standalone operator ignores leader election, so test_peering.py's replicas must not
+    share the cluster with one."""
+    op = start_operator(control_plane, agents, tmp_path_factory.mktemp("operator") / "operator.log")
     try:
         yield op
     finally:
-        _terminate(proc.pid)
+        op.stop()
 
 
 # --- per-test helpers ------------------------------------------------------------------------------------------

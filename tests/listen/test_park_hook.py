@@ -113,3 +113,30 @@ def test_a_bad_spec_is_one_line_on_stderr_and_the_server_runs_unparked(tmp_path)
                          timeout=60, check=False)
     assert out.stdout == "served\n"
     assert "thaw: not parking: nth must be 1 or more, got 0" in out.stderr
+
+
+def test_a_parked_server_gets_asyncio_instead_of_uvloop_whose_io_uring_criu_cannot_dump(tmp_path) -> None:
+    import subprocess
+
+    from thaw.listen.launch import worker_env
+
+    fake = tmp_path / "site" / "uvloop"  # an installed uvloop, as far as the import system can tell
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("VERSION = 'installed'\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    env.update(worker_env(ParkAtListen(min_warmup_s=0, expect_gpu="no"), tmp_path / "run", env))
+    probe = textwrap.dedent("""
+        try:
+            import uvloop
+            print("imported", uvloop.VERSION)
+        except ImportError as exc:
+            print("refused", exc)
+    """)
+
+    kept_out = subprocess.run([sys.executable, "-c", probe], env=env, check=False, capture_output=True, text=True, timeout=60)
+    assert kept_out.stdout.startswith("refused thaw keeps uvloop out"), kept_out.stdout + kept_out.stderr
+    assert "io_uring" in kept_out.stdout and "THAW_PARK_KEEP_UVLOOP=1" in kept_out.stdout
+
+    allowed = subprocess.run([sys.executable, "-c", probe], env={**env, "THAW_PARK_KEEP_UVLOOP": "1"},
+                             check=False, capture_output=True, text=True, timeout=60)
+    assert allowed.stdout.strip() == "imported installed", allowed.stdout + allowed.stderr

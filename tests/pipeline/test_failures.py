@@ -231,3 +231,19 @@ def test_an_unknown_manifest_schema_is_refused(settings: Settings, store: Store,
 
     assert [i.origin for i in pipeline.list_instances(settings)] == ["launched"]
     assert processes_of(settings.home) == []
+
+
+def test_an_io_uring_is_named_before_anything_is_frozen(settings: Settings, store: Store, launch_worker) -> None:
+    """Before: CRIU failed after the freeze with "Unknown shit 600 (anon_inode:[io_uring])" (uvloop's libuv
+    set the ring up: an unmodified uvicorn server on the GPU machine)."""
+    original = launch_worker(TEST_HOLD_IO_URING="1")
+
+    with pytest.raises(CheckpointError) as refused:
+        pipeline.snapshot(settings, "w", "a1", store=store)
+
+    assert refused.value.message.startswith("snapshot of 'w' refused: it holds an io_uring, which CRIU cannot "
+                                            f"snapshot: pid {original.host_pid} (fd ")
+    assert "uvicorn --loop asyncio" in refused.value.hint and refused.value.hint.endswith("nothing was frozen")
+    assert store.list() == [] and staging_debris(store) == []
+    pipeline.release(settings, "w")
+    assert state(original.dir)["hooks"] == []  # never frozen

@@ -16,10 +16,12 @@ Behaviour switches (environment):
     TEST_NO_QUIESCE=1       never reach the quiesce point (warm up forever)
     TEST_THAW_FAIL=1        the thaw hook raises when the worker was restored
     TEST_THAW_SLEEP=S       the thaw hook sleeps S seconds when the worker was restored
+    TEST_THAW_GATE=PATH     the thaw hook waits (up to 100 s) until PATH exists when the worker was restored
     TEST_FREEZE_FAIL=1      the freeze hook raises
     TEST_CANARY_RANDOM=1    the canary's answer differs on every run (a restore fails its canary check)
     TEST_HOLD_SOCKET=PATH   keep a unix socket connected to PATH (a server outside the sandbox) while parked
     TEST_HOLD_TCP=PORT      listen on TCP 127.0.0.1:PORT (in the sandbox's own network namespace) while parked
+    TEST_HOLD_IO_URING=1    set up an io_uring (as uvloop's libuv does) and keep it while parked
     TEST_LOG=PATH           the log file [default: worker-data.log in the working directory]
     TEST_BALLAST_MB=N       hold N MiB more memory (a bigger image: CRIU takes longer to dump and restore it)
     TEST_TCP_PORT=N         serve on TCP port N of every address instead of the unix socket (a pod's worker)
@@ -58,6 +60,10 @@ def thaw_(ctx: thaw.worker.HookContext) -> None:
         return
     if os.environ.get("TEST_THAW_SLEEP"):
         time.sleep(float(os.environ["TEST_THAW_SLEEP"]))
+    if os.environ.get("TEST_THAW_GATE"):  # a restore held in flight until the test lets it finish
+        gate, deadline = Path(os.environ["TEST_THAW_GATE"]), time.monotonic() + 100
+        while not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
     if os.environ.get("TEST_THAW_FAIL"):
         raise RuntimeError("thaw hook failed on purpose")
 
@@ -104,6 +110,7 @@ def main() -> None:
         held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         held.bind(("127.0.0.1", int(os.environ["TEST_HOLD_TCP"])))
         held.listen()
+    ring = _io_uring() if os.environ.get("TEST_HOLD_IO_URING") else None  # noqa: F841 - held while parked
 
     while True:
         outcome = thaw.worker.quiesce(canary=lambda: canary(digest))
@@ -179,5 +186,18 @@ def serve(outcome: thaw.worker.Outcome, token: str, table: list[str], log) -> bo
     return state["park"]
 
 
+def _io_uring() -> int:
+    """A descriptor of a new io_uring with 8 entries (io_uring_setup, syscall 425 on x86-64)."""
+    import ctypes
+
+    params = ctypes.create_string_buffer(120)  # struct io_uring_params, zeroed
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(425, 8, params)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "io_uring_setup")
+    return fd
+
+
 if __name__ == "__main__":
     main()
+

@@ -43,7 +43,7 @@ import threading
 import time
 from typing import Any
 
-from thaw.listen.spec import ENV_ROOT, ENV_SPEC, ParkAtListen, describe
+from thaw.listen.spec import ENV_KEEP_UVLOOP, ENV_ROOT, ENV_SPEC, ParkAtListen, describe
 from thaw.worker import protocol
 
 _GPU_DEVICE = "/dev/nvidiactl"
@@ -180,7 +180,25 @@ def install_from_env() -> bool:
         claimed = str(os.getpid())
         os.environ[ENV_ROOT] = claimed  # inherited by every process this one starts
     sys.addaudithook(_Hook(spec, int(claimed)))
+    if os.environ.get(ENV_KEEP_UVLOOP) != "1":
+        sys.meta_path.insert(0, _NoUvloop())
     return True
+
+
+class _NoUvloop:
+    """Makes ``import uvloop`` fail, so that servers that prefer it (uvicorn's ``--loop auto``) use asyncio's loop.
+
+    uvloop's libuv (>= 1.45) sets up an io_uring when its loop starts, and CRIU cannot snapshot an
+    io_uring: the dump fails after the freeze. ``UV_USE_IO_URING=0`` does not prevent the ring
+    (uvloop 0.23, seen on the GPU machine). Every server that falls back to asyncio when uvloop
+    is missing keeps working; ``THAW_PARK_KEEP_UVLOOP=1`` turns this off.
+    """
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "uvloop" or name.startswith("uvloop."):
+            raise ImportError(f"thaw keeps {name} out of a server parked at listen: its io_uring cannot be "
+                              f"snapshotted by CRIU (set {ENV_KEEP_UVLOOP}=1 to allow it)", name=name)
+        return None
 
 
 def _install_torch_hooks() -> None:

@@ -17,6 +17,8 @@ from typing import Any
 ENV_SPEC = "THAW_PARK_AT_LISTEN"
 #: set by the first process of the sandbox that loads the hook: only that process parks (see thaw.listen)
 ENV_ROOT = "THAW_PARK_ROOT"
+#: "1" lets a parked server import uvloop (whose libuv sets up an io_uring that CRIU cannot snapshot)
+ENV_KEEP_UVLOOP = "THAW_PARK_KEEP_UVLOOP"
 
 EXPECT_GPU = ("auto", "yes", "no")
 

@@ -24,13 +24,12 @@ is unlocked. The manifest names them by their pid inside the sandbox.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 from thaw import proc
 from thaw.cuda import checkpointing, gpus, process
 from thaw.pipeline import gpu_tree
+from thaw.pipeline.phases import timed
 from thaw.cuda.checkpointing import DEFAULT_LOCK_TIMEOUT_MS, ProcessState
 from thaw.errors import CheckpointError, ConfigError, CudaError, RestoreError, ThawError
 from thaw.model import GpuInfo, GpuPair, GpuRecord, GpuTarget, Phase, normalize_uuid
@@ -150,9 +149,9 @@ def checkpoint_gpu(pid: int, lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS) -> 
             hint="another snapshot may be in progress; or roll it back with rollback_gpu",
         )
     try:
-        with _timed(timings, Phase.CUDA_LOCK):
+        with timed(timings, Phase.CUDA_LOCK):
             checkpointing.lock(pid, lock_timeout_ms)
-        with _timed(timings, Phase.CUDA_CHECKPOINT):
+        with timed(timings, Phase.CUDA_CHECKPOINT):
             checkpointing.checkpoint(pid)
     except CudaError as exc:
         raise CheckpointError(f"GPU checkpoint of pid {pid} failed: {exc}; {_roll_back_after(pid)}") from exc
@@ -173,11 +172,11 @@ def rollback_gpu(pid: int) -> dict[str, float]:
             detail="the driver marked the process FAILED; it cannot be rolled back and must be killed",
         )
     if state is ProcessState.CHECKPOINTED:
-        with _timed(timings, Phase.CUDA_RESTORE):
+        with timed(timings, Phase.CUDA_RESTORE):
             checkpointing.restore(pid)
         state = ProcessState.LOCKED
     if state is ProcessState.LOCKED:
-        with _timed(timings, Phase.CUDA_UNLOCK):
+        with timed(timings, Phase.CUDA_UNLOCK):
             checkpointing.unlock(pid)
     return timings
 
@@ -197,9 +196,9 @@ def restore_gpu(pid: int, pairs: Sequence[GpuPair] | None = None) -> dict[str, f
     if state is not ProcessState.CHECKPOINTED:
         raise RestoreError(f"cannot restore the GPU state of pid {pid}: it is {state.name}, not CHECKPOINTED")
     try:
-        with _timed(timings, Phase.CUDA_RESTORE):
+        with timed(timings, Phase.CUDA_RESTORE):
             checkpointing.restore(pid, list(pairs) if pairs else None)
-        with _timed(timings, Phase.CUDA_UNLOCK):
+        with timed(timings, Phase.CUDA_UNLOCK):
             checkpointing.unlock(pid)
     except CudaError as exc:
         raise RestoreError(f"GPU restore of pid {pid} failed: {exc}; the process is {_state_text(pid)}") from exc
@@ -369,15 +368,6 @@ def _state_text(pid: int) -> str:
 
 def _gib(value: int | None) -> str:
     return "unknown" if value is None else f"{value / 2**30:.2f} GiB"
-
-
-@contextmanager
-def _timed(timings: dict[str, float], phase: Phase) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[phase.value] = round(time.perf_counter() - start, 6)
 
 
 __all__ = [

@@ -34,15 +34,15 @@ All pids are host pids; the manifest names processes by their pid inside the san
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from thaw.cuda import checkpointing, process
 from thaw.cuda.checkpointing import DEFAULT_LOCK_TIMEOUT_MS, ProcessState
 from thaw.cuda.worker_hooks import HOOK as TORCH_HOOK  # the freeze hook that shuts inductor's compile pool down
 from thaw.errors import CheckpointError, CudaError, RestoreError, WorkerError
-from thaw.model import GpuPair
+from thaw.model import GpuPair, Phase
+from thaw.pipeline.phases import timed
 
 #: how inductor's compile-worker sidecar shows in its command line (torch 2.2 … 2.13)
 COMPILE_WORKER_MARK = "torch/_inductor/compile_worker"
@@ -153,11 +153,11 @@ def checkpoint_tree(pids: Sequence[int], lock_timeout_ms: int = DEFAULT_LOCK_TIM
     timings: dict[str, float] = {}
     touched: list[int] = []
     try:
-        with _timed(timings, "cuda_lock"):
+        with timed(timings, Phase.CUDA_LOCK):
             for pid in pids:
                 checkpointing.lock(pid, lock_timeout_ms)
                 touched.append(pid)
-        with _timed(timings, "cuda_checkpoint"):
+        with timed(timings, Phase.CUDA_CHECKPOINT):
             for pid in pids:
                 checkpointing.checkpoint(pid)
     except CudaError as exc:
@@ -189,7 +189,7 @@ def rollback_tree(pids: Sequence[int]) -> dict[str, float]:
                                     detail="the driver marked the process FAILED; the worker must be killed"))
     checkpointed = [pid for pid, state in states.items() if state is ProcessState.CHECKPOINTED]
     if checkpointed:
-        with _timed(timings, "cuda_restore"):
+        with timed(timings, Phase.CUDA_RESTORE):
             for pid in checkpointed:
                 try:
                     checkpointing.restore(pid)
@@ -198,7 +198,7 @@ def rollback_tree(pids: Sequence[int]) -> dict[str, float]:
                     errors.append(exc)
     locked = [pid for pid, state in states.items() if state is ProcessState.LOCKED]
     if locked:
-        with _timed(timings, "cuda_unlock"):
+        with timed(timings, Phase.CUDA_UNLOCK):
             for pid in locked:
                 try:
                     checkpointing.unlock(pid)
@@ -225,10 +225,10 @@ def restore_tree(pids: Sequence[int], pairs: Sequence[GpuPair] | None = None) ->
             raise RestoreError(f"cannot restore the GPU state of pid {pid}: it is {state.name}, not CHECKPOINTED")
     timings: dict[str, float] = {}
     try:
-        with _timed(timings, "cuda_restore"):
+        with timed(timings, Phase.CUDA_RESTORE):
             for pid in pids:
                 checkpointing.restore(pid, list(pairs) if pairs else None)
-        with _timed(timings, "cuda_unlock"):
+        with timed(timings, Phase.CUDA_UNLOCK):
             for pid in pids:
                 checkpointing.unlock(pid)
     except CudaError as exc:
@@ -350,15 +350,6 @@ def _states_text(pids: Sequence[int]) -> str:
         except CudaError as exc:
             parts.append(f"{pid}: unknown ({exc.name})")
     return ", ".join(parts)
-
-
-@contextmanager
-def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[name] = round(time.perf_counter() - start, 6)
 
 
 __all__ = [

@@ -55,3 +55,13 @@ class Phases:
 
     def finish(self) -> Timings:
         return self.so_far()
+
+
+@contextmanager
+def timed(timings: dict[str, float], phase: Phase) -> Iterator[None]:
+    """Record the seconds the block took as ``timings[phase]`` (a GPU step's driver calls), also when it raises."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[phase.value] = round(time.perf_counter() - start, 6)

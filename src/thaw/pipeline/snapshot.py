@@ -45,7 +45,7 @@ from thaw.model import (
     check_name,
 )
 from thaw.model.manifest import HttpCanary, HttpCanaryRequest
-from thaw.pipeline import control, gpu, http_canary, instances, recovery, residual, sockets
+from thaw.pipeline import control, gpu, http_canary, instances, io_uring, recovery, residual, sockets
 from thaw.pipeline.instances import Instance, SnapshotAttempt
 from thaw.pipeline.phases import Phases, Progress
 from thaw.sandbox import netns, user
@@ -120,6 +120,7 @@ def _freeze_and_capture(settings: Settings, inst: Instance, artifact: str, store
     # before the freeze: every process of the tree that holds the GPU, and a refusal naming any CRIU could not dump
     tree = gpu.plan_tree(inst.host_pid, ready.pid, ready.hooks)
     sockets.refuse_inet(inst.name, inst.host_pid)
+    io_uring.refuse_io_uring(inst.name, inst.host_pid)
     if why := user.refusal(inst.name, inst.host_pid):
         raise CheckpointError(f"snapshot of {inst.name!r} refused: {why}", hint="grant thaw (the agent) "
                               "CAP_SYS_RESOURCE, as deploy/kubernetes does, or run workers as root (unset "
