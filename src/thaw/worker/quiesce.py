@@ -144,14 +144,17 @@ class _Parked:
 
     def control_dir(self, *, wait: bool = False) -> Path:
         """This sandbox's control directory; a restored copy finds a new one under its new pid namespace."""
-        link = protocol.ns_link(self.run_dir, protocol.sandbox_key())
+        key = protocol.sandbox_key()
         while True:
             try:
-                return Path(os.readlink(link))
+                return self._linked_dir(key)
             except FileNotFoundError:
                 if not wait:
                     raise
                 time.sleep(POLL_S)
+
+    def _linked_dir(self, key: str) -> Path:
+        return Path(os.readlink(protocol.ns_link(self.run_dir, key)))
 
     def wait(self, timeout: float | None) -> Outcome:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -178,7 +181,8 @@ class _Parked:
 
     def _next_command(self) -> Command | None:
         try:
-            ctl = self.control_dir()
+            key = protocol.sandbox_key()
+            ctl = self._linked_dir(key)
         except FileNotFoundError:
             return None  # restored, and thaw has not linked the new sandbox yet
         try:
@@ -188,8 +192,15 @@ class _Parked:
         stamp = (st.st_dev, st.st_ino, st.st_mtime_ns)
         if stamp == self.seen:
             return None  # nothing new: opening it now could leave a descriptor in a snapshot being dumped
-        self.seen = stamp
         raw = protocol.read_json(ctl / protocol.COMMAND)
+        # A dump can stop this process anywhere above, and a copy restored from it resumes here with the original's
+        # key and directory in hand, where thaw has since told the original RELEASE (--leave-running). A copy that
+        # acted on it ran its thaw hooks as a release and answered before thaw linked its own sandbox (it died), or
+        # into its own directory (its THAW went unanswered). What was read counts only if this is still the sandbox
+        # whose link was followed; if not, the next poll looks again as the copy.
+        if protocol.sandbox_key() != key:
+            return None
+        self.seen = stamp
         if not raw or raw.get("id") in self.handled:
             return None
         self.handled.add(raw["id"])
