@@ -207,44 +207,44 @@ class _Parked:
         return protocol.decode_command(raw)
 
     def _act(self, cmd: Command) -> Outcome | None:
-        data: dict[str, Any] = {}
-        canary_out: Any = None
+        """Do what ``cmd`` asks and answer it; how quiesce() returns, or None to stay parked."""
         try:
-            match cmd.action:
-                case Action.FREEZE:
-                    if not self.frozen:
-                        self.freeze_report = hooks.run_freeze(hooks.HookContext("snapshot", cmd.info))
-                        self.frozen = True
-                    data = self.freeze_report
-                case Action.ABORT:
-                    data = self._unfreeze("abort", cmd.info)
-                case Action.RELEASE:
-                    data = self._unfreeze("release", cmd.info)
-                    self._reply(cmd, True, data=data)
-                    return Outcome(Kind.RELEASED, {"reason": "released by thaw", **cmd.info})
-                case Action.THAW:
-                    _reopen_inherited_stdio(self.control_dir() / protocol.WORKER_LOG)
-                    data = self._unfreeze("thaw", cmd.info)
-                    if cmd.verify:
-                        canary_out = self.canary() if self.canary else None
-                        self.pending_thaw = cmd.info
-                    else:
-                        self._reply(cmd, True, data=data)
-                        return Outcome(Kind.THAWED, cmd.info)
-                case Action.GO:
-                    self._reply(cmd, True)
-                    return Outcome(Kind.THAWED, {**(self.pending_thaw or {}), **cmd.info})
-                case Action.STOP:
-                    self._reply(cmd, True)
-                    return Outcome(Kind.STOPPED, cmd.info)
+            outcome, data, canary_out = self._perform(cmd)
         except hooks.HookFailed as exc:
             self._reply(cmd, False, error=str(exc) + "\n" + traceback.format_exc(limit=5))
             return None
         except Exception as exc:  # the worker must survive anything thaw asks of it
             self._reply(cmd, False, error=f"{type(exc).__name__}: {exc}\n" + traceback.format_exc(limit=5))
             return None
-        self._reply(cmd, True, data=data, canary=canary_out)
-        return None
+        # unanswered, it stays parked: thaw cannot know what it did, and must not find it serving on its own
+        return outcome if self._reply(cmd, True, data=data, canary=canary_out) else None
+
+    def _perform(self, cmd: Command) -> tuple[Outcome | None, dict[str, Any], Any]:
+        """(how quiesce() returns once thaw has the answer, or None; the hooks' report; the canary's outputs)."""
+        match cmd.action:
+            case Action.FREEZE:
+                if not self.frozen:
+                    self.freeze_report = hooks.run_freeze(hooks.HookContext("snapshot", cmd.info))
+                    self.frozen = True
+                return None, self.freeze_report, None
+            case Action.ABORT:
+                return None, self._unfreeze("abort", cmd.info), None
+            case Action.RELEASE:
+                data = self._unfreeze("release", cmd.info)
+                return Outcome(Kind.RELEASED, {"reason": "released by thaw", **cmd.info}), data, None
+            case Action.THAW:
+                _reopen_inherited_stdio(self.control_dir() / protocol.WORKER_LOG)
+                data = self._unfreeze("thaw", cmd.info)
+                if not cmd.verify:
+                    return Outcome(Kind.THAWED, cmd.info), data, None
+                canary_out = self.canary() if self.canary else None
+                self.pending_thaw = cmd.info
+                return None, data, canary_out
+            case Action.GO:
+                return Outcome(Kind.THAWED, {**(self.pending_thaw or {}), **cmd.info}), {}, None
+            case Action.STOP:
+                return Outcome(Kind.STOPPED, cmd.info), {}, None
+        raise ValueError(f"unknown action {cmd.action!r}")
 
     def _unfreeze(self, reason: str, info: dict[str, Any]) -> dict[str, Any]:
         if not self.frozen:
@@ -254,9 +254,21 @@ class _Parked:
         return report
 
     def _reply(self, cmd: Command, ok: bool, *, error: str = "", data: dict[str, Any] | None = None,
-               canary: Any = None) -> None:
+               canary: Any = None) -> bool:
+        """Answer ``cmd`` in this sandbox's control directory; False when it cannot (it says why in its log)."""
         reply = protocol.Reply(id=cmd.id, ok=ok, error=error, data=data or {}, canary=canary, at=protocol.now())
-        protocol.write_json_atomic(self.control_dir() / protocol.REPLY, protocol.encode(reply))
+        try:
+            protocol.write_json_atomic(self.control_dir() / protocol.REPLY, protocol.encode(reply))
+        except OSError as exc:
+            # thaw removed this sandbox's link (it gave up on the worker: a failed restore kills it next; gc of a
+            # gone instance) or its directory: nobody reads a reply here. Parked, it keeps its state and answers
+            # again once linked; dying here left only a traceback in its log.
+            print(f"thaw.worker: cannot answer thaw's {cmd.action.value!r} (command {cmd.id}): {exc.strerror or exc}"
+                  f"{f': {exc.filename}' if exc.filename else ''}; thaw reads no reply from this worker now, so it "
+                  "stays parked until its control directory is linked again or it is stopped",
+                  file=sys.stderr, flush=True)
+            return False
+        return True
 
 
 def _reopen_inherited_stdio(log: Path) -> None:
