@@ -104,6 +104,24 @@ def test_leave_running_keeps_the_original_serving(settings: Settings, store: Sto
     assert state(original.dir)["outcome"] == "released"  # the original still answers
 
 
+def test_a_copy_of_a_worker_caught_mid_poll_answers_its_restore_not_the_originals_release(
+        settings: Settings, store: Store, launch_worker) -> None:
+    """CRIU stops the worker wherever it is, e.g. holding the original's sandbox key, about to read the original's
+    control directory; after --leave-running thaw tells the original RELEASE there. Before the fix the copy acted
+    on it (CI, tests/gms/test_gms_snapshot.py: one copy died, the other never answered THAW). The worker here
+    stalls after each key look-up while frozen, so the dump lands in that window nearly every time."""
+    original = launch_worker(TEST_STALL_WHILE_FROZEN="0.5")
+    pipeline.snapshot(settings, "w", "a1", store=store, leave_running=True)
+
+    copy = pipeline.restore(settings, "a1", store=store, name="copy", reply_timeout=30)
+
+    got = state(copy.instance.dir)
+    assert got["outcome"] == "thawed" and got["info"]["restore_id"] == copy.instance.id
+    assert got["hooks"] == ["freeze:snapshot", "thaw:thaw"]  # undone as a thaw, not as the original's release
+    served = state(original.dir)
+    assert served["outcome"] == "released" and served["hooks"] == ["freeze:snapshot", "thaw:release"]
+
+
 def test_a_restored_worker_can_be_snapshotted_and_restored_again(settings: Settings, store: Store,
                                                                 launch_worker) -> None:
     launch_worker()

@@ -85,6 +85,15 @@ class ParkedWorker:
         [outcome] = [e for e in self.events() if "outcome" in e]
         return outcome
 
+    def poll_output(self, text: str) -> str:
+        """What the worker printed so far if it contains ``text`` (read without waiting), else ""."""
+        assert self.proc.stdout is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        chunk = self.proc.stdout.read()
+        self._printed = getattr(self, "_printed", "") + (chunk.decode(errors="replace") if chunk else "")
+        assert text in self._printed or self.proc.poll() is None, f"worker exited: {self._printed}"
+        return self._printed if text in self._printed else ""
+
     def output(self) -> str:
         if self.proc.poll() is None:
             return "(still running)"

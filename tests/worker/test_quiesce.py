@@ -15,6 +15,7 @@ import pytest
 import thaw.worker
 from thaw.worker import protocol
 from thaw.worker.protocol import Action
+from workers import wait_until
 
 
 def test_a_parked_worker_announces_itself(start_parked) -> None:
@@ -183,6 +184,26 @@ def test_a_failing_thaw_hook_is_reported_and_the_worker_stays_parked(start_parke
     assert worker.proc.poll() is None
     worker.send(Action.STOP)
     assert worker.outcome()["outcome"] == "stopped"
+
+
+def test_a_worker_whose_link_went_while_it_acted_stays_parked_says_why_and_answers_once_linked(
+        start_parked) -> None:
+    """thaw removes a sandbox's link when it gives up on it (a restore that failed or timed out kills the copy next).
+    A worker in the middle of a command then has nowhere to reply. Before, the reply raised FileNotFoundError in the
+    handler of its own failure and the worker died with a traceback in its log (CI)."""
+    worker = start_parked(PARK_UNLINK="thaw:b")
+    worker.send(Action.FREEZE)
+    protocol.write_json_atomic(worker.dir / protocol.COMMAND, protocol.encode(
+        protocol.Command(id="lost", action=Action.THAW, info={"restore_id": "r1"})))
+
+    said = wait_until(lambda: worker.poll_output("cannot answer"), 10, "the worker to say it cannot answer")
+
+    assert "cannot answer thaw's 'thaw' (command lost)" in said and "stays parked" in said
+    assert "Traceback" not in said and worker.proc.poll() is None
+    worker.link(worker.dir)  # linked again: it answers, and its thaw hooks, which ran, do not run twice
+    assert worker.send(Action.THAW, {"restore_id": "r1"}).ok
+    assert worker.outcome()["outcome"] == "thawed"
+    assert [h for h, _ in worker.hooks_run() if h.startswith("thaw:")] == ["thaw:c", "thaw:b", "thaw:a"]
 
 
 def test_a_command_left_from_an_earlier_life_is_not_acted_on(start_parked) -> None:

@@ -5,7 +5,8 @@ Events are appended as JSON lines to ``$PARK_EVENTS``::
     {"hook": "freeze:a", "reason": "snapshot", "info": {...}}     a hook ran
     {"outcome": "thawed", "info": {...}, "managed": true, "control_dir": "..."}   quiesce returned
 
-Switches: ``PARK_FAIL=freeze:b`` makes that hook raise; ``PARK_TIMEOUT=S`` bounds the wait.
+Switches: ``PARK_FAIL=freeze:b`` makes that hook raise; ``PARK_UNLINK=thaw:b`` makes that hook remove this
+sandbox's ns link (as thaw does when it gives up on a worker); ``PARK_TIMEOUT=S`` bounds the wait.
 Freeze hooks a, b, c and thaw hooks a, b, c are registered in that order.
 """
 
@@ -15,7 +16,10 @@ import json
 import os
 import sys
 
+from pathlib import Path
+
 import thaw.worker
+from thaw.worker import protocol
 
 EVENTS = os.environ["PARK_EVENTS"]
 
@@ -30,6 +34,8 @@ def make_hook(kind: str, name: str):
         record({"hook": f"{kind}:{name}", "reason": ctx.reason, "info": ctx.info})
         if os.environ.get("PARK_FAIL") == f"{kind}:{name}":
             raise RuntimeError(f"{kind} hook {name} failed on purpose")
+        if os.environ.get("PARK_UNLINK") == f"{kind}:{name}":
+            protocol.ns_link(Path(os.environ[protocol.ENV_RUN_DIR]), protocol.sandbox_key()).unlink()
         return {"by": f"{kind}:{name}"}
 
     return hook

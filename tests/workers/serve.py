@@ -25,6 +25,9 @@ Behaviour switches (environment):
     TEST_LOG=PATH           the log file [default: worker-data.log in the working directory]
     TEST_BALLAST_MB=N       hold N MiB more memory (a bigger image: CRIU takes longer to dump and restore it)
     TEST_TCP_PORT=N         serve on TCP port N of every address instead of the unix socket (a pod's worker)
+    TEST_STALL_WHILE_FROZEN=S   while frozen, every look-up of the sandbox key stalls S seconds once it has the key
+                            (a loaded machine, exaggerated): a dump then nearly always lands between the look-up
+                            and the read of the control directory it leads to
 """
 
 from __future__ import annotations
@@ -43,11 +46,14 @@ from pathlib import Path
 import thaw.worker
 
 hooks_called: list[str] = []
+frozen = False
 
 
 @thaw.worker.on_freeze(name="state")
 def freeze(ctx: thaw.worker.HookContext) -> dict:
+    global frozen
     hooks_called.append(f"freeze:{ctx.reason}")
+    frozen = True
     if os.environ.get("TEST_FREEZE_FAIL"):
         raise RuntimeError("freeze hook failed on purpose")
     return {"tokens": 1}
@@ -55,7 +61,9 @@ def freeze(ctx: thaw.worker.HookContext) -> dict:
 
 @thaw.worker.on_thaw(name="state")
 def thaw_(ctx: thaw.worker.HookContext) -> None:
+    global frozen
     hooks_called.append(f"thaw:{ctx.reason}")
+    frozen = False
     if ctx.reason != "thaw":
         return
     if os.environ.get("TEST_THAW_SLEEP"):
@@ -66,6 +74,20 @@ def thaw_(ctx: thaw.worker.HookContext) -> None:
             time.sleep(0.05)
     if os.environ.get("TEST_THAW_FAIL"):
         raise RuntimeError("thaw hook failed on purpose")
+
+
+def stall_while_frozen(seconds: float) -> None:
+    from thaw.worker import protocol
+
+    look_up = protocol.sandbox_key
+
+    def stalled(init_pid: int | None = None) -> str:
+        key = look_up(init_pid)
+        if frozen:
+            time.sleep(seconds)
+        return key
+
+    protocol.sandbox_key = stalled
 
 
 def try_write(path: str) -> dict:
@@ -92,6 +114,8 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
 
 
 def main() -> None:
+    if os.environ.get("TEST_STALL_WHILE_FROZEN"):
+        stall_while_frozen(float(os.environ["TEST_STALL_WHILE_FROZEN"]))
     if os.environ.get("TEST_NO_QUIESCE"):
         while True:
             time.sleep(1)

@@ -144,14 +144,17 @@ class _Parked:
 
     def control_dir(self, *, wait: bool = False) -> Path:
         """This sandbox's control directory; a restored copy finds a new one under its new pid namespace."""
-        link = protocol.ns_link(self.run_dir, protocol.sandbox_key())
+        key = protocol.sandbox_key()
         while True:
             try:
-                return Path(os.readlink(link))
+                return self._linked_dir(key)
             except FileNotFoundError:
                 if not wait:
                     raise
                 time.sleep(POLL_S)
+
+    def _linked_dir(self, key: str) -> Path:
+        return Path(os.readlink(protocol.ns_link(self.run_dir, key)))
 
     def wait(self, timeout: float | None) -> Outcome:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -178,7 +181,8 @@ class _Parked:
 
     def _next_command(self) -> Command | None:
         try:
-            ctl = self.control_dir()
+            key = protocol.sandbox_key()
+            ctl = self._linked_dir(key)
         except FileNotFoundError:
             return None  # restored, and thaw has not linked the new sandbox yet
         try:
@@ -188,52 +192,59 @@ class _Parked:
         stamp = (st.st_dev, st.st_ino, st.st_mtime_ns)
         if stamp == self.seen:
             return None  # nothing new: opening it now could leave a descriptor in a snapshot being dumped
-        self.seen = stamp
         raw = protocol.read_json(ctl / protocol.COMMAND)
+        # A dump can stop this process anywhere above, and a copy restored from it resumes here with the original's
+        # key and directory in hand, where thaw has since told the original RELEASE (--leave-running). A copy that
+        # acted on it ran its thaw hooks as a release and answered before thaw linked its own sandbox (it died), or
+        # into its own directory (its THAW went unanswered). What was read counts only if this is still the sandbox
+        # whose link was followed; if not, the next poll looks again as the copy.
+        if protocol.sandbox_key() != key:
+            return None
+        self.seen = stamp
         if not raw or raw.get("id") in self.handled:
             return None
         self.handled.add(raw["id"])
         return protocol.decode_command(raw)
 
     def _act(self, cmd: Command) -> Outcome | None:
-        data: dict[str, Any] = {}
-        canary_out: Any = None
+        """Do what ``cmd`` asks and answer it; how quiesce() returns, or None to stay parked."""
         try:
-            match cmd.action:
-                case Action.FREEZE:
-                    if not self.frozen:
-                        self.freeze_report = hooks.run_freeze(hooks.HookContext("snapshot", cmd.info))
-                        self.frozen = True
-                    data = self.freeze_report
-                case Action.ABORT:
-                    data = self._unfreeze("abort", cmd.info)
-                case Action.RELEASE:
-                    data = self._unfreeze("release", cmd.info)
-                    self._reply(cmd, True, data=data)
-                    return Outcome(Kind.RELEASED, {"reason": "released by thaw", **cmd.info})
-                case Action.THAW:
-                    _reopen_inherited_stdio(self.control_dir() / protocol.WORKER_LOG)
-                    data = self._unfreeze("thaw", cmd.info)
-                    if cmd.verify:
-                        canary_out = self.canary() if self.canary else None
-                        self.pending_thaw = cmd.info
-                    else:
-                        self._reply(cmd, True, data=data)
-                        return Outcome(Kind.THAWED, cmd.info)
-                case Action.GO:
-                    self._reply(cmd, True)
-                    return Outcome(Kind.THAWED, {**(self.pending_thaw or {}), **cmd.info})
-                case Action.STOP:
-                    self._reply(cmd, True)
-                    return Outcome(Kind.STOPPED, cmd.info)
+            outcome, data, canary_out = self._perform(cmd)
         except hooks.HookFailed as exc:
             self._reply(cmd, False, error=str(exc) + "\n" + traceback.format_exc(limit=5))
             return None
         except Exception as exc:  # noqa: BLE001 - the worker must survive anything thaw asks of it
             self._reply(cmd, False, error=f"{type(exc).__name__}: {exc}\n" + traceback.format_exc(limit=5))
             return None
-        self._reply(cmd, True, data=data, canary=canary_out)
-        return None
+        # unanswered, it stays parked: thaw cannot know what it did, and must not find it serving on its own
+        return outcome if self._reply(cmd, True, data=data, canary=canary_out) else None
+
+    def _perform(self, cmd: Command) -> tuple[Outcome | None, dict[str, Any], Any]:
+        """(how quiesce() returns once thaw has the answer, or None; the hooks' report; the canary's outputs)."""
+        match cmd.action:
+            case Action.FREEZE:
+                if not self.frozen:
+                    self.freeze_report = hooks.run_freeze(hooks.HookContext("snapshot", cmd.info))
+                    self.frozen = True
+                return None, self.freeze_report, None
+            case Action.ABORT:
+                return None, self._unfreeze("abort", cmd.info), None
+            case Action.RELEASE:
+                data = self._unfreeze("release", cmd.info)
+                return Outcome(Kind.RELEASED, {"reason": "released by thaw", **cmd.info}), data, None
+            case Action.THAW:
+                _reopen_inherited_stdio(self.control_dir() / protocol.WORKER_LOG)
+                data = self._unfreeze("thaw", cmd.info)
+                if not cmd.verify:
+                    return Outcome(Kind.THAWED, cmd.info), data, None
+                canary_out = self.canary() if self.canary else None
+                self.pending_thaw = cmd.info
+                return None, data, canary_out
+            case Action.GO:
+                return Outcome(Kind.THAWED, {**(self.pending_thaw or {}), **cmd.info}), {}, None
+            case Action.STOP:
+                return Outcome(Kind.STOPPED, cmd.info), {}, None
+        raise ValueError(f"unknown action {cmd.action!r}")
 
     def _unfreeze(self, reason: str, info: dict[str, Any]) -> dict[str, Any]:
         if not self.frozen:
@@ -243,9 +254,21 @@ class _Parked:
         return report
 
     def _reply(self, cmd: Command, ok: bool, *, error: str = "", data: dict[str, Any] | None = None,
-               canary: Any = None) -> None:
+               canary: Any = None) -> bool:
+        """Answer ``cmd`` in this sandbox's control directory; False when it cannot (it says why in its log)."""
         reply = protocol.Reply(id=cmd.id, ok=ok, error=error, data=data or {}, canary=canary, at=protocol.now())
-        protocol.write_json_atomic(self.control_dir() / protocol.REPLY, protocol.encode(reply))
+        try:
+            protocol.write_json_atomic(self.control_dir() / protocol.REPLY, protocol.encode(reply))
+        except OSError as exc:
+            # thaw removed this sandbox's link (it gave up on the worker: a failed restore kills it next; gc of a
+            # gone instance) or its directory: nobody reads a reply here. Parked, it keeps its state and answers
+            # again once linked; dying here left only a traceback in its log.
+            print(f"thaw.worker: cannot answer thaw's {cmd.action.value!r} (command {cmd.id}): {exc.strerror or exc}"
+                  f"{f': {exc.filename}' if exc.filename else ''}; thaw reads no reply from this worker now, so it "
+                  "stays parked until its control directory is linked again or it is stopped",
+                  file=sys.stderr, flush=True)
+            return False
+        return True
 
 
 def _reopen_inherited_stdio(log: Path) -> None:
