@@ -36,6 +36,9 @@ from workers import SERVE, wait_until
 pytestmark = [pytest.mark.criu]
 
 REPO = Path(__file__).resolve().parents[2]
+#: the pods' run directory (the same in both: the manifest records it); in the host's /tmp, which the hand-made
+#: pods share, so one per test process: two suites at once on one machine must not remove each other's
+RUN_DIR = f"/tmp/thaw-pod-test-{os.getpid()}"
 PORT = 8080
 
 
@@ -61,7 +64,7 @@ class Pod:
             self.proc = subprocess.Popen(
                 ["sh", "-c", join + 'exec "$@"', "-", "unshare", "--pid", "--fork", "--mount", "--mount-proc",
                  "--net", "--propagation", "private", "sh", "-c", inner],
-                env={**env, "THAW_POD_INFO": str(annotations), "THAW_RUN_DIR": "/tmp/thaw-pod-test",
+                env={**env, "THAW_POD_INFO": str(annotations), "THAW_RUN_DIR": RUN_DIR,
                      "THAW_WORKER_NAME": "podworker", "TEST_TCP_PORT": str(PORT), "PYTHONPATH": str(REPO / "src")},
                 stdout=out, stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True)
         self.anchor = wait_until(lambda: _anchor(self.uid), 20, f"the entrypoint of pod {self.uid}", 0.05)
@@ -137,7 +140,7 @@ def cgroup_roots() -> Iterator[list[Path]]:
 def test_a_worker_snapshotted_in_one_pod_is_restored_into_another_and_lives_there(
         tmp_path: Path, cgroup_roots: list[Path]) -> None:
     settings = Settings(home=tmp_path / "home", store=str(tmp_path / "home" / "artifacts"))
-    shutil.rmtree("/tmp/thaw-pod-test", ignore_errors=True)  # the hand-made pods share the host's /tmp
+    shutil.rmtree(RUN_DIR, ignore_errors=True)  # the hand-made pods share the host's /tmp
     env = {k: v for k, v in os.environ.items() if not k.startswith("THAW_")}
     source = Pod(tmp_path / "pods", cgroup_roots, restore_from=None, env=env)
     target = None
@@ -151,7 +154,7 @@ def test_a_worker_snapshotted_in_one_pod_is_restored_into_another_and_lives_ther
         assert {line.split()[1] for line in status.splitlines() if line.startswith(("CapEff", "CapPrm", "CapBnd"))} \
             == {"0000000000000000"}, status
         snap = pipeline.snapshot(settings, worker.id, "podworker-v1", leave_running=True)
-        assert snap.manifest.sandbox.run_dir == "/tmp/thaw-pod-test"
+        assert snap.manifest.sandbox.run_dir == RUN_DIR
         # released, the original opens its server again: poll until it listens (restore's GO likewise)
         original = wait_until(lambda: _try(lambda: source.get("/state")), 30, "the original to serve again")
 
@@ -167,7 +170,7 @@ def test_a_worker_snapshotted_in_one_pod_is_restored_into_another_and_lives_ther
         for cg in target.cgroups:
             assert str(pid) in (cg / "cgroup.procs").read_text().split(), f"worker {pid} not in {cg}"
         # its filesystem is the pod's: its control directory is the one the pod's entrypoint made
-        assert (target.anchor.host_path("/tmp/thaw-pod-test/worker/reply.json")).exists()
+        assert (target.anchor.host_path(f"{RUN_DIR}/worker/reply.json")).exists()
         # its output goes through the pod's entrypoint into the container's log
         wait_until(lambda: "serving on port 8080 (thawed)" in target.out.read_text(), 10, "the worker's output relayed")
         assert "restored: the worker runs in this pod" in target.out.read_text()
@@ -192,6 +195,7 @@ def test_a_worker_snapshotted_in_one_pod_is_restored_into_another_and_lives_ther
         from workers import stop_everything
 
         stop_everything(settings.home)
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
 
 
 def test_a_pod_whose_annotations_say_cold_start_runs_the_worker_itself(tmp_path: Path,
@@ -207,6 +211,7 @@ def test_a_pod_whose_annotations_say_cold_start_runs_the_worker_itself(tmp_path:
         assert "starting cold" in pod.out.read_text() and "SnapshotNotFound" in pod.out.read_text()
     finally:
         pod.stop()
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
 
 
 def _try(call):  # noqa: ANN001, ANN202 - test helper

@@ -14,6 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from typer.testing import CliRunner
 
@@ -172,3 +173,12 @@ def test_the_cli_shows_or_refuses_hostile_manifests_without_a_traceback(doc: dic
             assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)
             assert "Traceback" not in result.output
             assert "\x1b" not in result.output or args == ["inspect", "a1", "--json"]
+
+
+def test_a_lone_surrogate_escape_is_refused_with_a_typed_error() -> None:
+    """Found by the fuzzer: json.loads turns "\\ud800" into a lone surrogate, the manifest parsed, and writing it
+    back (to_json, a digest, a log line) raised UnicodeEncodeError."""
+    doc = copy.deepcopy(BASE)
+    doc["worker"]["name"] = "w\ud800"
+    with pytest.raises(IntegrityError, match="not valid Unicode"):
+        Manifest.parse(json.dumps(doc), name="a1")

@@ -411,6 +411,11 @@ class Manifest(_Strict):
             raw = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
         except (ValueError, RecursionError) as exc:
             raise IntegrityError(f"{where} is not valid JSON: {_quote(str(exc), 200)}", path=where) from None
+        try:  # JSON's \ud800 escapes decode to lone surrogates: text no file, log or reply can hold
+            json.dumps(raw, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise IntegrityError(f"{where} holds a string that is not valid Unicode (a lone surrogate escape)",
+                                 path=where) from None
         version = raw.get("schema_version") if isinstance(raw, dict) else None
         if version != SCHEMA_VERSION:
             raise IntegrityError(
