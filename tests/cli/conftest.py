@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from workers import SERVE, stop_everything
+from workers import SERVE, stop_everything, wait_until
 
 THAW = Path(sys.executable).with_name("thaw")
 
@@ -81,3 +81,14 @@ def thaw(tmp_path: Path) -> Iterator[Thaw]:
     yield Thaw(home, tmp_path)
     stop_everything(home)
 
+
+@pytest.fixture
+def agent(thaw: Thaw, tmp_path: Path) -> Iterator[Path]:
+    """An agent serving ``thaw``'s home on a unix socket; yields the socket's path."""
+    sock = tmp_path / "agent.sock"
+    proc = subprocess.Popen([str(THAW), "agent", "serve", "--socket", str(sock), "--home", str(thaw.home)],
+                            env=thaw.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: sock.exists(), 30, "the agent's socket")
+    yield sock
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,17 +15,6 @@ from workers import SERVE, TCP, processes_of, wait_until
 pytestmark = [pytest.mark.criu, pytest.mark.slow]
 
 THAW = Path(sys.executable).with_name("thaw")
-
-
-@pytest.fixture
-def agent(thaw, tmp_path: Path):
-    sock = tmp_path / "agent.sock"
-    proc = subprocess.Popen([str(THAW), "agent", "serve", "--socket", str(sock), "--home", str(thaw.home)],
-                            env=thaw.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: sock.exists(), 30, "the agent's socket")
-    yield sock
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
 
 
 def _adds_up(tree: Phase) -> None:

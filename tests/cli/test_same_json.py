@@ -8,15 +8,13 @@ between any two runs (ids, pids, times, sizes, digests, timings, paths).
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from workers import SERVE, wait_until
+from workers import SERVE
 
 THAW = Path(sys.executable).with_name("thaw")
 
@@ -37,17 +35,6 @@ def masked(value: Any, key: str = "") -> Any:
     if isinstance(value, list):
         return [masked(v) for v in value]
     return value
-
-
-@pytest.fixture
-def agent(thaw, tmp_path: Path):
-    sock = tmp_path / "agent.sock"
-    proc = subprocess.Popen([str(THAW), "agent", "serve", "--socket", str(sock), "--home", str(thaw.home)],
-                            env=thaw.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: sock.exists(), 30, "the agent's socket")
-    yield sock
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
 
 
 def a_life(thaw, route: list[str]) -> dict[str, Any]:

@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from workers import SERVE, state, wait_until
+from workers import SERVE, state
 
 THAW = Path(sys.executable).with_name("thaw")
 
 pytestmark = pytest.mark.criu
-
-
-@pytest.fixture
-def agent(thaw, tmp_path: Path):
-    sock = tmp_path / "agent.sock"
-    proc = subprocess.Popen([str(THAW), "agent", "serve", "--socket", str(sock), "--home", str(thaw.home)],
-                            env=thaw.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: sock.exists(), 30, "the agent's socket")
-    yield sock
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
 
 
 def test_snapshot_and_restore_go_through_the_agent_named_by_thaw_agent(thaw, agent: Path) -> None:
